@@ -1,0 +1,81 @@
+//! The embedded default broker: a real MQTT v5 broker (the `mqtt5` crate)
+//! run in-process on a free loopback port, so the quickstart and tests need
+//! nothing installed.
+
+use std::net::SocketAddr;
+
+use mqtt5::broker::config::{BrokerConfig, StorageBackend, StorageConfig};
+use mqtt5::broker::{BrokerShutdownHandle, MqttBroker};
+use tracing::warn;
+
+use crate::Error;
+
+/// An MQTT v5 broker running inside this process, on `127.0.0.1` and a free
+/// port, with memory storage (nothing written to disk) and no `$SYS` topics.
+/// It stops when dropped.
+///
+/// It sets TCP_NODELAY on accepted sockets, forwards Response Topic,
+/// Correlation Data, Content Type and user properties, and supports shared
+/// subscriptions. It is meant for development, tests and single-process
+/// deployments; use Mosquitto, EMQX, HiveMQ or VerneMQ across machines.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// let broker = mqrpc_runtime::EmbeddedBroker::start().await?;
+/// let conn = mqrpc_runtime::Connection::connect_url(&broker.url()).await?;
+/// assert!(conn.is_connected());
+/// # Ok(()) }
+/// ```
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    shutdown: BrokerShutdownHandle,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker").field("addr", &self.addr).finish()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker on `127.0.0.1` and a free port.
+    pub async fn start() -> Result<EmbeddedBroker, Error> {
+        let storage = StorageConfig::default()
+            .with_backend(StorageBackend::Memory)
+            .with_persistence(false);
+        let config = BrokerConfig::default()
+            .with_bind_address(([127, 0, 0, 1], 0))
+            .with_storage(storage)
+            .with_sys_topics_enabled(false);
+        let mut broker = MqttBroker::with_config(config)
+            .await
+            .map_err(|e| Error::Broker(e.to_string()))?;
+        let addr = broker
+            .local_addr()
+            .ok_or_else(|| Error::Broker("the broker has no listening address".into()))?;
+        let shutdown = broker.shutdown_handle();
+        tokio::spawn(async move {
+            if let Err(e) = broker.run().await {
+                warn!(error = %e, "embedded broker stopped with an error");
+            }
+        });
+        Ok(EmbeddedBroker { addr, shutdown })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `mqtt://127.0.0.1:<port>`, for [`Connection::connect_url`](crate::Connection::connect_url) or `MQRPC_BROKER`.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+    }
+}

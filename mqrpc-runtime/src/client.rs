@@ -1,0 +1,385 @@
+//! The calling side: one response topic per connection, a bounded map of
+//! calls waiting for answers, and [`Client`], the untyped stub that the
+//! generated `<Trait>Client` wraps.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::connection::{Connection, Sink};
+use crate::protocol::{Status, DEFAULT_PREFIX, STATUS_PROPERTY};
+use crate::{topic, Codec, Error, QoS};
+
+/// Default time a call waits for its answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A response as it came off the wire.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The `mqrpc-status` user property (absent means [`Status::Ok`]).
+    pub status: Status,
+    /// The codec of the payload, from the Content Type.
+    pub codec: Codec,
+    /// The payload: the encoded value for [`Status::Ok`] / [`Status::Error`],
+    /// a UTF-8 message otherwise.
+    pub payload: Bytes,
+}
+
+impl Response {
+    fn from_publish(publish: Publish, properties: PublishProperties) -> Result<Response, Error> {
+        let status = match properties
+            .user_properties
+            .iter()
+            .find(|(key, _)| key == STATUS_PROPERTY)
+        {
+            None => Status::Ok,
+            Some((_, value)) => Status::parse(value).ok_or_else(|| Error::Protocol {
+                reason: format!("unknown {STATUS_PROPERTY} `{value}`"),
+            })?,
+        };
+        let codec = if status.has_encoded_payload() {
+            Codec::from_content_type(properties.content_type.as_deref())?
+        } else {
+            Codec::default()
+        };
+        Ok(Response {
+            status,
+            codec,
+            payload: publish.payload,
+        })
+    }
+
+    fn message(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+
+    /// Turns a non-success status into its [`Error`].
+    fn framework_error(&self, method: &str) -> Error {
+        let message = self.message();
+        match self.status {
+            Status::UnknownMethod => Error::UnknownMethod {
+                method: method.to_string(),
+            },
+            Status::BadRequest => Error::BadRequest { message },
+            Status::UnsupportedContentType => Error::UnsupportedContentType { message },
+            Status::Internal => Error::Internal { message },
+            Status::Ok | Status::Error => Error::Protocol {
+                reason: format!("unexpected status {}", self.status),
+            },
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Response, Error>>;
+
+/// Calls of one connection waiting for answers, keyed by correlation id.
+pub(crate) struct Caller {
+    reply_topic: String,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    max_pending: usize,
+}
+
+impl Caller {
+    /// Subscribes the connection's response topic and waits for the SUBACK,
+    /// so no answer can arrive before anyone listens for it.
+    async fn start(conn: &Connection) -> Result<Arc<Caller>, Error> {
+        let reply_topic = topic::reply_topic(DEFAULT_PREFIX, conn.client_id());
+        let caller = Arc::new(Caller {
+            reply_topic: reply_topic.clone(),
+            next_id: AtomicU64::new(crate::connection::random_u64() >> 16),
+            pending: Mutex::new(HashMap::new()),
+            max_pending: conn.options().max_pending_calls_limit(),
+        });
+        let weak = Arc::downgrade(&caller);
+        let sink: Sink = Arc::new(move |_conn, publish| {
+            if let Some(caller) = weak.upgrade() {
+                caller.deliver(publish);
+            }
+        });
+        conn.subscribe(reply_topic, QoS::AtLeastOnce, sink).await?;
+        Ok(caller)
+    }
+
+    /// Hands a response to its waiting call; unknown or late ones are dropped.
+    fn deliver(&self, mut publish: Publish) {
+        let properties = publish.properties.take().unwrap_or_default();
+        let Some(id) = properties
+            .correlation_data
+            .as_deref()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map(u64::from_be_bytes)
+        else {
+            debug!(
+                topic = %self.reply_topic,
+                "dropping a response without valid Correlation Data"
+            );
+            return;
+        };
+        let waiter = self.lock().remove(&id);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(Response::from_publish(publish, properties));
+            }
+            None => debug!(
+                correlation = id,
+                "dropping a late or unknown response (its call already ended)"
+            ),
+        }
+    }
+
+    pub(crate) fn fail_all(&self, error: &Error) {
+        let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
+        for waiter in waiters {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes a call's entry when the call ends in any way: answered, timed
+/// out, or its future dropped.
+struct PendingSlot<'a> {
+    caller: &'a Caller,
+    id: u64,
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        self.caller.lock().remove(&self.id);
+    }
+}
+
+/// Per-client settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use mqrpc_runtime::{ClientOptions, Codec, QoS};
+/// let opts = ClientOptions::default()
+///     .prefix("acme/prod")
+///     .timeout(Duration::from_secs(2))
+///     .qos(QoS::AtMostOnce)
+///     .codec(Codec::Json);
+/// assert_eq!(opts.get_timeout(), Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    prefix: String,
+    timeout: Duration,
+    qos: QoS,
+    codec: Codec,
+}
+
+impl Default for ClientOptions {
+    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard.
+    fn default() -> Self {
+        ClientOptions {
+            prefix: DEFAULT_PREFIX.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+            qos: QoS::AtLeastOnce,
+            codec: Codec::Postcard,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Topic prefix of the service (default `mqrpc`); must match the server's.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Time a call waits for its answer (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// QoS of requests (default 1, at least once).
+    pub fn qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// Codec of requests (default postcard).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The configured timeout.
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// An untyped client of one service: what a generated `<Trait>Client`
+/// wraps. Use it directly to call methods by name.
+///
+/// Cheap to clone; clones share the connection and its response topic.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// use mqrpc_runtime::{Client, ClientOptions, Connection};
+/// use std::time::Duration;
+/// let conn = Connection::from_env_or_embedded().await?;
+/// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
+/// // Nobody serves `Nobody`: the call ends with a timeout, not a hang.
+/// let err = client
+///     .with_timeout(Duration::from_millis(100))
+///     .call::<_, ()>("ping", &())
+///     .await
+///     .unwrap_err();
+/// assert!(err.is_timeout());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    conn: Connection,
+    caller: Arc<Caller>,
+    service: Arc<str>,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("service", &self.service)
+            .field("options", &self.options)
+            .field("reply_topic", &self.caller.reply_topic)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of `service`. The first client of a connection subscribes its
+    /// response topic and waits for the SUBACK.
+    pub async fn new(conn: &Connection, service: &str, options: ClientOptions) -> Result<Client, Error> {
+        topic::validate_level(service)?;
+        topic::validate_prefix(&options.prefix)?;
+        let caller = conn
+            .shared
+            .caller
+            .get_or_try_init(|| Caller::start(conn))
+            .await?
+            .clone();
+        Ok(Client {
+            conn: conn.clone(),
+            caller,
+            service: Arc::from(service),
+            options,
+        })
+    }
+
+    /// The same client with another timeout: per-call override.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        let mut client = self.clone();
+        client.options.timeout = timeout;
+        client
+    }
+
+    /// The same client with other options (prefix, QoS, codec, timeout).
+    pub fn with_options(&self, options: ClientOptions) -> Result<Client, Error> {
+        topic::validate_prefix(&options.prefix)?;
+        let mut client = self.clone();
+        client.options = options;
+        Ok(client)
+    }
+
+    /// This client's options.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The response topic shared by every client of this connection.
+    pub fn reply_topic(&self) -> &str {
+        &self.caller.reply_topic
+    }
+
+    /// Calls a method whose result is a plain value.
+    pub async fn call<A, T>(&self, method: &str, args: &A) -> Result<T, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let response = self.call_encoded(method, args).await?;
+        match response.status {
+            Status::Ok => response.codec.decode(&response.payload),
+            Status::Error => Err(Error::Protocol {
+                reason: format!("`{method}` returned an application error but declares none"),
+            }),
+            _ => Err(response.framework_error(method)),
+        }
+    }
+
+    /// Calls a method declared as returning `Result<T, E>`: the server's
+    /// `Err(E)` arrives as `Ok(Err(E))`, framework failures as `Err(Error)`.
+    pub async fn call_fallible<A, T, E>(&self, method: &str, args: &A) -> Result<Result<T, E>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let response = self.call_encoded(method, args).await?;
+        match response.status {
+            Status::Ok => response.codec.decode(&response.payload).map(Ok),
+            Status::Error => response.codec.decode(&response.payload).map(Err),
+            _ => Err(response.framework_error(method)),
+        }
+    }
+
+    async fn call_encoded<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<Response, Error> {
+        let payload = self.options.codec.encode(args)?;
+        self.call_raw(method, payload).await
+    }
+
+    /// Sends an already-encoded request (in this client's codec) and returns
+    /// the raw response. Ends with [`Error::Timeout`] after the timeout.
+    pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Response, Error> {
+        self.conn.ensure_open()?;
+        let caller = &*self.caller;
+        let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = caller.lock();
+            if pending.len() >= caller.max_pending {
+                return Err(Error::TooManyPending {
+                    limit: caller.max_pending,
+                });
+            }
+            pending.insert(id, tx);
+        }
+        let _slot = PendingSlot { caller, id };
+        let properties = PublishProperties {
+            response_topic: Some(caller.reply_topic.clone()),
+            correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
+            content_type: Some(self.options.codec.content_type().to_string()),
+            ..PublishProperties::default()
+        };
+        let topic = topic::method_topic(&self.options.prefix, &self.service, method);
+        let exchange = async {
+            self.conn
+                .publish(topic, self.options.qos, payload, properties)
+                .await?;
+            rx.await.unwrap_or(Err(Error::Disconnected))
+        };
+        match tokio::time::timeout(self.options.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                method: method.to_string(),
+                timeout: self.options.timeout,
+            }),
+        }
+    }
+}

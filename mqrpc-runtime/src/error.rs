@@ -1,0 +1,146 @@
+//! The one error type of mqrpc.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in an mqrpc call, connection or server.
+///
+/// Application errors are *not* in here: a method declared as
+/// `async fn divide(&self, a: f64, b: f64) -> Result<f64, MathError>` returns
+/// `Result<Result<f64, MathError>, mqrpc::Error>` on the client, so the typed
+/// `MathError` arrives as itself in the inner `Err` and this enum only says
+/// that the call itself failed.
+///
+/// ```
+/// use std::time::Duration;
+/// let err = mqrpc_runtime::Error::Timeout {
+///     method: "add".into(),
+///     timeout: Duration::from_millis(50),
+/// };
+/// assert!(err.is_timeout());
+/// assert_eq!(err.to_string(), "call to `add` timed out after 50ms");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker URL could not be parsed.
+    #[error("invalid broker URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `MQRPC_BROKER` is not set and no broker was given.
+    #[error("environment variable MQRPC_BROKER is not set (expected e.g. mqtt://127.0.0.1:1883)")]
+    BrokerNotConfigured,
+    /// The first connection to the broker failed (refused, unreachable, bad credentials).
+    #[error("cannot connect to the MQTT broker at {broker}: {reason}")]
+    Connect {
+        /// `host:port` of the broker.
+        broker: String,
+        /// Why the connection failed.
+        reason: String,
+    },
+    /// The connection to the broker is down; the call was not sent or its
+    /// answer can no longer arrive. The connection reconnects by itself.
+    #[error("not connected to the MQTT broker")]
+    Disconnected,
+    /// [`Connection::close`](crate::Connection::close) was called.
+    #[error("the connection was closed")]
+    Closed,
+    /// The broker refused a subscription or did not acknowledge it in time.
+    #[error("subscription to `{filter}` failed: {reason}")]
+    Subscribe {
+        /// The topic filter.
+        filter: String,
+        /// The broker's reason code or the local cause.
+        reason: String,
+    },
+    /// No response arrived before the call's timeout.
+    #[error("call to `{method}` timed out after {timeout:?}")]
+    Timeout {
+        /// Wire name of the method.
+        method: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The client already has its maximum number of calls waiting for answers.
+    #[error("too many calls in flight on this connection (limit {limit})")]
+    TooManyPending {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The server answered that it has no such method.
+    #[error("the server has no method `{method}`")]
+    UnknownMethod {
+        /// Wire name of the method.
+        method: String,
+    },
+    /// The server could not decode the request (wrong argument types, older
+    /// build of the trait, corrupt payload).
+    #[error("the server rejected the request: {message}")]
+    BadRequest {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server does not speak the request's Content Type.
+    #[error("the server does not support the request's content type: {message}")]
+    UnsupportedContentType {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The handler panicked or its result could not be encoded.
+    #[error("the server failed to handle the call: {message}")]
+    Internal {
+        /// The server's explanation.
+        message: String,
+    },
+    /// Arguments could not be encoded.
+    #[error("cannot encode the request: {reason}")]
+    Encode {
+        /// The codec's message.
+        reason: String,
+    },
+    /// The response payload could not be decoded into the declared type.
+    #[error("cannot decode the response: {reason}")]
+    Decode {
+        /// The codec's message.
+        reason: String,
+    },
+    /// The response broke the mqrpc protocol (e.g. an unknown status).
+    #[error("malformed response: {reason}")]
+    Protocol {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A name given at run time is not usable as an MQTT topic level.
+    #[error("invalid topic name `{name}`: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The MQTT client refused a request (its event loop is gone).
+    #[error("MQTT client error: {0}")]
+    Mqtt(String),
+    /// The embedded broker could not start.
+    #[error("embedded broker: {0}")]
+    Broker(String),
+}
+
+impl Error {
+    /// True for [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// True when the broker link is the cause ([`Error::Disconnected`],
+    /// [`Error::Connect`], [`Error::Closed`]): retrying later may succeed.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Error::Disconnected | Error::Connect { .. } | Error::Closed
+        )
+    }
+}

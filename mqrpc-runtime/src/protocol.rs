@@ -1,0 +1,86 @@
+//! Names and values that appear on the wire. `PROTOCOL.md` is the
+//! human-readable version of this file; keep them in step.
+
+/// User property carrying the outcome of a call on every response.
+pub const STATUS_PROPERTY: &str = "mqrpc-status";
+
+/// Topic prefix used when none is configured: requests go to
+/// `mqrpc/<service>/<method>`, responses to `mqrpc/_reply/<client id>`.
+pub const DEFAULT_PREFIX: &str = "mqrpc";
+
+/// Topic level, under the prefix, that holds the clients' response topics.
+/// Service names may not start with `_`, so it cannot collide with one.
+pub const REPLY_LEVEL: &str = "_reply";
+
+/// Environment variable naming the broker, e.g. `mqtt://127.0.0.1:1883`.
+pub const BROKER_ENV: &str = "MQRPC_BROKER";
+
+/// Content Type of postcard payloads (the default).
+pub const POSTCARD_CONTENT_TYPE: &str = "application/postcard";
+/// Content Type of JSON payloads.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// Content Type of framework error messages (UTF-8 text).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// Outcome of a call, sent as the [`STATUS_PROPERTY`] user property.
+///
+/// ```
+/// use mqrpc_runtime::Status;
+/// assert_eq!(Status::parse("unknown-method"), Some(Status::UnknownMethod));
+/// assert_eq!(Status::Ok.as_str(), "ok");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// The payload is the method's return value (for `Result<T, E>` methods: the `T`).
+    Ok,
+    /// The method returned `Err(E)`; the payload is the `E`, in the request's codec.
+    Error,
+    /// No method of that name; the payload is a UTF-8 message.
+    UnknownMethod,
+    /// The arguments could not be decoded; the payload is a UTF-8 message.
+    BadRequest,
+    /// The request's Content Type is not supported; the payload is a UTF-8 message.
+    UnsupportedContentType,
+    /// The handler panicked or its result could not be encoded; UTF-8 message.
+    Internal,
+}
+
+impl Status {
+    /// The value sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::UnknownMethod => "unknown-method",
+            Status::BadRequest => "bad-request",
+            Status::UnsupportedContentType => "unsupported-content-type",
+            Status::Internal => "internal",
+        }
+    }
+
+    /// Parses a wire value; `None` for anything unknown.
+    pub fn parse(value: &str) -> Option<Status> {
+        Some(match value {
+            "ok" => Status::Ok,
+            "error" => Status::Error,
+            "unknown-method" => Status::UnknownMethod,
+            "bad-request" => Status::BadRequest,
+            "unsupported-content-type" => Status::UnsupportedContentType,
+            "internal" => Status::Internal,
+            _ => return None,
+        })
+    }
+
+    /// True when the payload is encoded with the call's codec rather than
+    /// being a UTF-8 message.
+    pub fn has_encoded_payload(self) -> bool {
+        matches!(self, Status::Ok | Status::Error)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,140 @@
+//! The topic scheme: `<prefix>/<service>/<method>` for requests and
+//! `<prefix>/_reply/<client id>` for responses, plus MQTT filter matching
+//! used to route incoming publishes to the client or to a server.
+
+use crate::protocol::REPLY_LEVEL;
+use crate::Error;
+
+/// Topic a request for `method` of `service` is published to.
+pub(crate) fn method_topic(prefix: &str, service: &str, method: &str) -> String {
+    format!("{prefix}/{service}/{method}")
+}
+
+/// Filter a server subscribes to: every method of the service, so it can
+/// answer unknown methods too instead of leaving the caller to time out.
+pub(crate) fn service_filter(prefix: &str, service: &str) -> String {
+    format!("{prefix}/{service}/+")
+}
+
+/// The one stable response topic of a client.
+pub(crate) fn reply_topic(prefix: &str, client_id: &str) -> String {
+    let level: String = client_id
+        .chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect();
+    format!("{prefix}/{REPLY_LEVEL}/{level}")
+}
+
+/// Checks a prefix (may span several levels, e.g. `acme/prod/rpc`).
+pub(crate) fn validate_prefix(prefix: &str) -> Result<(), Error> {
+    let invalid = |reason: &str| Error::InvalidName {
+        name: prefix.to_string(),
+        reason: reason.to_string(),
+    };
+    if prefix.is_empty() {
+        return Err(invalid("the prefix must not be empty"));
+    }
+    if prefix.starts_with('$') {
+        return Err(invalid("topics starting with `$` are reserved for the broker"));
+    }
+    for level in prefix.split('/') {
+        validate_chars(level).map_err(|reason| invalid(&reason))?;
+        if level.is_empty() {
+            return Err(invalid("the prefix must not contain empty levels"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a service or method name: exactly one topic level.
+pub(crate) fn validate_level(name: &str) -> Result<(), Error> {
+    let invalid = |reason: String| Error::InvalidName {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("the name must not be empty".into()));
+    }
+    if name.contains('/') {
+        return Err(invalid("the name must be a single topic level (no `/`)".into()));
+    }
+    validate_chars(name).map_err(invalid)
+}
+
+fn validate_chars(level: &str) -> Result<(), String> {
+    if level.contains(['+', '#', '\0']) {
+        return Err("`+`, `#` and NUL are not allowed in topic names".into());
+    }
+    Ok(())
+}
+
+/// True when a response may be published to `topic`: a Response Topic with
+/// wildcards would make the broker drop our connection (MQTT v5 §3.3.2.3.5).
+pub(crate) fn is_publishable(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#', '\0']) && topic.len() <= u16::MAX as usize
+}
+
+/// MQTT topic filter matching (§4.7), including `$share/<group>/` filters.
+pub(crate) fn matches(filter: &str, topic: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((_group, filter)) => filter,
+            None => return false,
+        },
+        None => filter,
+    };
+    // Wildcards at the first level never match `$` topics.
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    for filter_level in filter.split('/') {
+        match filter_level {
+            "#" => return true,
+            "+" => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            exact => {
+                if topic_levels.next() != Some(exact) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_matching() {
+        assert!(matches("mqrpc/Calc/+", "mqrpc/Calc/add"));
+        assert!(!matches("mqrpc/Calc/+", "mqrpc/Calc/add/x"));
+        assert!(!matches("mqrpc/Calc/+", "mqrpc/Calc"));
+        assert!(matches("mqrpc/Calc/+", "mqrpc/Calc/"));
+        assert!(matches("a/#", "a/b/c"));
+        assert!(matches("a/#", "a"));
+        assert!(matches("$share/g/a/+", "a/b"));
+        assert!(!matches("+/x", "$SYS/x"));
+        assert!(matches("mqrpc/_reply/c1", "mqrpc/_reply/c1"));
+        assert!(!matches("mqrpc/_reply/c1", "mqrpc/_reply/c12"));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_level("add").is_ok());
+        assert!(validate_level("a/b").is_err());
+        assert!(validate_level("a+").is_err());
+        assert!(validate_level("").is_err());
+        assert!(validate_prefix("acme/prod/rpc").is_ok());
+        assert!(validate_prefix("acme//rpc").is_err());
+        assert!(validate_prefix("$SYS").is_err());
+        assert_eq!(reply_topic("p", "a/b+c"), "p/_reply/a_b_c");
+        assert!(!is_publishable("a/#"));
+        assert!(is_publishable("a/b"));
+    }
+}

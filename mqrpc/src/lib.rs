@@ -1,0 +1,152 @@
+//! # mqrpc: typed RPC over MQTT v5
+//!
+//! Write a trait in a crate shared by two services, put
+//! [`#[mqrpc::service]`](macro@service) on it, and get a typed client and a
+//! server dispatcher. Calls are checked by the compiler; on the wire they are
+//! plain MQTT v5 request/response (Response Topic + Correlation Data), so
+//! they work through any MQTT v5 broker.
+//!
+//! ```
+//! #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+//! pub enum MathError { DivideByZero }
+//!
+//! #[mqrpc::service]
+//! pub trait Calculator {
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//!     async fn divide(&self, a: f64, b: f64) -> Result<f64, MathError>;
+//! }
+//!
+//! struct Calc;
+//! impl Calculator for Calc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 { a + b }
+//!     async fn divide(&self, a: f64, b: f64) -> Result<f64, MathError> {
+//!         if b == 0.0 { Err(MathError::DivideByZero) } else { Ok(a / b) }
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), mqrpc::Error> {
+//! // MQRPC_BROKER=mqtt://host:port, or an embedded broker when unset.
+//! let conn = mqrpc::Connection::from_env_or_embedded().await?;
+//! let _server = CalculatorServer::new(Calc).serve(&conn).await?;
+//! let calc = CalculatorClient::new(&conn).await?;
+//!
+//! assert_eq!(calc.add(2, 3).await?, 5);
+//! assert_eq!(calc.divide(1.0, 0.0).await?, Err(MathError::DivideByZero));
+//! # Ok(()) }
+//! ```
+//!
+//! The wire protocol, enough to call or serve from any MQTT v5 client, is in
+//! `PROTOCOL.md` at the repository root.
+
+#![warn(missing_docs)]
+
+/// Turns a trait into a typed MQTT v5 service: a client stub and a server
+/// dispatcher.
+///
+/// # What you write
+///
+/// A trait of `async fn` methods taking `&self` and arguments by value.
+/// Argument and return types must be `serde::Serialize +
+/// serde::de::DeserializeOwned` (derive both). A return type of the form
+/// `Result<T, E>` is a *fallible* method: `E` is your typed error and
+/// travels as itself.
+///
+/// # What you get, for `trait Calculator`
+///
+/// | item | what it is |
+/// |---|---|
+/// | `trait Calculator` | your trait, its methods rewritten to `fn ..(&self, ..) -> impl Future<Output = T> + Send`; implement them with plain `async fn` |
+/// | `CalculatorClient` | `Clone + Send + Sync`; `new(&conn)`, `with_options(&conn, ClientOptions)`, `with_timeout(Duration)`, `client()`, and one `async fn` per method |
+/// | `CalculatorServer<S>` | `new(impl)`, then `serve(&conn)` or `serve_with(&conn, ServerOptions)`, returning a [`ServerHandle`] |
+///
+/// Client methods take the same arguments as the trait and return the
+/// declared type wrapped in the framework result:
+///
+/// | declared | client returns |
+/// |---|---|
+/// | `-> i64` | `Result<i64, mqrpc::Error>` |
+/// | `-> Result<f64, MathError>` | `Result<Result<f64, MathError>, mqrpc::Error>` |
+/// | no return type | `Result<(), mqrpc::Error>` |
+///
+/// The outer `Err` is always the framework ([`Error::Timeout`],
+/// [`Error::UnknownMethod`], ...); the inner one is always yours, decoded as
+/// `MathError`, never as a string.
+///
+/// # Topics
+///
+/// Requests go to `<prefix>/<service>/<method>`; the default prefix is
+/// `mqrpc` (see [`ClientOptions::prefix`], [`ServerOptions::prefix`]), the
+/// service name is the trait's name and the method name is the Rust name.
+/// The server subscribes to `<prefix>/<service>/+`.
+///
+/// # Attributes
+///
+/// | attribute | where | default | effect |
+/// |---|---|---|---|
+/// | `#[mqrpc::service(name = "calc")]` | trait | the trait's name | service level of the topic |
+/// | `#[mqrpc(name = "sum")]` | method | the method's name | method level of the topic |
+///
+/// Anything else is a compile error, as are non-`async` methods, generics,
+/// `&mut self` or a missing `&self`, by-reference arguments, `impl Trait`,
+/// default bodies, two methods with one wire name, and method names that
+/// clash with the client's own (`new`, `with_options`, `from_client`,
+/// `with_timeout`, `client`).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[mqrpc::service(name = "greeter")]
+/// pub trait Greeter {
+///     /// Says hello.
+///     async fn hello(&self, name: String) -> String;
+///     #[mqrpc(name = "slow-hello")]
+///     async fn slow_hello(&self, name: String) -> String;
+/// }
+///
+/// struct English;
+/// impl Greeter for English {
+///     async fn hello(&self, name: String) -> String { format!("Hello, {name}!") }
+///     async fn slow_hello(&self, name: String) -> String {
+///         tokio::time::sleep(Duration::from_secs(5)).await;
+///         format!("Hello, {name}...")
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), mqrpc::Error> {
+/// let conn = mqrpc::Connection::from_env_or_embedded().await?;
+/// let server = GreeterServer::new(English).serve(&conn).await?;
+/// assert_eq!(server.topic_filter(), "mqrpc/greeter/+");
+///
+/// let greeter = GreeterClient::new(&conn).await?;
+/// assert_eq!(greeter.hello("Ada".into()).await?, "Hello, Ada!");
+///
+/// // Per-call timeout:
+/// let err = greeter
+///     .with_timeout(Duration::from_millis(100))
+///     .slow_hello("Bob".into())
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, mqrpc::Error::Timeout { .. }));
+/// # Ok(()) }
+/// ```
+#[doc(inline)]
+pub use mqrpc_macros::service;
+
+#[cfg(feature = "embedded-broker")]
+#[doc(inline)]
+pub use mqrpc_runtime::EmbeddedBroker;
+#[doc(inline)]
+pub use mqrpc_runtime::{
+    protocol, serve, Client, ClientOptions, Codec, ConnectOptions, Connection, Error, QoS, Reply,
+    Response, ServerHandle, ServerOptions, Service, Status, DEFAULT_TIMEOUT,
+};
+
+/// Used by the code `#[mqrpc::service]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+}
