@@ -1,0 +1,294 @@
+//! Test harness: real brokers only. Starts Mosquitto (when installed) on a
+//! free loopback port with `set_tcp_nodelay true`, or the embedded broker,
+//! and a test service to call.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub mod raw;
+
+/// Set to `1` (CI does) to fail instead of skipping when Mosquitto is missing.
+pub const REQUIRE_MOSQUITTO_ENV: &str = "MQRPC_REQUIRE_MOSQUITTO";
+
+/// A broker for one test; stops when dropped.
+pub struct TestBroker {
+    url: String,
+    port: u16,
+    kind: &'static str,
+    _mosquitto: Option<Mosquitto>,
+    _embedded: Option<mqrpc::EmbeddedBroker>,
+}
+
+impl TestBroker {
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mosquitto` or `embedded`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// A new connection to this broker.
+    pub async fn connect(&self) -> mqrpc::Connection {
+        mqrpc::Connection::connect_url(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} broker: {e}", self.kind))
+    }
+}
+
+/// The embedded broker, always available.
+pub async fn embedded() -> TestBroker {
+    init_tracing();
+    let broker = mqrpc::EmbeddedBroker::start().await.expect("start embedded broker");
+    TestBroker {
+        url: broker.url(),
+        port: broker.addr().port(),
+        kind: "embedded",
+        _mosquitto: None,
+        _embedded: Some(broker),
+    }
+}
+
+/// Mosquitto on a free port, or `None` (with a notice) when the binary is
+/// missing. Panics instead when `MQRPC_REQUIRE_MOSQUITTO=1`.
+pub fn mosquitto() -> Option<TestBroker> {
+    init_tracing();
+    if !mosquitto_installed() {
+        if std::env::var(REQUIRE_MOSQUITTO_ENV).as_deref() == Ok("1") {
+            panic!("mosquitto is not on PATH and {REQUIRE_MOSQUITTO_ENV}=1: install it (apt-get install mosquitto mosquitto-clients)");
+        }
+        eprintln!("NOTICE: mosquitto is not installed; skipping this Mosquitto case (set {REQUIRE_MOSQUITTO_ENV}=1 to fail instead)");
+        return None;
+    }
+    let mosquitto = Mosquitto::start(&[]).expect("start mosquitto");
+    Some(TestBroker {
+        url: format!("mqtt://127.0.0.1:{}", mosquitto.port),
+        port: mosquitto.port,
+        kind: "mosquitto",
+        _mosquitto: Some(mosquitto),
+        _embedded: None,
+    })
+}
+
+fn mosquitto_installed() -> bool {
+    Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// True when `mosquitto_rr` (package mosquitto-clients) is on PATH.
+pub fn mosquitto_rr_installed() -> bool {
+    Command::new("mosquitto_rr")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A Mosquitto process we started, killed (by its PID) when dropped.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto on a free loopback port, with extra config lines.
+    pub fn start(extra_config: &[&str]) -> std::io::Result<Mosquitto> {
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            match Self::start_on(port, extra_config) {
+                Ok(m) => return Ok(m),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap())
+    }
+
+    /// Starts Mosquitto on a given port (e.g. to restart it where it was).
+    pub fn start_on(port: u16, extra_config: &[&str]) -> std::io::Result<Mosquitto> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("mosquitto.conf");
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+        );
+        for line in extra_config {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&config, text)?;
+        let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let mut mosquitto = Mosquitto { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(mosquitto);
+            }
+            if let Some(status) = mosquitto.child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "mosquitto exited with {status}: {}",
+                    mosquitto.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("mosquitto did not listen within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What Mosquitto logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// The directory holding its config (for ACL or password files).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// The typed error of the test service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum MathError {
+    DivideByZero,
+    NotFinite { value: f64 },
+}
+
+/// The service every test calls.
+#[mqrpc::service]
+pub trait Calculator {
+    /// Adds two numbers.
+    async fn add(&self, a: i64, b: i64) -> i64;
+    /// Divides, with a typed error.
+    async fn divide(&self, a: f64, b: f64) -> Result<f64, MathError>;
+    /// Returns its argument.
+    async fn echo(&self, text: String) -> String;
+    /// Sleeps, then returns its argument.
+    async fn sleep_ms(&self, ms: u64) -> u64;
+    /// Never returns: a server that never answers.
+    async fn hang(&self);
+    /// Panics.
+    async fn explode(&self, message: String) -> u32;
+    /// Counts calls; returns the count after this one.
+    async fn count(&self) -> u64;
+}
+
+/// The test implementation; `calls` counts every `count` call.
+#[derive(Clone, Default)]
+pub struct Calc {
+    pub calls: Arc<AtomicU64>,
+}
+
+impl Calculator for Calc {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+
+    async fn divide(&self, a: f64, b: f64) -> Result<f64, MathError> {
+        if b == 0.0 {
+            return Err(MathError::DivideByZero);
+        }
+        let value = a / b;
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(MathError::NotFinite { value })
+        }
+    }
+
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+
+    async fn sleep_ms(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+
+    async fn hang(&self) {
+        std::future::pending::<()>().await
+    }
+
+    async fn explode(&self, message: String) -> u32 {
+        panic!("{message}")
+    }
+
+    async fn count(&self) -> u64 {
+        self.calls.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// Runs each listed scenario `async fn(TestBroker)` once against the
+/// embedded broker and once against Mosquitto (skipped with a notice when
+/// Mosquitto is missing, unless `MQRPC_REQUIRE_MOSQUITTO=1`).
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::embedded().await).await
+                }
+            )*
+        }
+        mod mosquitto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(broker) = $crate::mosquitto() {
+                        super::$scenario(broker).await
+                    }
+                }
+            )*
+        }
+    };
+}
