@@ -71,8 +71,11 @@ impl Errors {
 impl Service {
     pub fn parse(args: TokenStream, item: ItemTrait) -> Result<Service, syn::Error> {
         let mut errors = Errors::default();
-        let wire_name = parse_service_args(args, &mut errors).unwrap_or_else(|| item.ident.to_string());
-        check_name(&wire_name, item.ident.span(), &mut errors, true);
+        let (wire_name, name_span) = match parse_service_args(args, &mut errors) {
+            Some(name) => (name.value(), name.span()),
+            None => (item.ident.to_string(), item.ident.span()),
+        };
+        check_name(&wire_name, name_span, &mut errors, true);
         if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
             errors.push(
                 &item.generics,
@@ -129,12 +132,11 @@ impl Service {
 }
 
 /// `#[mqrpc::service(name = "calc")]` → `Some("calc")`.
-fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<String> {
+fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<LitStr> {
     let mut name = None;
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
-            let value: LitStr = meta.value()?.parse()?;
-            name = Some(value.value());
+            name = Some(meta.value()?.parse::<LitStr>()?);
             Ok(())
         } else {
             Err(meta.error(
@@ -149,7 +151,7 @@ fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<String> 
 }
 
 /// Reads `#[mqrpc(name = "...")]` from a method and returns the other attributes.
-fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribute>, Option<String>) {
+fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribute>, Option<LitStr>) {
     let mut kept = Vec::new();
     let mut name = None;
     for attr in attrs {
@@ -159,8 +161,7 @@ fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribut
         }
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
-                let value: LitStr = meta.value()?.parse()?;
-                name = Some(value.value());
+                name = Some(meta.value()?.parse::<LitStr>()?);
                 Ok(())
             } else {
                 Err(meta.error("unsupported #[mqrpc] attribute; supported: `name = \"...\"`"))
@@ -194,8 +195,11 @@ impl Method {
         let sig = &function.sig;
         let before = errors.0.is_some();
         let (attrs, name) = split_method_attrs(&function.attrs, errors);
-        let wire_name = name.unwrap_or_else(|| sig.ident.to_string());
-        check_name(&wire_name, sig.ident.span(), errors, false);
+        let (wire_name, name_span) = match name {
+            Some(name) => (name.value(), name.span()),
+            None => (sig.ident.to_string(), sig.ident.span()),
+        };
+        check_name(&wire_name, name_span, errors, false);
         if CLIENT_INHERENT.contains(&sig.ident.to_string().as_str()) {
             errors.push(
                 &sig.ident,
