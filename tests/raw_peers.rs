@@ -27,7 +27,10 @@ const REPLY: &str = "raw/replies";
 async fn serve(broker: &TestBroker) -> (Connection, Calc) {
     let conn = broker.connect().await;
     let calc = Calc::default();
-    let _ = CalculatorServer::new(calc.clone()).serve(&conn).await.unwrap();
+    let _ = CalculatorServer::new(calc.clone())
+        .serve(&conn)
+        .await
+        .unwrap();
     (conn, calc)
 }
 
@@ -44,7 +47,10 @@ async fn json_request_from_raw_client_gets_json_answer(broker: TestBroker) {
     assert_eq!(answer.topic, REPLY);
     assert_eq!(&answer.payload[..], b"42");
     assert_eq!(status_of(&answer).as_deref(), Some("ok"));
-    assert_eq!(content_type_of(&answer).as_deref(), Some("application/json"));
+    assert_eq!(
+        content_type_of(&answer).as_deref(),
+        Some("application/json")
+    );
     assert_eq!(correlation_of(&answer).as_deref(), Some(&b"req-1"[..]));
 
     // The typed error arrives as JSON too, marked `error`.
@@ -64,8 +70,12 @@ async fn malformed_payload_gets_bad_request(broker: TestBroker) {
     let _server = serve(&broker).await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
     // Postcard (no Content Type): one byte where two varints are expected.
-    peer.publish("mqrpc/Calculator/add", vec![0xff], request_properties(REPLY, b"bad-1", None))
-        .await;
+    peer.publish(
+        "mqrpc/Calculator/add",
+        vec![0xff],
+        request_properties(REPLY, b"bad-1", None),
+    )
+    .await;
     let answer = peer.next_publish(WAIT).await.expect("an answer");
     assert_eq!(status_of(&answer).as_deref(), Some("bad-request"));
     assert_eq!(correlation_of(&answer).as_deref(), Some(&b"bad-1"[..]));
@@ -98,7 +108,10 @@ async fn unsupported_content_type_is_answered(broker: TestBroker) {
     )
     .await;
     let answer = peer.next_publish(WAIT).await.expect("an answer");
-    assert_eq!(status_of(&answer).as_deref(), Some("unsupported-content-type"));
+    assert_eq!(
+        status_of(&answer).as_deref(),
+        Some("unsupported-content-type")
+    );
     let message = String::from_utf8(answer.payload.to_vec()).unwrap();
     assert!(message.contains("application/xml"), "{message}");
 }
@@ -125,7 +138,8 @@ async fn request_without_response_topic_is_not_answered(broker: TestBroker) {
         content_type: Some("application/json".into()),
         ..PublishProperties::default()
     };
-    peer.publish("mqrpc/Calculator/count", "{}", no_reply_topic).await;
+    peer.publish("mqrpc/Calculator/count", "{}", no_reply_topic)
+        .await;
     // A second, normal request acts as a barrier: its answer comes after any
     // answer to the first one would have.
     peer.publish(
@@ -144,7 +158,10 @@ async fn request_without_response_topic_is_not_answered(broker: TestBroker) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(calc.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-    assert!(peer.next_publish(Duration::from_millis(300)).await.is_none());
+    assert!(peer
+        .next_publish(Duration::from_millis(300))
+        .await
+        .is_none());
 }
 
 async fn request_without_correlation_data_is_answered_without_it(broker: TestBroker) {
@@ -155,7 +172,8 @@ async fn request_without_correlation_data_is_answered_without_it(broker: TestBro
         content_type: Some("application/json".into()),
         ..PublishProperties::default()
     };
-    peer.publish("mqrpc/Calculator/add", r#"{"a":1,"b":1}"#, properties).await;
+    peer.publish("mqrpc/Calculator/add", r#"{"a":1,"b":1}"#, properties)
+        .await;
     let answer = peer.next_publish(WAIT).await.expect("an answer");
     assert_eq!(&answer.payload[..], b"2");
     assert_eq!(correlation_of(&answer), None);
@@ -231,7 +249,11 @@ async fn garbage_response_gives_clear_client_error(broker: TestBroker) {
                 ..PublishProperties::default()
             };
             foreign
-                .publish(&properties.response_topic.unwrap(), vec![0xff, 0xff, 0xff], response)
+                .publish(
+                    &properties.response_topic.unwrap(),
+                    vec![0xff, 0xff, 0xff],
+                    response,
+                )
                 .await;
         }
         foreign // dropping it now could cut off the last response
@@ -248,7 +270,9 @@ async fn garbage_response_gives_clear_client_error(broker: TestBroker) {
 /// The README's mosquitto_rr command, against a real Mosquitto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_rr_calls_a_service() {
-    let Some(broker) = mqrpc_tests::mosquitto() else { return };
+    let Some(broker) = mqrpc_tests::mosquitto() else {
+        return;
+    };
     if !mqrpc_tests::mosquitto_rr_installed() {
         if std::env::var(mqrpc_tests::REQUIRE_MOSQUITTO_ENV).as_deref() == Ok("1") {
             panic!("mosquitto_rr is missing: apt-get install mosquitto-clients");
@@ -262,16 +286,99 @@ async fn mosquitto_rr_calls_a_service() {
         let port = port.clone();
         tokio::task::spawn_blocking(move || {
             std::process::Command::new("mosquitto_rr")
-                .args(["-h", "127.0.0.1", "-p", &port, "-t", topic, "-e", "replies/rr-demo"])
-                .args(["-m", message, "-D", "PUBLISH", "content-type", "application/json"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-t",
+                    topic,
+                    "-e",
+                    "replies/rr-demo",
+                ])
+                .args([
+                    "-m",
+                    message,
+                    "-D",
+                    "PUBLISH",
+                    "content-type",
+                    "application/json",
+                ])
                 .args(["-W", "5"])
                 .output()
                 .expect("run mosquitto_rr")
         })
     };
-    let output = run("mqrpc/Calculator/add", r#"{"a": 40, "b": 2}"#).await.unwrap();
+    let output = run("mqrpc/Calculator/add", r#"{"a": 40, "b": 2}"#)
+        .await
+        .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "42");
-    let output = run("mqrpc/Calculator/divide", r#"{"a": 1, "b": 0}"#).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), r#""DivideByZero""#);
+    let output = run("mqrpc/Calculator/divide", r#"{"a": 1, "b": 0}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        r#""DivideByZero""#
+    );
+}
+
+/// The Python server of PROTOCOL.md (examples/python/calculator_server.py,
+/// paho-mqtt) answering a Rust client, through both brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_paho_server_serves_a_rust_client() {
+    let has_paho = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_paho {
+        if std::env::var(mqrpc_tests::REQUIRE_MOSQUITTO_ENV).as_deref() == Ok("1") {
+            panic!("python3 with paho-mqtt is missing: pip install paho-mqtt");
+        }
+        eprintln!("NOTICE: python3 + paho-mqtt not installed; skipping");
+        return;
+    }
+    let mut brokers = vec![mqrpc_tests::embedded().await];
+    brokers.extend(mqrpc_tests::mosquitto());
+    for broker in brokers {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/python/calculator_server.py"
+        );
+        let mut python = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(broker.port().to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start python3");
+        let stdout = python.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let ready = tokio::time::timeout(WAIT, lines.next_line()).await;
+        assert!(
+            matches!(&ready, Ok(Ok(Some(line))) if line == "ready"),
+            "python server did not get ready on {}: {ready:?}",
+            broker.kind()
+        );
+
+        let conn = broker.connect().await;
+        let client =
+            CalculatorClient::with_options(&conn, ClientOptions::default().codec(Codec::Json))
+                .await
+                .unwrap();
+        assert_eq!(client.add(40, 2).await.unwrap(), 42);
+        assert_eq!(client.divide(1.0, 4.0).await.unwrap(), Ok(0.25));
+        assert_eq!(
+            client.divide(1.0, 0.0).await.unwrap(),
+            Err(mqrpc_tests::MathError::DivideByZero)
+        );
+        assert_eq!(
+            client.echo("x".into()).await.unwrap_err(),
+            mqrpc::Error::UnknownMethod {
+                method: "echo".into()
+            }
+        );
+        python.kill().await.unwrap();
+    }
 }

@@ -28,7 +28,10 @@ mqrpc_tests::on_both_brokers!(
 async fn serve_calc(broker: &TestBroker) -> (Connection, Calc) {
     let conn = broker.connect().await;
     let calc = Calc::default();
-    let _handle = CalculatorServer::new(calc.clone()).serve(&conn).await.unwrap();
+    let _handle = CalculatorServer::new(calc.clone())
+        .serve(&conn)
+        .await
+        .unwrap();
     (conn, calc)
 }
 
@@ -61,7 +64,10 @@ async fn concurrent_calls_from_many_tasks_and_two_clients(broker: TestBroker) {
                     let client = client.clone();
                     calls.push(async move {
                         let sum = client.add(a, 7).await.unwrap();
-                        let echo = client.echo(format!("c{client_index}-t{task}-{i}")).await.unwrap();
+                        let echo = client
+                            .echo(format!("c{client_index}-t{task}-{i}"))
+                            .await
+                            .unwrap();
                         (a, sum, echo)
                     });
                 }
@@ -110,7 +116,10 @@ async fn unknown_method_is_a_clear_error(broker: TestBroker) {
     let client = Client::new(&conn, "Calculator", ClientOptions::default())
         .await
         .unwrap();
-    let err = client.call::<_, i64>("subtract", &(1i64, 2i64)).await.unwrap_err();
+    let err = client
+        .call::<_, i64>("subtract", &(1i64, 2i64))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         Error::UnknownMethod {
@@ -158,7 +167,11 @@ async fn handler_that_never_answers_times_out(broker: TestBroker) {
         }
     );
     // The per-call override wins over the client's timeout.
-    let err = client.with_timeout(Duration::from_millis(50)).hang().await.unwrap_err();
+    let err = client
+        .with_timeout(Duration::from_millis(50))
+        .hang()
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         Error::Timeout {
@@ -207,7 +220,9 @@ async fn panicking_handler_gives_internal_error_and_server_keeps_serving(broker:
 async fn dropped_call_frees_its_pending_slot(broker: TestBroker) {
     let server_conn = serve_calc(&broker).await.0;
     let conn = Connection::connect(
-        ConnectOptions::from_url(broker.url()).unwrap().max_pending_calls(1),
+        ConnectOptions::from_url(broker.url())
+            .unwrap()
+            .max_pending_calls(1),
     )
     .await
     .unwrap();
@@ -224,7 +239,9 @@ async fn dropped_call_frees_its_pending_slot(broker: TestBroker) {
 async fn pending_calls_are_bounded(broker: TestBroker) {
     let _server = serve_calc(&broker).await;
     let conn = Connection::connect(
-        ConnectOptions::from_url(broker.url()).unwrap().max_pending_calls(2),
+        ConnectOptions::from_url(broker.url())
+            .unwrap()
+            .max_pending_calls(2),
     )
     .await
     .unwrap();
@@ -241,7 +258,11 @@ async fn pending_calls_are_bounded(broker: TestBroker) {
     let mut third = None;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        match client.with_timeout(Duration::from_millis(500)).add(1, 1).await {
+        match client
+            .with_timeout(Duration::from_millis(500))
+            .add(1, 1)
+            .await
+        {
             Err(Error::TooManyPending { limit }) => {
                 third = Some(limit);
                 break;
@@ -259,13 +280,17 @@ async fn pending_calls_are_bounded(broker: TestBroker) {
 async fn service_and_prefix_options_route_separately(broker: TestBroker) {
     let conn = broker.connect().await;
     let handle = CalculatorServer::new(Calc::default())
-        .serve_with(&conn, mqrpc::ServerOptions::default().prefix("tenant-a/rpc"))
+        .serve_with(
+            &conn,
+            mqrpc::ServerOptions::default().prefix("tenant-a/rpc"),
+        )
         .await
         .unwrap();
     assert_eq!(handle.topic_filter(), "tenant-a/rpc/Calculator/+");
-    let right = CalculatorClient::with_options(&conn, ClientOptions::default().prefix("tenant-a/rpc"))
-        .await
-        .unwrap();
+    let right =
+        CalculatorClient::with_options(&conn, ClientOptions::default().prefix("tenant-a/rpc"))
+            .await
+            .unwrap();
     assert_eq!(right.add(1, 2).await.unwrap(), 3);
     let wrong = CalculatorClient::with_options(
         &conn,
@@ -285,7 +310,10 @@ async fn service_and_prefix_options_route_separately(broker: TestBroker) {
 
 async fn stopped_server_no_longer_answers(broker: TestBroker) {
     let conn = broker.connect().await;
-    let handle = CalculatorServer::new(Calc::default()).serve(&conn).await.unwrap();
+    let handle = CalculatorServer::new(Calc::default())
+        .serve(&conn)
+        .await
+        .unwrap();
     let client = CalculatorClient::new(&conn).await.unwrap();
     assert_eq!(client.add(1, 2).await.unwrap(), 3);
     handle.stop().await.unwrap();
@@ -299,11 +327,15 @@ async fn stopped_server_no_longer_answers(broker: TestBroker) {
 
 async fn json_codec_client_round_trip(broker: TestBroker) {
     let (conn, _) = serve_calc(&broker).await;
-    let client = CalculatorClient::with_options(&conn, ClientOptions::default().codec(mqrpc::Codec::Json))
-        .await
-        .unwrap();
+    let client =
+        CalculatorClient::with_options(&conn, ClientOptions::default().codec(mqrpc::Codec::Json))
+            .await
+            .unwrap();
     assert_eq!(client.add(5, 6).await.unwrap(), 11);
-    assert_eq!(client.divide(1.0, 0.0).await.unwrap(), Err(MathError::DivideByZero));
+    assert_eq!(
+        client.divide(1.0, 0.0).await.unwrap(),
+        Err(MathError::DivideByZero)
+    );
 }
 
 async fn closed_connection_fails_calls(broker: TestBroker) {
@@ -337,7 +369,12 @@ async fn unreachable_broker_is_a_connect_error() {
 
 #[tokio::test]
 async fn invalid_urls_are_rejected() {
-    for url in ["http://127.0.0.1:1883", "mqtt://", "not a url", "mqtt://h:1?bogus=1"] {
+    for url in [
+        "http://127.0.0.1:1883",
+        "mqtt://",
+        "not a url",
+        "mqtt://h:1?bogus=1",
+    ] {
         let err = Connection::connect_url(url).await.unwrap_err();
         assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
     }
@@ -345,18 +382,28 @@ async fn invalid_urls_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_fails_fast_then_recovers() {
-    let Some(_) = mqrpc_tests::mosquitto() else { return };
+    let Some(_) = mqrpc_tests::mosquitto() else {
+        return;
+    };
     let mut mosquitto = mqrpc_tests::Mosquitto::start(&[]).unwrap();
     let port = mosquitto.port;
     let url = format!("mqtt://127.0.0.1:{port}");
     let server_conn = Connection::connect_url(&url).await.unwrap();
-    let _server = CalculatorServer::new(Calc::default()).serve(&server_conn).await.unwrap();
+    let _server = CalculatorServer::new(Calc::default())
+        .serve(&server_conn)
+        .await
+        .unwrap();
     let conn = Connection::connect_url(&url).await.unwrap();
     let client = CalculatorClient::new(&conn).await.unwrap();
     assert_eq!(client.add(1, 2).await.unwrap(), 3);
     let in_flight = tokio::spawn({
         let client = client.clone();
-        async move { client.with_timeout(Duration::from_secs(30)).sleep_ms(2_000).await }
+        async move {
+            client
+                .with_timeout(Duration::from_secs(30))
+                .sleep_ms(2_000)
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     mosquitto.kill();
@@ -370,7 +417,11 @@ async fn broker_restart_fails_fast_then_recovers() {
     // Both sides reconnect and re-subscribe by themselves.
     let mut answer = None;
     for _ in 0..200 {
-        match client.with_timeout(Duration::from_millis(500)).add(20, 22).await {
+        match client
+            .with_timeout(Duration::from_millis(500))
+            .add(20, 22)
+            .await
+        {
             Ok(sum) => {
                 answer = Some(sum);
                 break;

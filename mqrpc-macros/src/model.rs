@@ -10,7 +10,13 @@ use syn::{
 
 /// Names of the generated client's own methods: a service method of the
 /// same name would collide with them.
-const CLIENT_INHERENT: &[&str] = &["new", "with_options", "from_client", "with_timeout", "client"];
+const CLIENT_INHERENT: &[&str] = &[
+    "new",
+    "with_options",
+    "from_client",
+    "with_timeout",
+    "client",
+];
 
 pub struct Service {
     pub attrs: Vec<Attribute>,
@@ -39,7 +45,11 @@ pub enum Output {
     Unit,
     Plain(Type),
     /// `Result<T, E>`: `E` travels as a typed application error.
-    Fallible { declared: Type, ok: Type, err: Type },
+    Fallible {
+        declared: Box<Type>,
+        ok: Box<Type>,
+        err: Box<Type>,
+    },
 }
 
 /// Collects every error instead of stopping at the first, so one build
@@ -139,9 +149,7 @@ fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<LitStr> 
             name = Some(meta.value()?.parse::<LitStr>()?);
             Ok(())
         } else {
-            Err(meta.error(
-                "unsupported #[mqrpc::service] argument; supported: `name = \"...\"`",
-            ))
+            Err(meta.error("unsupported #[mqrpc::service] argument; supported: `name = \"...\"`"))
         }
     });
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
@@ -151,7 +159,10 @@ fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<LitStr> 
 }
 
 /// Reads `#[mqrpc(name = "...")]` from a method and returns the other attributes.
-fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribute>, Option<LitStr>) {
+fn split_method_attrs(
+    attrs: &[Attribute],
+    errors: &mut Errors,
+) -> (Vec<Attribute>, Option<LitStr>) {
     let mut kept = Vec::new();
     let mut name = None;
     for attr in attrs {
@@ -186,7 +197,10 @@ fn check_name(name: &str, span: Span, errors: &mut Errors, is_service: bool) {
         None
     };
     if let Some(problem) = problem {
-        errors.push_error(syn::Error::new(span, format!("{what} name `{name}` {problem}")));
+        errors.push_error(syn::Error::new(
+            span,
+            format!("{what} name `{name}` {problem}"),
+        ));
     }
 }
 
@@ -211,7 +225,7 @@ impl Method {
         }
         if sig.asyncness.is_none() {
             errors.push(
-                &sig.fn_token,
+                sig.fn_token,
                 "methods of an #[mqrpc::service] trait must be `async fn`: every call crosses the network",
             );
         }
@@ -267,9 +281,14 @@ impl Method {
         for input in inputs {
             let FnArg::Typed(typed) = input else { continue };
             let ident = match &*typed.pat {
-                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
+                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
+                    pat.ident.clone()
+                }
                 other => {
-                    errors.push(other, "use a plain argument name here: it names the field on the wire");
+                    errors.push(
+                        other,
+                        "use a plain argument name here: it names the field on the wire",
+                    );
                     continue;
                 }
             };
@@ -286,9 +305,9 @@ impl Method {
                 check_wire_type(ty, "return type", errors);
                 match result_parts(ty) {
                     Some((ok, err)) => Output::Fallible {
-                        declared: (**ty).clone(),
-                        ok,
-                        err,
+                        declared: ty.clone(),
+                        ok: Box::new(ok),
+                        err: Box::new(err),
                     },
                     None => Output::Plain((**ty).clone()),
                 }
@@ -348,25 +367,37 @@ fn check_wire_type(ty: &Type, what: &str, errors: &mut Errors) {
         fn visit_type_impl_trait(&mut self, node: &'ast syn::TypeImplTrait) {
             self.errors.push(
                 node,
-                format!("`impl Trait` cannot be a service {}: use a concrete type", self.what),
+                format!(
+                    "`impl Trait` cannot be a service {}: use a concrete type",
+                    self.what
+                ),
             );
         }
         fn visit_type_trait_object(&mut self, node: &'ast syn::TypeTraitObject) {
             self.errors.push(
                 node,
-                format!("a trait object cannot be a service {}: use a concrete type", self.what),
+                format!(
+                    "a trait object cannot be a service {}: use a concrete type",
+                    self.what
+                ),
             );
         }
         fn visit_lifetime(&mut self, node: &'ast syn::Lifetime) {
             if node.ident != "static" {
                 self.errors.push(
                     node,
-                    format!("a service {} cannot hold a borrowed lifetime; use owned data", self.what),
+                    format!(
+                        "a service {} cannot hold a borrowed lifetime; use owned data",
+                        self.what
+                    ),
                 );
             }
         }
         fn visit_type_ptr(&mut self, node: &'ast syn::TypePtr) {
-            self.errors.push(node, format!("a raw pointer cannot be a service {}", self.what));
+            self.errors.push(
+                node,
+                format!("a raw pointer cannot be a service {}", self.what),
+            );
         }
     }
     Checker { what, errors }.visit_type(ty);

@@ -18,7 +18,10 @@ pub fn render(service: &Service) -> TokenStream {
          Cheap to clone; clones share the connection and can be used from many tasks at once."
     );
     let methods = service.methods.iter().map(|method| {
-        let attrs = method.attrs.iter().filter(|a| !a.path().is_ident("must_use"));
+        let attrs = method
+            .attrs
+            .iter()
+            .filter(|a| !a.path().is_ident("must_use"));
         let name = &method.ident;
         let wire = &method.wire_name;
         let params = method.args.iter().map(|arg| {

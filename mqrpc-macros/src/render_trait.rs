@@ -24,7 +24,8 @@ pub fn render(service: &Service) -> TokenStream {
         });
         let output = match &method.output {
             Output::Unit => quote!(()),
-            Output::Plain(ty) | Output::Fallible { declared: ty, .. } => quote!(#ty),
+            Output::Plain(ty) => quote!(#ty),
+            Output::Fallible { declared, .. } => quote!(#declared),
         };
         quote! {
             #(#attrs)*

@@ -10,6 +10,9 @@ use tracing::warn;
 
 use crate::Error;
 
+/// The largest Maximum Packet Size MQTT v5 allows (a 4-byte variable integer).
+const MQTT_MAX_PACKET_SIZE: usize = 268_435_455;
+
 /// An MQTT v5 broker running inside this process, on `127.0.0.1` and a free
 /// port, with memory storage (nothing written to disk) and no `$SYS` topics.
 /// It stops when dropped.
@@ -34,20 +37,31 @@ pub struct EmbeddedBroker {
 
 impl std::fmt::Debug for EmbeddedBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedBroker").field("addr", &self.addr).finish()
+        f.debug_struct("EmbeddedBroker")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
 impl EmbeddedBroker {
     /// Starts the broker on `127.0.0.1` and a free port.
     pub async fn start() -> Result<EmbeddedBroker, Error> {
+        Self::start_on(0).await
+    }
+
+    /// Starts the broker on `127.0.0.1:port` (0 picks a free port).
+    pub async fn start_on(port: u16) -> Result<EmbeddedBroker, Error> {
         let storage = StorageConfig::default()
             .with_backend(StorageBackend::Memory)
             .with_persistence(false);
         let config = BrokerConfig::default()
-            .with_bind_address(([127, 0, 0, 1], 0))
+            .with_bind_address(([127, 0, 0, 1], port))
             .with_storage(storage)
-            .with_sys_topics_enabled(false);
+            .with_sys_topics_enabled(false)
+            // mqtt5's default (268 435 456) is one over the MQTT v5 limit
+            // (§3.2.2.3.6) and strict clients such as paho-mqtt drop the
+            // connection on it.
+            .with_max_packet_size(MQTT_MAX_PACKET_SIZE);
         let mut broker = MqttBroker::with_config(config)
             .await
             .map_err(|e| Error::Broker(e.to_string()))?;

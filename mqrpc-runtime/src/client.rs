@@ -265,7 +265,11 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client of `service`. The first client of a connection subscribes its
     /// response topic and waits for the SUBACK.
-    pub async fn new(conn: &Connection, service: &str, options: ClientOptions) -> Result<Client, Error> {
+    pub async fn new(
+        conn: &Connection,
+        service: &str,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
         topic::validate_level(service)?;
         topic::validate_prefix(&options.prefix)?;
         let caller = conn
@@ -325,7 +329,11 @@ impl Client {
 
     /// Calls a method declared as returning `Result<T, E>`: the server's
     /// `Err(E)` arrives as `Ok(Err(E))`, framework failures as `Err(Error)`.
-    pub async fn call_fallible<A, T, E>(&self, method: &str, args: &A) -> Result<Result<T, E>, Error>
+    pub async fn call_fallible<A, T, E>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<Result<T, E>, Error>
     where
         A: Serialize + ?Sized,
         T: DeserializeOwned,
@@ -339,7 +347,11 @@ impl Client {
         }
     }
 
-    async fn call_encoded<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<Response, Error> {
+    async fn call_encoded<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<Response, Error> {
         let payload = self.options.codec.encode(args)?;
         self.call_raw(method, payload).await
     }

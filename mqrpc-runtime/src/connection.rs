@@ -67,7 +67,9 @@ impl ConnectOptions {
         };
         let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(parsed.scheme(), "mqtt" | "tcp") {
-            return Err(invalid("the scheme must be mqtt:// (TLS is not supported yet)"));
+            return Err(invalid(
+                "the scheme must be mqtt:// (TLS is not supported yet)",
+            ));
         }
         let host = parsed
             .host_str()
@@ -332,8 +334,10 @@ impl Connection {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("mqrpc-{:016x}", random_u64()));
-        let (client, eventloop) =
-            AsyncClient::new(options.mqtt_options(&client_id), options.request_channel_capacity);
+        let (client, eventloop) = AsyncClient::new(
+            options.mqtt_options(&client_id),
+            options.request_channel_capacity,
+        );
         let broker = options.broker_address();
         let shared = Arc::new(Shared {
             client,
@@ -396,7 +400,12 @@ impl Connection {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.client.disconnect()).await;
         // Give the event loop a moment to send DISCONNECT before stopping it.
-        let driver = self.shared.driver.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let driver = self
+            .shared
+            .driver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(mut driver) = driver {
             if tokio::time::timeout(Duration::from_millis(500), &mut driver)
                 .await
@@ -424,16 +433,25 @@ impl Connection {
 
     /// Adds a route and subscribes to its filter, returning once the broker
     /// has acknowledged the subscription (SUBACK).
-    pub(crate) async fn subscribe(&self, filter: String, qos: QoS, sink: Sink) -> Result<u64, Error> {
+    pub(crate) async fn subscribe(
+        &self,
+        filter: String,
+        qos: QoS,
+        sink: Sink,
+    ) -> Result<u64, Error> {
         self.ensure_open()?;
         let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
         // Route first: a message may arrive right after the SUBACK.
-        self.shared.routes.write().unwrap_or_else(|e| e.into_inner()).push(Route {
-            id,
-            filter: filter.clone(),
-            qos,
-            sink,
-        });
+        self.shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Route {
+                id,
+                filter: filter.clone(),
+                qos,
+                sink,
+            });
         if let Err(e) = self.subscribe_filter(&filter, qos).await {
             self.remove_route(id);
             return Err(e);
@@ -462,7 +480,11 @@ impl Connection {
     }
 
     fn remove_route(&self, route_id: u64) -> Option<String> {
-        let mut routes = self.shared.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self
+            .shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let index = routes.iter().position(|r| r.id == route_id)?;
         Some(routes.remove(index).filter)
     }
@@ -497,7 +519,12 @@ impl Connection {
                 return Err(failed(format!("MQTT client: {e}")));
             }
         }
-        let ack_timeout = self.shared.options.connect_timeout.max(Duration::from_secs(1)) * 2;
+        let ack_timeout = self
+            .shared
+            .options
+            .connect_timeout
+            .max(Duration::from_secs(1))
+            * 2;
         match tokio::time::timeout(ack_timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(reason))) => Err(failed(reason)),
@@ -624,7 +651,9 @@ async fn drive(
     let mut backoff = Duration::from_millis(100);
     loop {
         let event = eventloop.poll().await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let conn = Connection { shared };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => conn.route(publish),

@@ -44,7 +44,12 @@ pub trait Service: Send + Sync + 'static {
     const METHODS: &'static [&'static str];
 
     /// Decodes the arguments of `method`, runs it, encodes its outcome.
-    fn call(&self, method: &str, codec: Codec, payload: &[u8]) -> impl Future<Output = Reply> + Send;
+    fn call(
+        &self,
+        method: &str,
+        codec: Codec,
+        payload: &[u8],
+    ) -> impl Future<Output = Reply> + Send;
 }
 
 /// The outcome of one call, ready to send.
@@ -174,7 +179,11 @@ impl ServerHandle {
 
 /// Serves `service` on `conn`: subscribes to `<prefix>/<name>/+` and
 /// returns once the broker acknowledged the subscription.
-pub async fn serve<S: Service>(conn: &Connection, service: S, options: ServerOptions) -> Result<ServerHandle, Error> {
+pub async fn serve<S: Service>(
+    conn: &Connection,
+    service: S,
+    options: ServerOptions,
+) -> Result<ServerHandle, Error> {
     topic::validate_prefix(&options.prefix)?;
     topic::validate_level(S::NAME)?;
     if S::NAME.starts_with('_') {
@@ -202,7 +211,12 @@ pub async fn serve<S: Service>(conn: &Connection, service: S, options: ServerOpt
     })
 }
 
-async fn handle_request<S: Service>(service: Arc<S>, conn: Connection, method_offset: usize, mut publish: Publish) {
+async fn handle_request<S: Service>(
+    service: Arc<S>,
+    conn: Connection,
+    method_offset: usize,
+    mut publish: Publish,
+) {
     let properties = publish.properties.take().unwrap_or_default();
     // The route matched `<prefix>/<name>/+`, so the topic is UTF-8 and the
     // method is everything after the offset.
@@ -226,7 +240,10 @@ async fn handle_request<S: Service>(service: Arc<S>, conn: Connection, method_of
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
                 warn!(service = S::NAME, %method, panic = %what, "handler panicked");
-                Reply::failure(Status::Internal, format!("the handler of `{method}` panicked: {what}"))
+                Reply::failure(
+                    Status::Internal,
+                    format!("the handler of `{method}` panicked: {what}"),
+                )
             }),
     };
     let Some(response_topic) = properties.response_topic else {
@@ -247,7 +264,10 @@ async fn handle_request<S: Service>(service: Arc<S>, conn: Connection, method_of
     let response_properties = PublishProperties {
         correlation_data: properties.correlation_data,
         content_type: Some(content_type.to_string()),
-        user_properties: vec![(STATUS_PROPERTY.to_string(), reply.status.as_str().to_string())],
+        user_properties: vec![(
+            STATUS_PROPERTY.to_string(),
+            reply.status.as_str().to_string(),
+        )],
         ..PublishProperties::default()
     };
     let qos = QoS::from(publish.qos);

@@ -35,7 +35,9 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), Error> {
         return Err(invalid("the prefix must not be empty"));
     }
     if prefix.starts_with('$') {
-        return Err(invalid("topics starting with `$` are reserved for the broker"));
+        return Err(invalid(
+            "topics starting with `$` are reserved for the broker",
+        ));
     }
     for level in prefix.split('/') {
         validate_chars(level).map_err(|reason| invalid(&reason))?;
@@ -56,7 +58,9 @@ pub(crate) fn validate_level(name: &str) -> Result<(), Error> {
         return Err(invalid("the name must not be empty".into()));
     }
     if name.contains('/') {
-        return Err(invalid("the name must be a single topic level (no `/`)".into()));
+        return Err(invalid(
+            "the name must be a single topic level (no `/`)".into(),
+        ));
     }
     validate_chars(name).map_err(invalid)
 }

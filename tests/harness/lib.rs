@@ -50,7 +50,9 @@ impl TestBroker {
 /// The embedded broker, always available.
 pub async fn embedded() -> TestBroker {
     init_tracing();
-    let broker = mqrpc::EmbeddedBroker::start().await.expect("start embedded broker");
+    let broker = mqrpc::EmbeddedBroker::start()
+        .await
+        .expect("start embedded broker");
     TestBroker {
         url: broker.url(),
         port: broker.addr().port(),
@@ -153,7 +155,9 @@ impl Mosquitto {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(std::io::Error::other("mosquitto did not listen within 10 s"));
+                return Err(std::io::Error::other(
+                    "mosquitto did not listen within 10 s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

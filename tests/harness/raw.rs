@@ -75,7 +75,10 @@ impl RawPeer {
     }
 
     async fn next_packet(&mut self, wait: Duration) -> Option<Packet> {
-        tokio::time::timeout(wait, self.incoming.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.incoming.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next PUBLISH received within `wait`, if any.
@@ -91,7 +94,12 @@ impl RawPeer {
     }
 
     /// Publishes with QoS 1 and the given properties.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, properties: PublishProperties) {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        properties: PublishProperties,
+    ) {
         self.client
             .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), properties)
             .await
@@ -100,7 +108,11 @@ impl RawPeer {
 }
 
 /// Properties of a well-formed request.
-pub fn request_properties(response_topic: &str, correlation: &[u8], content_type: Option<&str>) -> PublishProperties {
+pub fn request_properties(
+    response_topic: &str,
+    correlation: &[u8],
+    content_type: Option<&str>,
+) -> PublishProperties {
     PublishProperties {
         response_topic: Some(response_topic.to_string()),
         correlation_data: Some(Bytes::copy_from_slice(correlation)),
