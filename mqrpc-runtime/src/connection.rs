@@ -180,11 +180,11 @@ impl ConnectOptions {
     }
 }
 
+/// Undoes the URL's percent-encoding of user and password (`+` stays `+`).
 fn decode_component(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A handler for publishes whose topic matches a route's filter. Runs on the
