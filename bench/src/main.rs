@@ -17,25 +17,41 @@ use systems::{Scenario, Target};
 
 struct Settings {
     quick: bool,
+    /// `--systems raw-rumqttc,mqrpc`: measure only these (all by default).
+    systems: Option<Vec<String>>,
     run_for: Duration,
     depths: Vec<usize>,
     memory_calls: usize,
     growth_calls: usize,
+    /// Each system is measured this many times, interleaved; the table
+    /// shows the median round.
+    rounds: usize,
 }
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let seconds = value_of("--seconds").and_then(|s| s.parse::<f64>().ok());
     let settings = Settings {
         quick,
-        run_for: if quick {
-            Duration::from_millis(700)
-        } else {
-            Duration::from_secs(5)
+        systems: value_of("--systems").map(|s| s.split(',').map(str::to_string).collect()),
+        run_for: match seconds {
+            Some(s) => Duration::from_secs_f64(s),
+            None if quick => Duration::from_millis(700),
+            None => Duration::from_secs(5),
         },
         depths: vec![1, 10, 100, 1000],
         memory_calls: 10_000,
         growth_calls: if quick { 20_000 } else { 200_000 },
+        rounds: value_of("--rounds")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(if quick { 1 } else { 3 }),
     };
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
@@ -45,6 +61,9 @@ async fn main() {
     let nats = brokers::nats_server();
     let embedded = mqrpc::EmbeddedBroker::start().await;
 
+    // Every system stays up for the whole run; rounds interleave them so
+    // drift of the machine (other load, CPU frequency) hits all alike.
+    let mut targets: Vec<(&str, Option<u8>, Arc<dyn Target>)> = Vec::new();
     match &mosquitto {
         Ok(m) => {
             let url = format!("mqtt://127.0.0.1:{}", m.port);
@@ -55,10 +74,7 @@ async fn main() {
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce
                 };
                 match systems::Raw::start(m.port, raw_qos).await {
-                    Ok(t) => {
-                        measure_all(&settings, &mut rows, "raw-rumqttc", Some(qos), Arc::new(t))
-                            .await
-                    }
+                    Ok(t) => targets.push(("raw-rumqttc", Some(qos), Arc::new(t))),
                     Err(e) => notes.push(format!("raw-rumqttc qos{qos}: {e}")),
                 }
                 let mqrpc_qos = if qos == 0 {
@@ -67,9 +83,7 @@ async fn main() {
                     mqrpc::QoS::AtLeastOnce
                 };
                 match systems::Mqrpc::start(&url, mqrpc_qos).await {
-                    Ok(t) => {
-                        measure_all(&settings, &mut rows, "mqrpc", Some(qos), Arc::new(t)).await
-                    }
+                    Ok(t) => targets.push(("mqrpc", Some(qos), Arc::new(t))),
                     Err(e) => notes.push(format!("mqrpc qos{qos}: {e}")),
                 }
             }
@@ -78,27 +92,72 @@ async fn main() {
     }
     match &embedded {
         Ok(broker) => match systems::Mqrpc::start(&broker.url(), mqrpc::QoS::AtLeastOnce).await {
-            Ok(t) => {
-                measure_all(&settings, &mut rows, "mqrpc-embedded", Some(1), Arc::new(t)).await
-            }
+            Ok(t) => targets.push(("mqrpc-embedded", Some(1), Arc::new(t))),
             Err(e) => notes.push(format!("mqrpc-embedded: {e}")),
         },
         Err(e) => notes.push(format!("embedded broker: {e}")),
     }
     match systems::Tarpc::start().await {
-        Ok(t) => measure_all(&settings, &mut rows, "tarpc", None, Arc::new(t)).await,
+        Ok(t) => targets.push(("tarpc", None, Arc::new(t))),
         Err(e) => notes.push(format!("tarpc: {e}")),
     }
     match &nats {
         Ok(n) => match systems::Nats::start(n.port).await {
-            Ok(t) => measure_all(&settings, &mut rows, "async-nats", None, Arc::new(t)).await,
+            Ok(t) => targets.push(("async-nats", None, Arc::new(t))),
             Err(e) => notes.push(format!("async-nats: {e}")),
         },
         Err(e) => notes.push(format!("NATS cases skipped: {e}")),
     }
+    if let Some(only) = &settings.systems {
+        targets.retain(|(name, _, _)| only.iter().any(|s| s == name));
+    }
+    let mut runs: Vec<Row> = Vec::new();
+    for round in 0..settings.rounds {
+        eprintln!("round {} of {}", round + 1, settings.rounds);
+        for scenario in [Scenario::Add, Scenario::Echo1k] {
+            for &depth in &settings.depths {
+                for (system, qos, target) in &targets {
+                    let row =
+                        measure::run(target, system, *qos, scenario, depth, settings.run_for).await;
+                    eprintln!(
+                        "{:<15} {:<5} {:<8} {:>5} in flight: p50 {:>8.1} µs  p99 {:>8.1} µs  {:>9.0} calls/s  lost {}",
+                        row.system,
+                        qos.map(|q| format!("qos{q}")).unwrap_or_else(|| "-".into()),
+                        row.scenario,
+                        row.in_flight,
+                        row.p50_us,
+                        row.p99_us,
+                        row.calls_per_s,
+                        row.lost
+                    );
+                    runs.push(row);
+                }
+            }
+        }
+    }
+    rows.extend(measure::median_of_rounds(&runs));
+    let order = [
+        "raw-rumqttc",
+        "mqrpc",
+        "mqrpc-embedded",
+        "tarpc",
+        "async-nats",
+    ];
+    rows.sort_by_key(|r| {
+        let system = order
+            .iter()
+            .position(|s| *s == r.system)
+            .unwrap_or(order.len());
+        (r.qos, system, r.scenario.clone(), r.in_flight)
+    });
+    drop(targets);
 
     let mut memory = Vec::new();
-    if let Ok(m) = &mosquitto {
+    let want_memory = settings
+        .systems
+        .as_ref()
+        .is_none_or(|s| s.iter().any(|s| s == "memory"));
+    if let (Ok(m), true) = (&mosquitto, want_memory) {
         memory.extend(measure_memory(&settings, &format!("mqtt://127.0.0.1:{}", m.port)).await);
     }
 
@@ -155,32 +214,6 @@ fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(Into::into)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-async fn measure_all<T: Target>(
-    settings: &Settings,
-    rows: &mut Vec<Row>,
-    system: &str,
-    qos: Option<u8>,
-    target: Arc<T>,
-) {
-    for scenario in [Scenario::Add, Scenario::Echo1k] {
-        for &depth in &settings.depths {
-            let row = measure::run(&target, system, qos, scenario, depth, settings.run_for).await;
-            eprintln!(
-                "{:<15} {:<5} {:<8} {:>5} in flight: p50 {:>8.1} µs  p99 {:>8.1} µs  {:>9.0} calls/s  lost {}",
-                row.system,
-                qos.map(|q| format!("qos{q}")).unwrap_or_else(|| "-".into()),
-                row.scenario,
-                row.in_flight,
-                row.p50_us,
-                row.p99_us,
-                row.calls_per_s,
-                row.lost
-            );
-            rows.push(row);
-        }
-    }
 }
 
 /// RSS per in-flight mqrpc call (10 000 calls nobody answers), and RSS

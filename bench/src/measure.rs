@@ -32,8 +32,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 /// Runs `in_flight` workers, each calling in a loop, for `duration` after a
 /// short warm-up; latencies are per call, in tenths of µs.
-pub async fn run<T: Target>(
-    target: &Arc<T>,
+pub async fn run(
+    target: &Arc<dyn Target>,
     system: &str,
     qos: Option<u8>,
     scenario: Scenario,
@@ -97,4 +97,34 @@ pub fn rss_bytes() -> u64 {
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map(|pages| pages * 4096)
         .unwrap_or(0)
+}
+
+/// Folds repeated runs of the same (system, qos, scenario, depth) into one
+/// row: the median of each figure, calls and losses summed.
+pub fn median_of_rounds(runs: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for run in runs {
+        if out.iter().any(|r| same_case(r, run)) {
+            continue;
+        }
+        let group: Vec<&Row> = runs.iter().filter(|r| same_case(r, run)).collect();
+        let median = |f: fn(&Row) -> f64| {
+            let mut values: Vec<f64> = group.iter().map(|r| f(r)).collect();
+            values.sort_by(|a, b| a.total_cmp(b));
+            values[values.len() / 2]
+        };
+        out.push(Row {
+            p50_us: median(|r| r.p50_us),
+            p99_us: median(|r| r.p99_us),
+            calls_per_s: median(|r| r.calls_per_s),
+            calls: group.iter().map(|r| r.calls).sum(),
+            lost: group.iter().map(|r| r.lost).sum(),
+            ..run.clone()
+        });
+    }
+    out
+}
+
+fn same_case(a: &Row, b: &Row) -> bool {
+    a.system == b.system && a.qos == b.qos && a.scenario == b.scenario && a.in_flight == b.in_flight
 }
