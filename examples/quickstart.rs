@@ -22,7 +22,8 @@ async fn main() -> Result<(), mqrpc::Error> {
         Ok(value) => println!("divide(1.0, 0.0)   = {value}"),
         Err(error) => println!("divide(1.0, 0.0)   = Err({error:?}): {error}"),
     }
-    // A framework error: nobody serves `Weather`, so the call times out.
+    // A framework error: nobody serves `Weather`. Brokers that report "no
+    // matching subscribers" (Mosquitto) fail it at once, others time out.
     let untyped = mqrpc::Client::new(&conn, "Weather", mqrpc::ClientOptions::default()).await?;
     let err = untyped
         .with_timeout(Duration::from_millis(200))

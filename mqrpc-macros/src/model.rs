@@ -32,6 +32,8 @@ pub struct Method {
     pub attrs: Vec<Attribute>,
     pub ident: Ident,
     pub wire_name: String,
+    /// `#[mqrpc(qos = N)]`: the method's own QoS (0, 1 or 2).
+    pub qos: Option<u8>,
     pub args: Vec<Arg>,
     pub output: Output,
 }
@@ -158,13 +160,15 @@ fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<LitStr> 
     name
 }
 
-/// Reads `#[mqrpc(name = "...")]` from a method and returns the other attributes.
+/// Reads `#[mqrpc(name = "...", qos = N)]` from a method and returns the
+/// other attributes.
 fn split_method_attrs(
     attrs: &[Attribute],
     errors: &mut Errors,
-) -> (Vec<Attribute>, Option<LitStr>) {
+) -> (Vec<Attribute>, Option<LitStr>, Option<u8>) {
     let mut kept = Vec::new();
     let mut name = None;
+    let mut qos = None;
     for attr in attrs {
         if !attr.path().is_ident("mqrpc") {
             kept.push(attr.clone());
@@ -174,15 +178,26 @@ fn split_method_attrs(
             if meta.path.is_ident("name") {
                 name = Some(meta.value()?.parse::<LitStr>()?);
                 Ok(())
+            } else if meta.path.is_ident("qos") {
+                let value = meta.value()?.parse::<syn::LitInt>()?;
+                match value.base10_parse::<u8>() {
+                    Ok(level @ 0..=2) => {
+                        qos = Some(level);
+                        Ok(())
+                    }
+                    _ => Err(syn::Error::new_spanned(value, "MQTT QoS is 0, 1 or 2")),
+                }
             } else {
-                Err(meta.error("unsupported #[mqrpc] attribute; supported: `name = \"...\"`"))
+                Err(meta.error(
+                    "unsupported #[mqrpc] attribute; supported: `name = \"...\"`, `qos = 0|1|2`",
+                ))
             }
         });
         if let Err(e) = result {
             errors.push_error(e);
         }
     }
-    (kept, name)
+    (kept, name, qos)
 }
 
 fn check_name(name: &str, span: Span, errors: &mut Errors, is_service: bool) {
@@ -191,7 +206,7 @@ fn check_name(name: &str, span: Span, errors: &mut Errors, is_service: bool) {
         Some("must not be empty")
     } else if name.contains(['/', '+', '#', '\0']) {
         Some("must be one MQTT topic level: no `/`, `+`, `#` or NUL")
-    } else if is_service && name.starts_with('_') {
+    } else if name.starts_with('_') {
         Some("must not start with `_` (reserved for mqrpc's own topics)")
     } else {
         None
@@ -208,7 +223,7 @@ impl Method {
     fn parse(function: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         let sig = &function.sig;
         let before = errors.0.is_some();
-        let (attrs, name) = split_method_attrs(&function.attrs, errors);
+        let (attrs, name, qos) = split_method_attrs(&function.attrs, errors);
         let (wire_name, name_span) = match name {
             Some(name) => (name.value(), name.span()),
             None => (sig.ident.to_string(), sig.ident.span()),
@@ -320,6 +335,7 @@ impl Method {
             attrs,
             ident: sig.ident.clone(),
             wire_name,
+            qos,
             args,
             output,
         })

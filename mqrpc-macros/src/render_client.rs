@@ -32,11 +32,17 @@ pub fn render(service: &Service) -> TokenStream {
         let field_types = method.args.iter().map(|arg| &arg.ty);
         let args_struct = format_ident!("__{}Args", trait_ident);
         let (output, call) = match &method.output {
-            Output::Unit => (quote!(()), quote!(call::<_, ()>)),
-            Output::Plain(ty) => (quote!(#ty), quote!(call::<_, #ty>)),
+            Output::Unit => (quote!(()), quote!(call_qos::<_, ()>)),
+            Output::Plain(ty) => (quote!(#ty), quote!(call_qos::<_, #ty>)),
             Output::Fallible { declared, ok, err } => {
-                (quote!(#declared), quote!(call_fallible::<_, #ok, #err>))
+                (quote!(#declared), quote!(call_fallible_qos::<_, #ok, #err>))
             }
+        };
+        let qos = match method.qos {
+            None => quote!(::core::option::Option::None),
+            Some(0) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtMostOnce)),
+            Some(1) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtLeastOnce)),
+            Some(_) => quote!(::core::option::Option::Some(::mqrpc::QoS::ExactlyOnce)),
         };
         quote! {
             #(#attrs)*
@@ -46,7 +52,7 @@ pub fn render(service: &Service) -> TokenStream {
                 #[derive(::mqrpc::__private::serde::Serialize)]
                 #[serde(crate = "::mqrpc::__private::serde")]
                 struct #args_struct { #(#fields: #field_types),* }
-                self.client.#call(#wire, &#args_struct { #(#fields),* }).await
+                self.client.#call(#wire, #qos, &#args_struct { #(#fields),* }).await
             }
         }
     });

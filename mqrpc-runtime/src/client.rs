@@ -3,7 +3,7 @@
 //! generated `<Trait>Client` wraps.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,10 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::connection::{Connection, Sink};
-use crate::protocol::{Status, DEFAULT_PREFIX, STATUS_PROPERTY};
+use crate::protocol::{
+    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, STATUS_PROPERTY,
+    TIMEOUT_PROPERTY,
+};
 use crate::{topic, Codec, Error, QoS};
 
 /// Default time a call waits for its answer.
@@ -60,7 +63,8 @@ impl Response {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
 
-    /// Turns a non-success status into its [`Error`].
+    /// Turns a non-success status into its [`Error`]. `deadline-exceeded`
+    /// does not get here: the call turns it into [`Error::Timeout`].
     fn framework_error(&self, method: &str) -> Error {
         let message = self.message();
         match self.status {
@@ -70,7 +74,9 @@ impl Response {
             Status::BadRequest => Error::BadRequest { message },
             Status::UnsupportedContentType => Error::UnsupportedContentType { message },
             Status::Internal => Error::Internal { message },
-            Status::Ok | Status::Error => Error::Protocol {
+            Status::Overloaded => Error::Overloaded { message },
+            Status::TooLarge => Error::TooLarge { message },
+            Status::Ok | Status::Error | Status::DeadlineExceeded => Error::Protocol {
                 reason: format!("unexpected status {}", self.status),
             },
         }
@@ -135,6 +141,17 @@ impl Caller {
         }
     }
 
+    /// The broker reported that nobody subscribed to the call's topic.
+    pub(crate) fn fail_no_responder(&self, id: u64) {
+        let waiter = self.lock().remove(&id);
+        if let Some(waiter) = waiter {
+            // The call fills in its method name.
+            let _ = waiter.send(Err(Error::NoResponder {
+                method: String::new(),
+            }));
+        }
+    }
+
     pub(crate) fn fail_all(&self, error: &Error) {
         let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
         for waiter in waiters {
@@ -148,15 +165,20 @@ impl Caller {
 }
 
 /// Removes a call's entry when the call ends in any way: answered, timed
-/// out, or its future dropped.
+/// out, or its future dropped. A call that ends unanswered after its
+/// request went out tells the server to stop working on it.
 struct PendingSlot<'a> {
-    caller: &'a Caller,
+    client: &'a Client,
     id: u64,
+    sent: AtomicBool,
 }
 
 impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        self.caller.lock().remove(&self.id);
+        let unanswered = self.client.caller.lock().remove(&self.id).is_some();
+        if unanswered && self.sent.load(Ordering::Relaxed) {
+            self.client.send_cancel(self.id);
+        }
     }
 }
 
@@ -293,6 +315,13 @@ impl Client {
         client
     }
 
+    /// The same client with another QoS for its requests.
+    pub fn with_qos(&self, qos: QoS) -> Client {
+        let mut client = self.clone();
+        client.options.qos = qos;
+        client
+    }
+
     /// The same client with other options (prefix, QoS, codec, timeout).
     pub fn with_options(&self, options: ClientOptions) -> Result<Client, Error> {
         topic::validate_prefix(&options.prefix)?;
@@ -317,7 +346,18 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        let response = self.call_encoded(method, args).await?;
+        self.call_qos(method, None, args).await
+    }
+
+    /// [`call`](Self::call) with the method's own QoS, if it declares one
+    /// (`#[mqrpc(qos = ..)]`); used by generated clients.
+    #[doc(hidden)]
+    pub async fn call_qos<A, T>(&self, method: &str, qos: Option<QoS>, args: &A) -> Result<T, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let response = self.call_encoded(method, qos, args).await?;
         match response.status {
             Status::Ok => response.codec.decode(&response.payload),
             Status::Error => Err(Error::Protocol {
@@ -339,7 +379,23 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let response = self.call_encoded(method, args).await?;
+        self.call_fallible_qos(method, None, args).await
+    }
+
+    /// [`call_fallible`](Self::call_fallible) with the method's own QoS.
+    #[doc(hidden)]
+    pub async fn call_fallible_qos<A, T, E>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        args: &A,
+    ) -> Result<Result<T, E>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let response = self.call_encoded(method, qos, args).await?;
         match response.status {
             Status::Ok => response.codec.decode(&response.payload).map(Ok),
             Status::Error => response.codec.decode(&response.payload).map(Err),
@@ -350,17 +406,26 @@ impl Client {
     async fn call_encoded<A: Serialize + ?Sized>(
         &self,
         method: &str,
+        qos: Option<QoS>,
         args: &A,
     ) -> Result<Response, Error> {
         let payload = self.options.codec.encode(args)?;
-        self.call_raw(method, payload).await
+        self.send(method, qos.unwrap_or(self.options.qos), payload)
+            .await
     }
 
     /// Sends an already-encoded request (in this client's codec) and returns
     /// the raw response. Ends with [`Error::Timeout`] after the timeout.
     pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Response, Error> {
+        self.send(method, self.options.qos, payload).await
+    }
+
+    async fn send(&self, method: &str, qos: QoS, payload: Vec<u8>) -> Result<Response, Error> {
         self.conn.ensure_open()?;
         let caller = &*self.caller;
+        let topic = topic::method_topic(&self.options.prefix, &self.service, method);
+        self.check_size(&topic, payload.len())?;
+        let timeout = self.options.timeout;
         let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -372,26 +437,89 @@ impl Client {
             }
             pending.insert(id, tx);
         }
-        let _slot = PendingSlot { caller, id };
+        let slot = PendingSlot {
+            client: self,
+            id,
+            sent: AtomicBool::new(false),
+        };
         let properties = PublishProperties {
             response_topic: Some(caller.reply_topic.clone()),
             correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
             content_type: Some(self.options.codec.content_type().to_string()),
+            // The broker drops the request if nobody took it in time.
+            message_expiry_interval: Some(expiry_seconds(timeout)),
+            user_properties: vec![(
+                TIMEOUT_PROPERTY.to_string(),
+                timeout.as_millis().min(u64::MAX as u128).to_string(),
+            )],
             ..PublishProperties::default()
         };
-        let topic = topic::method_topic(&self.options.prefix, &self.service, method);
         let exchange = async {
             self.conn
-                .publish(topic, self.options.qos, payload, properties)
+                .publish(topic, qos, payload, properties, Some(id))
                 .await?;
+            slot.sent.store(true, Ordering::Relaxed);
             rx.await.unwrap_or(Err(Error::Disconnected))
         };
-        match tokio::time::timeout(self.options.timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 method: method.to_string(),
-                timeout: self.options.timeout,
+                timeout,
             }),
+        };
+        drop(slot);
+        match result {
+            Err(Error::NoResponder { .. }) => Err(Error::NoResponder {
+                method: method.to_string(),
+            }),
+            // The server's view of the same deadline.
+            Ok(response) if response.status == Status::DeadlineExceeded => Err(Error::Timeout {
+                method: method.to_string(),
+                timeout,
+            }),
+            other => other,
         }
     }
+
+    /// Refuses a request the broker would not take: rumqttc drops the whole
+    /// connection on a packet over the broker's Maximum Packet Size.
+    fn check_size(&self, topic: &str, payload_len: usize) -> Result<(), Error> {
+        let Some(limit) = self.conn.broker_max_packet_size() else {
+            return Ok(());
+        };
+        // Fixed header, topic, packet id, properties: generous upper bound.
+        let overhead = 64 + topic.len() + self.caller.reply_topic.len();
+        let size = payload_len + overhead;
+        if size > limit as usize {
+            return Err(Error::TooLarge {
+                message: format!(
+                    "a {payload_len}-byte payload makes a packet over the broker's Maximum Packet Size of {limit} bytes"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Best effort, from `Drop`: QoS 0, never waits.
+    fn send_cancel(&self, id: u64) {
+        let topic = topic::method_topic(&self.options.prefix, &self.service, CANCEL_METHOD);
+        let properties = PublishProperties {
+            correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
+            user_properties: vec![(
+                CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),
+                self.caller.reply_topic.clone(),
+            )],
+            ..PublishProperties::default()
+        };
+        if let Err(e) = self.conn.try_publish_qos0(topic, Vec::new(), properties) {
+            debug!(correlation = id, error = %e, "could not send a cancel message");
+        }
+    }
+}
+
+/// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.
+fn expiry_seconds(timeout: Duration) -> u32 {
+    let millis = timeout.as_millis().max(1);
+    u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX)
 }

@@ -3,11 +3,13 @@
 //! SUBACK/UNSUBACK, and reconnects (re-subscribing) after a broker outage.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    Packet, PubAckReason, PubRecReason, Publish, PublishProperties, SubscribeReasonCode,
+};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::oneshot;
@@ -38,6 +40,7 @@ pub struct ConnectOptions {
     tcp_nodelay: bool,
     request_channel_capacity: usize,
     max_pending_calls: usize,
+    session_expiry: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -55,6 +58,7 @@ impl ConnectOptions {
             tcp_nodelay: true,
             request_channel_capacity: 1024,
             max_pending_calls: 100_000,
+            session_expiry: None,
         }
     }
 
@@ -144,6 +148,17 @@ impl ConnectOptions {
         self
     }
 
+    /// Keeps the MQTT session on the broker for `expiry` after the link
+    /// drops (Clean Start 0 + Session Expiry Interval): subscriptions
+    /// survive a reconnect and QoS 1/2 requests sent to a server while it
+    /// was away are delivered when it is back. Default: none (clean start;
+    /// the connection re-subscribes after every reconnect). Needs a fixed
+    /// [`client_id`](Self::client_id) to be of use across restarts.
+    pub fn session_expiry(mut self, expiry: Duration) -> Self {
+        self.session_expiry = Some(expiry);
+        self
+    }
+
     /// `host:port` of the broker.
     pub fn broker_address(&self) -> String {
         if self.host.contains(':') {
@@ -166,7 +181,16 @@ impl ConnectOptions {
     fn mqtt_options(&self, client_id: &str) -> MqttOptions {
         let mut mqtt = MqttOptions::new(client_id, self.host.clone(), self.port);
         mqtt.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
-        mqtt.set_clean_start(true);
+        match self.session_expiry {
+            Some(expiry) => {
+                mqtt.set_clean_start(false);
+                let seconds = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX);
+                mqtt.set_session_expiry_interval(Some(seconds.max(1)));
+            }
+            None => {
+                mqtt.set_clean_start(true);
+            }
+        }
         mqtt.set_max_packet_size(Some(self.max_packet_size));
         mqtt.set_request_channel_capacity(self.request_channel_capacity);
         mqtt.set_connection_timeout(self.connect_timeout.as_secs().max(1));
@@ -225,6 +249,21 @@ impl AckWaiters {
     }
 }
 
+/// Maps QoS 1/2 publishes to the calls that sent them, so a PUBACK/PUBREC
+/// with reason 0x10 "No matching subscribers" fails its call at once.
+/// rumqttc assigns packet ids in its event loop and reports them as
+/// `Outgoing::Publish` events in request order; every QoS 1/2 publish
+/// pushes a marker (`Some(call)` or `None`) in that same order, under
+/// `publish_order`.
+#[derive(Default)]
+struct PublishTracker {
+    markers: VecDeque<Option<u64>>,
+    /// The marker of a publish rumqttc parked on a packet-id collision
+    /// (`Outgoing::AwaitAck`); its `Outgoing::Publish` comes later.
+    collision: Option<Option<u64>>,
+    by_packet_id: HashMap<u16, u64>,
+}
+
 pub(crate) struct Shared {
     client: AsyncClient,
     client_id: String,
@@ -240,6 +279,11 @@ pub(crate) struct Shared {
     /// Held while a SUBSCRIBE/UNSUBSCRIBE is queued, so waiter order and
     /// request order stay the same.
     ack_order: tokio::sync::Mutex<()>,
+    /// Held while a QoS 1/2 publish is queued (see [`PublishTracker`]).
+    publish_order: tokio::sync::Mutex<()>,
+    publishes: Mutex<PublishTracker>,
+    /// Maximum Packet Size from the broker's CONNACK (0: none given).
+    broker_max_packet: AtomicU32,
     pub(crate) caller: tokio::sync::OnceCell<Arc<Caller>>,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
     #[cfg(feature = "embedded-broker")]
@@ -350,6 +394,9 @@ impl Connection {
             closed: AtomicBool::new(false),
             acks: Mutex::new(AckWaiters::default()),
             ack_order: tokio::sync::Mutex::new(()),
+            publish_order: tokio::sync::Mutex::new(()),
+            publishes: Mutex::new(PublishTracker::default()),
+            broker_max_packet: AtomicU32::new(0),
             caller: tokio::sync::OnceCell::new(),
             driver: Mutex::new(None),
             #[cfg(feature = "embedded-broker")]
@@ -533,18 +580,107 @@ impl Connection {
         }
     }
 
+    /// Publishes; for QoS 1/2, `call` names the call whose request this is,
+    /// so that "no matching subscribers" fails it (see [`PublishTracker`]).
     pub(crate) async fn publish(
         &self,
         topic: String,
         qos: QoS,
         payload: Vec<u8>,
         properties: PublishProperties,
+        call: Option<u64>,
+    ) -> Result<(), Error> {
+        let send = self.shared.client.publish_with_properties(
+            topic,
+            qos.into(),
+            false,
+            payload,
+            properties,
+        );
+        if qos == QoS::AtMostOnce {
+            return send.await.map_err(|e| Error::Mqtt(e.to_string()));
+        }
+        let _order = self.shared.publish_order.lock().await;
+        self.tracker().markers.push_back(call);
+        let sent = send.await;
+        if let Err(e) = sent {
+            // Not queued, so no event will take the marker: take it back.
+            self.tracker().markers.pop_back();
+            return Err(Error::Mqtt(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Publishes without waiting: for cancel messages sent from `Drop`.
+    pub(crate) fn try_publish_qos0(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        properties: PublishProperties,
     ) -> Result<(), Error> {
         self.shared
             .client
-            .publish_with_properties(topic, qos.into(), false, payload, properties)
-            .await
+            .try_publish_with_properties(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                false,
+                payload,
+                properties,
+            )
             .map_err(|e| Error::Mqtt(e.to_string()))
+    }
+
+    /// The broker's Maximum Packet Size from CONNACK, if it sent one.
+    pub(crate) fn broker_max_packet_size(&self) -> Option<u32> {
+        match self.shared.broker_max_packet.load(Ordering::Relaxed) {
+            0 => None,
+            size => Some(size),
+        }
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, PublishTracker> {
+        self.shared
+            .publishes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows packet ids of QoS 1/2 publishes to their acknowledgements.
+    fn track_publish(&self, event: &Event) {
+        let no_subscribers = match event {
+            Event::Outgoing(Outgoing::Publish(0)) => return, // QoS 0: no marker
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let mut tracker = self.tracker();
+                let marker = match tracker.collision.take() {
+                    Some(marker) => marker,
+                    None => tracker.markers.pop_front().flatten(),
+                };
+                if let Some(call) = marker {
+                    tracker.by_packet_id.insert(*pkid, call);
+                }
+                return;
+            }
+            Event::Outgoing(Outgoing::AwaitAck(_)) => {
+                let mut tracker = self.tracker();
+                let marker = tracker.markers.pop_front().flatten();
+                tracker.collision = Some(marker);
+                return;
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                (ack.pkid, ack.reason == PubAckReason::NoMatchingSubscribers)
+            }
+            Event::Incoming(Packet::PubRec(rec)) => {
+                (rec.pkid, rec.reason == PubRecReason::NoMatchingSubscribers)
+            }
+            _ => return,
+        };
+        let (pkid, no_subscribers) = no_subscribers;
+        let call = self.tracker().by_packet_id.remove(&pkid);
+        if let (Some(call), true) = (call, no_subscribers) {
+            if let Some(caller) = self.shared.caller.get() {
+                caller.fail_no_responder(call);
+            }
+        }
     }
 
     fn route(&self, publish: Publish) {
@@ -567,6 +703,14 @@ impl Connection {
 
     fn on_link_lost(&self) {
         self.shared.ready.store(false, Ordering::Release);
+        {
+            // Acks of publishes in flight never come; markers of requests
+            // still queued in rumqttc's channel stay, as those are sent
+            // after the reconnect.
+            let mut tracker = self.tracker();
+            tracker.by_packet_id.clear();
+            tracker.collision = None;
+        }
         if let Some(caller) = self.shared.caller.get() {
             caller.fail_all(&Error::Disconnected);
         }
@@ -657,8 +801,16 @@ async fn drive(
         let conn = Connection { shared };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => conn.route(publish),
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff = Duration::from_millis(100);
+                let max_packet = connack
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.max_packet_size)
+                    .unwrap_or(0);
+                conn.shared
+                    .broker_max_packet
+                    .store(max_packet, Ordering::Relaxed);
                 if let Some(first) = connected.take() {
                     conn.shared.ready.store(true, Ordering::Release);
                     let _ = first.send(Ok(()));
@@ -669,7 +821,10 @@ async fn drive(
             Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
                 warn!(reason = ?disconnect.reason_code, "the broker sent DISCONNECT");
             }
-            Ok(event) => conn.on_ack(&event),
+            Ok(event) => {
+                conn.track_publish(&event);
+                conn.on_ack(&event);
+            }
             Err(error) => {
                 if conn.shared.closed.load(Ordering::Acquire) {
                     return;

@@ -56,13 +56,35 @@ pub enum Error {
         /// The broker's reason code or the local cause.
         reason: String,
     },
-    /// No response arrived before the call's timeout.
+    /// No response arrived before the call's timeout, or the server saw the
+    /// call's deadline pass (status `deadline-exceeded`): either way, the
+    /// call did not finish in time.
     #[error("call to `{method}` timed out after {timeout:?}")]
     Timeout {
         /// Wire name of the method.
         method: String,
         /// The timeout that expired.
         timeout: Duration,
+    },
+    /// Nobody is subscribed to the method's topic: the broker answered the
+    /// request's PUBACK with reason 0x10 "No matching subscribers"
+    /// (Mosquitto does; brokers that do not report it end in [`Error::Timeout`]).
+    #[error("no server is listening for `{method}` (the broker reported no matching subscribers)")]
+    NoResponder {
+        /// Wire name of the method.
+        method: String,
+    },
+    /// The server's queue of waiting requests is full: back off and retry.
+    #[error("the server is overloaded: {message}")]
+    Overloaded {
+        /// The server's explanation.
+        message: String,
+    },
+    /// The request is larger than the broker or the server accepts.
+    #[error("the request is too large: {message}")]
+    TooLarge {
+        /// Sizes and the limit that was hit.
+        message: String,
     },
     /// The client already has its maximum number of calls waiting for answers.
     #[error("too many calls in flight on this connection (limit {limit})")]
@@ -133,6 +155,22 @@ impl Error {
     /// True for [`Error::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
+    }
+
+    /// True when nobody served the call: [`Error::NoResponder`].
+    pub fn is_no_responder(&self) -> bool {
+        matches!(self, Error::NoResponder { .. })
+    }
+
+    /// True when the call certainly did not run on a server and may be
+    /// retried as it is: no responder, overloaded, or too many calls pending.
+    /// ([`Error::Disconnected`] is not among them: a request sent just
+    /// before the link broke may have run.)
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NoResponder { .. } | Error::Overloaded { .. } | Error::TooManyPending { .. }
+        )
     }
 
     /// True when the broker link is the cause ([`Error::Disconnected`],

@@ -9,9 +9,11 @@
 
 #[cfg(feature = "embedded-broker")]
 mod broker;
+mod calls;
 mod client;
 mod codec;
 mod connection;
+pub mod context;
 mod error;
 pub mod protocol;
 mod server;
@@ -24,7 +26,7 @@ pub use codec::Codec;
 pub use connection::{ConnectOptions, Connection};
 pub use error::Error;
 pub use protocol::Status;
-pub use server::{serve, Reply, ServerHandle, ServerOptions, Service};
+pub use server::{respond, serve, Reply, ServerHandle, ServerOptions, Service};
 
 /// MQTT delivery guarantee of requests and responses.
 ///

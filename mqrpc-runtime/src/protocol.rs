@@ -4,6 +4,20 @@
 /// User property carrying the outcome of a call on every response.
 pub const STATUS_PROPERTY: &str = "mqrpc-status";
 
+/// User property on requests: the caller's remaining time budget in
+/// milliseconds when it sent the request (decimal ASCII). The server's
+/// deadline is its arrival time plus this, capped by the Message Expiry
+/// Interval the broker forwarded.
+pub const TIMEOUT_PROPERTY: &str = "mqrpc-timeout-ms";
+
+/// Method level of cancel messages: `<prefix>/<service>/_cancel`. Method
+/// names starting with `_` are reserved, so it cannot collide with one.
+pub const CANCEL_METHOD: &str = "_cancel";
+
+/// User property on cancel messages: the Response Topic of the call to
+/// cancel (its Correlation Data is the cancel message's own).
+pub const CANCEL_RESPONSE_TOPIC_PROPERTY: &str = "mqrpc-response-topic";
+
 /// Topic prefix used when none is configured: requests go to
 /// `mqrpc/<service>/<method>`, responses to `mqrpc/_reply/<client id>`.
 pub const DEFAULT_PREFIX: &str = "mqrpc";
@@ -44,6 +58,13 @@ pub enum Status {
     UnsupportedContentType,
     /// The handler panicked or its result could not be encoded; UTF-8 message.
     Internal,
+    /// The request's deadline passed before or while the handler ran; the
+    /// handler was not started or was stopped. UTF-8 message.
+    DeadlineExceeded,
+    /// The server's queue of waiting requests is full; UTF-8 message.
+    Overloaded,
+    /// The request's payload is larger than the server accepts; UTF-8 message.
+    TooLarge,
 }
 
 impl Status {
@@ -56,6 +77,9 @@ impl Status {
             Status::BadRequest => "bad-request",
             Status::UnsupportedContentType => "unsupported-content-type",
             Status::Internal => "internal",
+            Status::DeadlineExceeded => "deadline-exceeded",
+            Status::Overloaded => "overloaded",
+            Status::TooLarge => "too-large",
         }
     }
 
@@ -68,6 +92,9 @@ impl Status {
             "bad-request" => Status::BadRequest,
             "unsupported-content-type" => Status::UnsupportedContentType,
             "internal" => Status::Internal,
+            "deadline-exceeded" => Status::DeadlineExceeded,
+            "overloaded" => Status::Overloaded,
+            "too-large" => Status::TooLarge,
             _ => return None,
         })
     }

@@ -1,18 +1,28 @@
-//! The serving side: subscribe to a service's method topics, dispatch each
-//! request to the generated [`Service`] implementation, and always answer
-//! when the request names a Response Topic.
+//! The serving side: subscribe to a service's method topics, admit each
+//! request (deadline, duplicates, concurrency limit, size), run it on the
+//! generated [`Service`] implementation, and always answer when the request
+//! names a Response Topic.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::Serialize;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
-use crate::protocol::{Status, DEFAULT_PREFIX, STATUS_PROPERTY, TEXT_CONTENT_TYPE};
+use crate::context::CallContext;
+use crate::protocol::{
+    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, STATUS_PROPERTY,
+    TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+};
 use crate::{topic, Codec, Error, QoS};
 
 /// A service the runtime can serve: implemented by the generated
@@ -120,22 +130,42 @@ impl Reply {
 /// Per-server settings.
 ///
 /// ```
+/// use std::time::Duration;
 /// use mqrpc_runtime::{ServerOptions, QoS};
-/// let opts = ServerOptions::default().prefix("acme/prod").qos(QoS::AtMostOnce);
-/// # let _ = opts;
+/// let opts = ServerOptions::default()
+///     .prefix("acme/prod")
+///     .qos(QoS::AtMostOnce)
+///     .max_concurrent(64)
+///     .max_queued(1_000)
+///     .max_request_size(64 * 1024);
+/// assert_eq!(opts.get_max_concurrent(), 64);
 /// ```
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     prefix: String,
     qos: QoS,
+    max_concurrent: usize,
+    max_queued: usize,
+    max_request_size: usize,
+    dedup_entries: usize,
+    dedup_bytes: usize,
+    dedup_window: Duration,
 }
 
 impl Default for ServerOptions {
-    /// Prefix `mqrpc`, subscription QoS 1.
+    /// Prefix `mqrpc`, subscription QoS 1, 1 024 handlers at once, 10 000
+    /// waiting, requests up to 1 MiB, duplicate detection over 10 000 calls
+    /// and 8 MiB of kept responses.
     fn default() -> Self {
         ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
             qos: QoS::AtLeastOnce,
+            max_concurrent: 1024,
+            max_queued: 10_000,
+            max_request_size: 1024 * 1024,
+            dedup_entries: 10_000,
+            dedup_bytes: 8 * 1024 * 1024,
+            dedup_window: Duration::from_secs(60),
         }
     }
 }
@@ -152,16 +182,56 @@ impl ServerOptions {
         self.qos = qos;
         self
     }
+
+    /// Handlers running at once (default 1 024). Further requests wait, in
+    /// arrival order, for a free slot.
+    pub fn max_concurrent(mut self, limit: usize) -> Self {
+        self.max_concurrent = limit.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Requests waiting for a slot (default 10 000). One more is answered
+    /// at once with status `overloaded` ([`Error::Overloaded`] on the client).
+    pub fn max_queued(mut self, limit: usize) -> Self {
+        self.max_queued = limit;
+        self
+    }
+
+    /// Largest request payload served (default 1 MiB); larger ones are
+    /// answered with status `too-large` ([`Error::TooLarge`]).
+    pub fn max_request_size(mut self, bytes: usize) -> Self {
+        self.max_request_size = bytes;
+        self
+    }
+
+    /// Bounds of duplicate detection (default 10 000 calls, 8 MiB of kept
+    /// responses; one response of over 1/16 of the bytes is not kept, and a
+    /// duplicate of its call is dropped). A call is remembered until 5 s
+    /// past its deadline, or for `window` (default 60 s) when the request
+    /// carries none. Beyond the bounds the oldest calls are forgotten first.
+    pub fn dedup(mut self, entries: usize, bytes: usize, window: Duration) -> Self {
+        self.dedup_entries = entries;
+        self.dedup_bytes = bytes;
+        self.dedup_window = window;
+        self
+    }
+
+    /// The configured concurrency limit.
+    pub fn get_max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
 }
 
 /// A running server. Dropping it leaves the service running for as long as
-/// the connection lives; call [`ServerHandle::stop`] to unsubscribe.
+/// the connection lives; call [`ServerHandle::shutdown`] to stop gracefully.
 #[derive(Debug)]
 #[must_use = "keep the handle to stop the server later; dropping it does not stop serving"]
 pub struct ServerHandle {
     conn: Connection,
     route_id: u64,
     filter: String,
+    permits: Arc<Semaphore>,
+    max_concurrent: usize,
 }
 
 impl ServerHandle {
@@ -171,9 +241,23 @@ impl ServerHandle {
     }
 
     /// Unsubscribes; requests published afterwards are no longer served.
-    /// Handlers already running still answer.
+    /// Handlers already running still answer, later (see
+    /// [`shutdown`](Self::shutdown) to wait for them).
     pub async fn stop(self) -> Result<(), Error> {
         self.conn.unsubscribe(self.route_id).await
+    }
+
+    /// Graceful shutdown: unsubscribes, then waits until every request
+    /// already received (running or waiting for a slot) is answered.
+    /// Bound the wait with `tokio::time::timeout` if you must.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let unsubscribed = self.conn.unsubscribe(self.route_id).await;
+        let count = u32::try_from(self.max_concurrent).unwrap_or(u32::MAX);
+        // Waiters queue FIFO, so this returns after those queued before it.
+        if let Ok(all) = self.permits.acquire_many(count).await {
+            drop(all);
+        }
+        unsubscribed
     }
 }
 
@@ -193,88 +277,448 @@ pub async fn serve<S: Service>(
         });
     }
     let filter = topic::service_filter(&options.prefix, S::NAME);
-    let method_offset = filter.len() - 1; // the method level starts where `+` is
-    let service = Arc::new(service);
-    let sink: Sink = Arc::new(move |conn, publish| {
-        tokio::spawn(handle_request(
-            service.clone(),
-            conn.clone(),
-            method_offset,
-            publish,
-        ));
+    let permits = Arc::new(Semaphore::new(options.max_concurrent));
+    let dispatcher = Arc::new(Dispatcher {
+        service,
+        method_offset: filter.len() - 1, // the method level starts where `+` is
+        permits: permits.clone(),
+        queued: AtomicUsize::new(0),
+        calls: Mutex::new(CallTable::new(Limits {
+            max_entries: options.dedup_entries,
+            max_bytes: options.dedup_bytes,
+            grace: Duration::from_secs(5),
+            window: options.dedup_window,
+        })),
+        max_queued: options.max_queued,
+        max_request_size: options.max_request_size,
     });
+    let sink: Sink = Arc::new(move |conn, publish| dispatcher.clone().admit(conn, publish));
     let route_id = conn.subscribe(filter.clone(), options.qos, sink).await?;
     Ok(ServerHandle {
         conn: conn.clone(),
         route_id,
         filter,
+        permits,
+        max_concurrent: options.max_concurrent,
     })
 }
 
-async fn handle_request<S: Service>(
-    service: Arc<S>,
-    conn: Connection,
-    method_offset: usize,
-    mut publish: Publish,
-) {
-    let properties = publish.properties.take().unwrap_or_default();
-    // The route matched `<prefix>/<name>/+`, so the topic is UTF-8 and the
-    // method is everything after the offset.
-    let method = std::str::from_utf8(&publish.topic)
-        .ok()
-        .and_then(|topic| topic.get(method_offset..))
-        .unwrap_or_default()
-        .to_string();
-    let reply = match Codec::from_content_type(properties.content_type.as_deref()) {
-        Err(Error::Protocol { reason }) | Err(Error::Decode { reason }) => {
-            Reply::failure(Status::UnsupportedContentType, reason)
+/// One request, as the server reads it off the wire.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub method: String,
+    pub response_topic: Option<String>,
+    pub correlation: Option<Bytes>,
+    pub content_type: Option<String>,
+    pub deadline: Option<Instant>,
+    pub qos: QoS,
+    pub payload: Bytes,
+    /// For cancel messages: the Response Topic of the call to stop.
+    pub cancel_of: Option<String>,
+    pub arrived: Instant,
+}
+
+impl Request {
+    /// Reads a publish whose topic matched `<prefix>/<name>/+`; the method
+    /// is everything from `method_offset` on.
+    pub(crate) fn from_publish(
+        mut publish: Publish,
+        method_offset: usize,
+        now: Instant,
+    ) -> Request {
+        let properties = publish.properties.take().unwrap_or_default();
+        let method = std::str::from_utf8(&publish.topic)
+            .ok()
+            .and_then(|topic| topic.get(method_offset..))
+            .unwrap_or_default()
+            .to_string();
+        Request::from_parts(method, properties, publish.qos.into(), publish.payload, now)
+    }
+
+    fn from_parts(
+        method: String,
+        properties: PublishProperties,
+        qos: QoS,
+        payload: Bytes,
+        now: Instant,
+    ) -> Request {
+        let user = |name: &str| {
+            properties
+                .user_properties
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        // The caller's budget, capped by what the broker left of the Message
+        // Expiry Interval (which counts time spent queued at the broker).
+        let budget = user(TIMEOUT_PROPERTY).and_then(|ms| ms.trim().parse::<u64>().ok());
+        let expiry = properties.message_expiry_interval;
+        let deadline = match (budget, expiry) {
+            (Some(ms), Some(s)) => {
+                Some(Duration::from_millis(ms).min(Duration::from_secs(s.into())))
+            }
+            (Some(ms), None) => Some(Duration::from_millis(ms)),
+            (None, Some(s)) => Some(Duration::from_secs(s.into())),
+            (None, None) => None,
         }
-        Err(other) => Reply::failure(Status::UnsupportedContentType, other),
-        Ok(codec) => AssertUnwindSafe(service.call(&method, codec, &publish.payload))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                warn!(service = S::NAME, %method, panic = %what, "handler panicked");
-                Reply::failure(
-                    Status::Internal,
-                    format!("the handler of `{method}` panicked: {what}"),
-                )
-            }),
+        .and_then(|d| now.checked_add(d));
+        Request {
+            cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
+            method,
+            response_topic: properties.response_topic,
+            correlation: properties.correlation_data,
+            content_type: properties.content_type,
+            deadline,
+            qos,
+            payload,
+            arrived: now,
+        }
+    }
+
+    fn key(&self) -> Option<CallKey> {
+        Some((self.response_topic.clone()?, self.correlation.clone()?))
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+}
+
+/// Decodes, runs and encodes one request on `service`, without a broker:
+/// what a server answers (its status and payload), deadline aside. Useful
+/// to test a service implementation, and what the server runs per request.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use mqrpc_runtime::{respond, Codec, Reply, Service, Status};
+/// struct Echo;
+/// impl Service for Echo {
+///     const NAME: &'static str = "Echo";
+///     const METHODS: &'static [&'static str] = &["echo"];
+///     async fn call(&self, method: &str, codec: Codec, payload: &[u8]) -> Reply {
+///         match codec.decode::<String>(payload) {
+///             Ok(text) => Reply::ok(codec, &text),
+///             Err(e) => Reply::bad_request(e),
+///         }
+///     }
+/// }
+/// let reply = respond(&Echo, "echo", Some("application/json"), br#""hi""#).await;
+/// assert_eq!((reply.status(), reply.payload()), (Status::Ok, &br#""hi""#[..]));
+/// let reply = respond(&Echo, "echo", Some("text/xml"), b"<hi/>").await;
+/// assert_eq!(reply.status(), Status::UnsupportedContentType);
+/// # }
+/// ```
+pub async fn respond<S: Service>(
+    service: &S,
+    method: &str,
+    content_type: Option<&str>,
+    payload: &[u8],
+) -> Reply {
+    let codec = match Codec::from_content_type(content_type) {
+        Ok(codec) => codec,
+        Err(Error::Protocol { reason }) | Err(Error::Decode { reason }) => {
+            return Reply::failure(Status::UnsupportedContentType, reason)
+        }
+        Err(other) => return Reply::failure(Status::UnsupportedContentType, other),
     };
-    let Some(response_topic) = properties.response_topic else {
-        debug!(service = S::NAME, %method, "request without Response Topic: not answered");
+    if method.starts_with('_') {
+        return Reply::unknown_method(method);
+    }
+    AssertUnwindSafe(service.call(method, codec, payload))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            warn!(service = S::NAME, %method, panic = %what, "handler panicked");
+            Reply::failure(
+                Status::Internal,
+                format!("the handler of `{method}` panicked: {what}"),
+            )
+        })
+}
+
+/// Admission and dispatch of one service's requests.
+struct Dispatcher<S> {
+    service: S,
+    method_offset: usize,
+    permits: Arc<Semaphore>,
+    /// Requests waiting for a permit.
+    queued: AtomicUsize,
+    calls: Mutex<CallTable>,
+    max_queued: usize,
+    max_request_size: usize,
+}
+
+impl<S: Service> Dispatcher<S> {
+    fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs on the connection's event-loop task: decides at once, never
+    /// waits; handlers run on their own tasks.
+    fn admit(self: Arc<Self>, conn: &Connection, publish: Publish) {
+        let now = Instant::now();
+        let request = Request::from_publish(publish, self.method_offset, now);
+        if request.method == CANCEL_METHOD {
+            return self.cancel(&request, now);
+        }
+        let key = request.key();
+        if let Some(key) = &key {
+            match self.calls().admit(key, now) {
+                Admission::Run => {}
+                Admission::AlreadyRunning => {
+                    debug!(service = S::NAME, method = %request.method, "duplicate of a running call: dropped");
+                    return;
+                }
+                Admission::Answered(Some(reply)) => {
+                    debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
+                    let (status, content_type) = (reply.status, reply.content_type);
+                    let payload = reply.payload.clone();
+                    tokio::spawn(send_reply(
+                        conn.clone(),
+                        request,
+                        status,
+                        content_type,
+                        payload,
+                    ));
+                    return;
+                }
+                Admission::Answered(None) => {
+                    debug!(service = S::NAME, method = %request.method, "duplicate of an answered call (reply not kept): dropped");
+                    return;
+                }
+                Admission::Cancelled => {
+                    debug!(service = S::NAME, method = %request.method, "request of a cancelled call: not run");
+                    return;
+                }
+            }
+        }
+        let refuse = |request: Request, status: Status, message: String| {
+            if let Some(key) = &key {
+                self.calls().forget(key);
+            }
+            let payload = message.into_bytes();
+            tokio::spawn(send_reply(
+                conn.clone(),
+                request,
+                status,
+                TEXT_CONTENT_TYPE,
+                payload,
+            ));
+        };
+        if request.payload.len() > self.max_request_size {
+            let message = format!(
+                "the request has {} bytes; this server accepts at most {}",
+                request.payload.len(),
+                self.max_request_size
+            );
+            return refuse(request, Status::TooLarge, message);
+        }
+        if request.expired(now) {
+            let message = format!("`{}` arrived after its deadline", request.method);
+            return refuse(request, Status::DeadlineExceeded, message);
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if self.queued.fetch_add(1, Ordering::AcqRel) < self.max_queued => None,
+            Err(_) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                let message = format!(
+                    "{} handlers are running and {} requests are waiting",
+                    self.permits.available_permits().max(1),
+                    self.max_queued
+                );
+                warn!(service = S::NAME, method = %request.method, "overloaded: request refused");
+                return refuse(request, Status::Overloaded, message);
+            }
+        };
+        tokio::spawn(self.run(conn.clone(), request, key, permit));
+    }
+
+    fn cancel(&self, request: &Request, now: Instant) {
+        let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
+            debug!(
+                service = S::NAME,
+                "cancel message without response topic or correlation: ignored"
+            );
+            return;
+        };
+        let stopped = self
+            .calls()
+            .cancel((topic.clone(), correlation.clone()), now);
+        debug!(service = S::NAME, stopped, "cancel message");
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        conn: Connection,
+        request: Request,
+        key: Option<CallKey>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => {
+                let acquired = self.permits.clone().acquire_owned().await;
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(permit) => permit,
+                    Err(_) => return, // semaphore closed: cannot happen, never closed
+                }
+            }
+        };
+        // Waiting for a slot may have used up the budget.
+        if request.expired(Instant::now()) {
+            if let Some(key) = &key {
+                self.calls().forget(key);
+            }
+            let message = format!(
+                "`{}` waited past its deadline for a free handler",
+                request.method
+            );
+            let payload = message.into_bytes();
+            return send_reply(
+                conn,
+                request,
+                Status::DeadlineExceeded,
+                TEXT_CONTENT_TYPE,
+                payload,
+            )
+            .await;
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        if let Some(key) = &key {
+            if !self.calls().set_stopper(key, stop_tx) {
+                debug!(service = S::NAME, method = %request.method, "cancelled before it started");
+                return;
+            }
+        }
+        let work = CallContext::new(request.deadline).scope(respond(
+            &self.service,
+            &request.method,
+            request.content_type.as_deref(),
+            &request.payload,
+        ));
+        let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        let outcome = tokio::select! {
+            reply = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+                    None => Some(work.await),
+                }
+            } => Some(reply),
+            Ok(()) = stop_rx => None,
+        };
+        let reply = match outcome {
+            None => {
+                debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
+                return;
+            }
+            Some(Some(reply)) => reply,
+            Some(None) => {
+                debug!(service = S::NAME, method = %request.method, "deadline passed: handler stopped");
+                Reply::failure(
+                    Status::DeadlineExceeded,
+                    format!("`{}` did not finish before its deadline", request.method),
+                )
+            }
+        };
+        let content_type = match reply.codec {
+            Some(codec) => codec.content_type(),
+            None => TEXT_CONTENT_TYPE,
+        };
+        if let Some(key) = &key {
+            let expires = self.calls().expiry(request.deadline, request.arrived);
+            let cached = CachedReply {
+                status: reply.status,
+                content_type,
+                payload: reply.payload.clone(),
+            };
+            self.calls().finish(key, cached, expires);
+        }
+        send_reply(conn, request, reply.status, content_type, reply.payload).await;
+    }
+}
+
+/// Publishes the answer to `request`, if it asked for one.
+async fn send_reply(
+    conn: Connection,
+    request: Request,
+    status: Status,
+    content_type: &'static str,
+    payload: Vec<u8>,
+) {
+    let method = &request.method;
+    let Some(response_topic) = request.response_topic else {
+        debug!(%method, "request without Response Topic: not answered");
         return;
     };
     if !topic::is_publishable(&response_topic) {
-        warn!(service = S::NAME, %method, %response_topic, "invalid Response Topic: not answered");
+        warn!(%method, %response_topic, "invalid Response Topic: not answered");
         return;
     }
-    if properties.correlation_data.is_none() {
-        debug!(service = S::NAME, %method, "request without Correlation Data: answering without it");
+    if request.correlation.is_none() {
+        debug!(%method, "request without Correlation Data: answering without it");
     }
-    let content_type = match reply.codec {
-        Some(codec) => codec.content_type(),
-        None => TEXT_CONTENT_TYPE,
-    };
-    let response_properties = PublishProperties {
-        correlation_data: properties.correlation_data,
+    let properties = PublishProperties {
+        correlation_data: request.correlation,
         content_type: Some(content_type.to_string()),
-        user_properties: vec![(
-            STATUS_PROPERTY.to_string(),
-            reply.status.as_str().to_string(),
-        )],
+        user_properties: vec![(STATUS_PROPERTY.to_string(), status.as_str().to_string())],
         ..PublishProperties::default()
     };
-    let qos = QoS::from(publish.qos);
     if let Err(e) = conn
-        .publish(response_topic, qos, reply.payload, response_properties)
+        .publish(response_topic, request.qos, payload, properties, None)
         .await
     {
-        warn!(service = S::NAME, %method, error = %e, "could not send the response");
+        warn!(%method, error = %e, "could not send the response");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn properties(timeout_ms: Option<&str>, expiry: Option<u32>) -> PublishProperties {
+        PublishProperties {
+            message_expiry_interval: expiry,
+            user_properties: timeout_ms
+                .map(|ms| vec![(TIMEOUT_PROPERTY.to_string(), ms.to_string())])
+                .unwrap_or_default(),
+            ..PublishProperties::default()
+        }
+    }
+
+    #[test]
+    fn deadline_is_the_budget_capped_by_message_expiry() {
+        let now = Instant::now();
+        let read =
+            |p| Request::from_parts("m".into(), p, QoS::AtLeastOnce, Bytes::new(), now).deadline;
+        assert_eq!(
+            read(properties(Some("1500"), None)),
+            Some(now + Duration::from_millis(1500))
+        );
+        assert_eq!(
+            read(properties(Some("9000"), Some(2))),
+            Some(now + Duration::from_secs(2))
+        );
+        assert_eq!(
+            read(properties(None, Some(3))),
+            Some(now + Duration::from_secs(3))
+        );
+        assert_eq!(read(properties(Some("soon"), None)), None);
+        assert_eq!(read(properties(None, None)), None);
+        let expired = Request::from_parts(
+            "m".into(),
+            properties(Some("0"), None),
+            QoS::AtMostOnce,
+            Bytes::new(),
+            now,
+        );
+        assert!(expired.expired(now));
     }
 }

@@ -86,6 +86,10 @@
 /// |---|---|---|---|
 /// | `#[mqrpc::service(name = "calc")]` | trait | the trait's name | service level of the topic |
 /// | `#[mqrpc(name = "sum")]` | method | the method's name | method level of the topic |
+/// | `#[mqrpc(qos = 0)]` | method | the client's QoS ([`ClientOptions::qos`], default 1) | MQTT QoS (0, 1 or 2) of this method's requests; wins over the client's |
+///
+/// Method and service names starting with `_` are reserved for mqrpc's own
+/// topics (e.g. `_cancel`).
 ///
 /// Anything else is a compile error, as are non-`async` methods, generics,
 /// `&mut self` or a missing `&self`, by-reference arguments, `impl Trait`,
@@ -141,8 +145,8 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    protocol, serve, Client, ClientOptions, Codec, ConnectOptions, Connection, Error, QoS, Reply,
-    Response, ServerHandle, ServerOptions, Service, Status, DEFAULT_TIMEOUT,
+    context, protocol, respond, serve, Client, ClientOptions, Codec, ConnectOptions, Connection,
+    Error, QoS, Reply, Response, ServerHandle, ServerOptions, Service, Status, DEFAULT_TIMEOUT,
 };
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
