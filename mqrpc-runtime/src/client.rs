@@ -442,18 +442,7 @@ impl Client {
             id,
             sent: AtomicBool::new(false),
         };
-        let properties = PublishProperties {
-            response_topic: Some(caller.reply_topic.clone()),
-            correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
-            content_type: Some(self.options.codec.content_type().to_string()),
-            // The broker drops the request if nobody took it in time.
-            message_expiry_interval: Some(expiry_seconds(timeout)),
-            user_properties: vec![(
-                TIMEOUT_PROPERTY.to_string(),
-                timeout.as_millis().min(u64::MAX as u128).to_string(),
-            )],
-            ..PublishProperties::default()
-        };
+        let properties = request_properties(&caller.reply_topic, id, self.options.codec, timeout);
         let exchange = async {
             self.conn
                 .publish(topic, qos, payload, properties, Some(id))
@@ -518,8 +507,83 @@ impl Client {
     }
 }
 
+/// The properties of a request (PROTOCOL.md, "Request").
+fn request_properties(
+    reply_topic: &str,
+    id: u64,
+    codec: Codec,
+    timeout: Duration,
+) -> PublishProperties {
+    PublishProperties {
+        response_topic: Some(reply_topic.to_string()),
+        correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
+        content_type: Some(codec.content_type().to_string()),
+        // The broker drops the request if nobody took it in time.
+        message_expiry_interval: Some(expiry_seconds(timeout)),
+        user_properties: vec![(
+            TIMEOUT_PROPERTY.to_string(),
+            timeout.as_millis().min(u64::MAX as u128).to_string(),
+        )],
+        ..PublishProperties::default()
+    }
+}
+
 /// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.
 fn expiry_seconds(timeout: Duration) -> u32 {
     let millis = timeout.as_millis().max(1);
     u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::QoS as WireQoS;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The request of PROTOCOL.md's byte-level example, byte for byte.
+    #[test]
+    fn request_bytes_match_the_protocol_document() {
+        let properties = request_properties("mqrpc/_reply/c1", 7, Codec::Postcard, DEFAULT_TIMEOUT);
+        let payload = Codec::Postcard.encode(&(2i64, 3i64)).unwrap();
+        let mut publish = Publish::new(
+            "mqrpc/Calculator/add",
+            WireQoS::AtLeastOnce,
+            payload,
+            Some(properties),
+        );
+        publish.pkid = 1;
+        let mut buffer = bytes::BytesMut::new();
+        publish.write(&mut buffer).unwrap();
+        let document = include_str!("../../PROTOCOL.md");
+        let example = document
+            .split("<!-- request bytes -->")
+            .nth(1)
+            .expect("PROTOCOL.md marks the request bytes");
+        // Each line: hex pairs and "quoted" strings, then a comment.
+        let mut documented = Vec::new();
+        for line in example.lines().filter(|l| !l.starts_with("```")) {
+            for token in line.split_whitespace() {
+                if let Some(text) = token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                    documented.extend_from_slice(text.as_bytes());
+                } else if let Ok(byte) = u8::from_str_radix(token, 16)
+                    .map_err(|_| ())
+                    .and_then(|b| if token.len() == 2 { Ok(b) } else { Err(()) })
+                {
+                    documented.push(byte);
+                } else {
+                    break;
+                }
+            }
+        }
+        assert_eq!(hex(&documented), hex(&buffer));
+        assert_eq!(expiry_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(expiry_seconds(Duration::from_millis(2_001)), 3);
+    }
 }

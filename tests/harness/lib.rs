@@ -223,12 +223,46 @@ pub trait Calculator {
     async fn explode(&self, message: String) -> u32;
     /// Counts calls; returns the count after this one.
     async fn count(&self) -> u64;
+    /// The handler's remaining budget in ms, as `mqrpc::context` reports it.
+    async fn budget_ms(&self) -> Option<u64>;
+    /// Sleeps `ms` while counted in [`Stats`] (started, active, finished,
+    /// stopped before the end).
+    async fn linger(&self, ms: u64) -> u64;
+    /// `add` at QoS 0, whatever the client's QoS.
+    #[mqrpc(qos = 0)]
+    async fn add_qos0(&self, a: i64, b: i64) -> i64;
+}
+
+/// What the `linger` handlers did.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub started: AtomicU64,
+    pub finished: AtomicU64,
+    /// Dropped before the end: cancelled or past the deadline.
+    pub stopped: AtomicU64,
+    pub active: AtomicU64,
+    pub max_active: AtomicU64,
 }
 
 /// The test implementation; `calls` counts every `count` call.
 #[derive(Clone, Default)]
 pub struct Calc {
     pub calls: Arc<AtomicU64>,
+    pub stats: Arc<Stats>,
+}
+
+/// Counts a `linger` handler as stopped if dropped before it finished.
+struct LingerGuard(Arc<Stats>, bool);
+
+impl Drop for LingerGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        if self.1 {
+            self.0.finished.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.0.stopped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Calculator for Calc {
@@ -268,6 +302,39 @@ impl Calculator for Calc {
     async fn count(&self) -> u64 {
         self.calls.fetch_add(1, Ordering::SeqCst) + 1
     }
+
+    async fn budget_ms(&self) -> Option<u64> {
+        mqrpc::context::remaining().map(|d| d.as_millis() as u64)
+    }
+
+    async fn linger(&self, ms: u64) -> u64 {
+        let stats = &self.stats;
+        stats.started.fetch_add(1, Ordering::SeqCst);
+        let active = stats.active.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.max_active.fetch_max(active, Ordering::SeqCst);
+        let mut guard = LingerGuard(stats.clone(), false);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        guard.1 = true;
+        ms
+    }
+
+    async fn add_qos0(&self, a: i64, b: i64) -> i64 {
+        a.wrapping_add(b)
+    }
+}
+
+/// Waits (up to 10 s) until `condition` holds; false if it never did.
+/// For events that happen at once in a working system; the bound only
+/// stops a broken one from hanging the test.
+pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
 }
 
 /// Runs each listed scenario `async fn(TestBroker)` once against the

@@ -1,0 +1,304 @@
+//! Load and fault tests against a real Mosquitto the test starts and kills
+//! (by PID, on loopback): no call lost, none mismatched, none hanging when
+//! the broker restarts or the server dies. Figures are printed (run with
+//! `--nocapture`), never asserted as timings.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqrpc::{ClientOptions, Connection, Error};
+use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, Mosquitto};
+
+/// Outcome counts of a load run.
+#[derive(Default, Debug)]
+struct Tally {
+    ok: AtomicU64,
+    mismatched: AtomicU64,
+    /// Calls that did not resolve within their timeout + 5 s: hangs.
+    hung: AtomicU64,
+    errors: Mutex<Vec<Error>>,
+    /// Longest time a call took to resolve, in µs.
+    worst_us: AtomicU64,
+    /// First success after `mark` was set, in µs since the mark.
+    first_ok_after_mark_us: AtomicU64,
+}
+
+impl Tally {
+    fn errors(&self) -> Vec<Error> {
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+/// One checked call: `add(i, 1)` must give `i + 1`.
+async fn checked_call(
+    client: &CalculatorClient,
+    i: i64,
+    timeout: Duration,
+    tally: &Tally,
+    mark: &Mutex<Option<Instant>>,
+) {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(timeout + Duration::from_secs(5), client.add(i, 1)).await;
+    let took = started.elapsed().as_micros() as u64;
+    tally.worst_us.fetch_max(took, Ordering::Relaxed);
+    match outcome {
+        Err(_) => {
+            tally.hung.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Ok(sum)) if sum == i + 1 => {
+            tally.ok.fetch_add(1, Ordering::Relaxed);
+            if let Some(mark) = *mark.lock().unwrap() {
+                let since = Instant::now().saturating_duration_since(mark).as_micros() as u64;
+                let _ = tally.first_ok_after_mark_us.compare_exchange(
+                    0,
+                    since.max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        Ok(Ok(_)) => {
+            tally.mismatched.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => {
+            tally.errors.lock().unwrap().push(e);
+            // Errors while the broker is away come at once; back off as a
+            // real caller would, and let other tasks run.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// `calls` calls, `in_flight` at a time, spread over `clients` connections.
+async fn load(url: &str, calls: u64, in_flight: u64, clients: usize) -> (Tally, Duration) {
+    let server_conn = Connection::connect_url(url).await.unwrap();
+    let _server = CalculatorServer::new(Calc::default())
+        .serve(&server_conn)
+        .await
+        .unwrap();
+    let mut stubs = Vec::new();
+    for _ in 0..clients {
+        let conn = Connection::connect_url(url).await.unwrap();
+        let options = ClientOptions::default().timeout(Duration::from_secs(60));
+        stubs.push((
+            conn.clone(),
+            CalculatorClient::with_options(&conn, options)
+                .await
+                .unwrap(),
+        ));
+    }
+    let tally = Arc::new(Tally::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let mark = Arc::new(Mutex::new(None));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let client = stubs[w as usize % clients].1.clone();
+            let (tally, next, mark) = (tally.clone(), next.clone(), mark.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= calls {
+                        return;
+                    }
+                    checked_call(&client, i as i64, Duration::from_secs(60), &tally, &mark).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    (Arc::into_inner(tally).unwrap(), elapsed)
+}
+
+fn start_mosquitto() -> Option<Mosquitto> {
+    mqrpc_tests::mosquitto()?; // skip or fail per MQRPC_REQUIRE_MOSQUITTO
+    Some(Mosquitto::start(&[]).unwrap())
+}
+
+async fn load_case(calls: u64, in_flight: u64, clients: usize) {
+    let Some(mosquitto) = start_mosquitto() else {
+        return;
+    };
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let (tally, elapsed) = load(&url, calls, in_flight, clients).await;
+    let errors = tally.errors();
+    println!(
+        "load: {calls} calls, {in_flight} in flight, {clients} clients: ok {}, lost {}, mismatched {}, hung {} in {:.2} s ({:.0} calls/s)",
+        tally.ok.load(Ordering::Relaxed),
+        errors.len(),
+        tally.mismatched.load(Ordering::Relaxed),
+        tally.hung.load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        calls as f64 / elapsed.as_secs_f64(),
+    );
+    assert!(
+        errors.is_empty(),
+        "{} calls failed, e.g. {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert_eq!(tally.mismatched.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.hung.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.ok.load(Ordering::Relaxed), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_20k_calls_1000_in_flight_none_lost() {
+    load_case(20_000, 1_000, 4).await;
+}
+
+/// The full figure; `.ci/run` runs it in release with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "100 000 calls: run with --release -- --ignored"]
+async fn load_100k_calls_1000_in_flight_none_lost() {
+    load_case(100_000, 1_000, 4).await;
+}
+
+/// Runs `workers` callers in a loop until `stop`; each call has `timeout`.
+fn spawn_callers(
+    client: &CalculatorClient,
+    workers: usize,
+    timeout: Duration,
+    tally: &Arc<Tally>,
+    mark: &Arc<Mutex<Option<Instant>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|w| {
+            let client = client.with_timeout(timeout);
+            let (tally, mark, stop) = (tally.clone(), mark.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = (w as i64) << 32;
+                while !stop.load(Ordering::Relaxed) {
+                    checked_call(&client, i, timeout, &tally, &mark).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_load_every_call_resolves() {
+    let Some(mut mosquitto) = start_mosquitto() else {
+        return;
+    };
+    let port = mosquitto.port;
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let server_conn = Connection::connect_url(&url).await.unwrap();
+    let _server = CalculatorServer::new(Calc::default())
+        .serve(&server_conn)
+        .await
+        .unwrap();
+    let conn = Connection::connect_url(&url).await.unwrap();
+    let client = CalculatorClient::new(&conn).await.unwrap();
+    let timeout = Duration::from_secs(2);
+    let (tally, mark, stop) = (
+        Arc::new(Tally::default()),
+        Arc::new(Mutex::new(None)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let workers = spawn_callers(&client, 100, timeout, &tally, &mark, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ok_before = tally.ok.load(Ordering::Relaxed);
+    mosquitto.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _mosquitto = Mosquitto::start_on(port, &[]).unwrap();
+    *mark.lock().unwrap() = Some(Instant::now());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let errors = tally.errors();
+    let first_ok_ms = tally.first_ok_after_mark_us.load(Ordering::Relaxed) as f64 / 1e3;
+    println!(
+        "broker restart: ok {} ({ok_before} before the kill), errors {}, mismatched {}, hung {}, slowest call {:.1} ms (timeout {timeout:?}), first success {first_ok_ms:.1} ms after the restart",
+        tally.ok.load(Ordering::Relaxed),
+        errors.len(),
+        tally.mismatched.load(Ordering::Relaxed),
+        tally.hung.load(Ordering::Relaxed),
+        tally.worst_us.load(Ordering::Relaxed) as f64 / 1e3,
+    );
+    assert!(ok_before > 0);
+    assert_eq!(
+        tally.hung.load(Ordering::Relaxed),
+        0,
+        "calls outlived their deadline"
+    );
+    assert_eq!(tally.mismatched.load(Ordering::Relaxed), 0);
+    assert!(!errors.is_empty(), "the outage must show as errors");
+    for e in &errors {
+        assert!(
+            e.is_connection() || e.is_timeout() || e.is_no_responder(),
+            "unexpected error: {e:?}"
+        );
+    }
+    assert!(
+        first_ok_ms > 0.0,
+        "service did not resume after the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_load_callers_get_errors_not_hangs() {
+    let Some(mosquitto) = start_mosquitto() else {
+        return;
+    };
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_calc-server"))
+        .env("MQRPC_BROKER", &url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = server.stdout.take().unwrap();
+    let mut line = [0u8; 7];
+    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(&line, b"serving");
+    let conn = Connection::connect_url(&url).await.unwrap();
+    let client = CalculatorClient::new(&conn).await.unwrap();
+    let timeout = Duration::from_secs(2);
+    let (tally, mark, stop) = (
+        Arc::new(Tally::default()),
+        Arc::new(Mutex::new(None)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let workers = spawn_callers(&client, 100, timeout, &tally, &mark, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ok_before = tally.ok.load(Ordering::Relaxed);
+    server.start_kill().unwrap(); // SIGKILL, by PID
+    server.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let errors = tally.errors();
+    let no_responder = errors.iter().filter(|e| e.is_no_responder()).count();
+    let timeouts = errors.iter().filter(|e| e.is_timeout()).count();
+    println!(
+        "server killed: ok {} ({ok_before} before the kill), no-responder {no_responder}, timeouts {timeouts}, other errors {}, hung {}, slowest {:.1} ms",
+        tally.ok.load(Ordering::Relaxed),
+        errors.len() - no_responder - timeouts,
+        tally.hung.load(Ordering::Relaxed),
+        tally.worst_us.load(Ordering::Relaxed) as f64 / 1e3,
+    );
+    assert!(ok_before > 0);
+    assert_eq!(tally.hung.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.mismatched.load(Ordering::Relaxed), 0);
+    assert_eq!(no_responder + timeouts, errors.len(), "{errors:?}");
+    // Once the broker has noticed, calls fail at once instead of timing out.
+    let err = client
+        .with_timeout(Duration::from_secs(30))
+        .add(1, 1)
+        .await
+        .unwrap_err();
+    assert!(err.is_no_responder(), "{err:?}");
+}
