@@ -362,3 +362,37 @@ async fn cancel_before_request_keeps_it_from_running() {
         .await
         .is_none());
 }
+
+/// With a persistent session, a request sent while the server is away is
+/// kept by the broker and answered when the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_serves_requests_sent_while_away() {
+    let Some(broker) = mqrpc_tests::mosquitto() else {
+        return;
+    };
+    let options = || {
+        mqrpc::ConnectOptions::from_url(broker.url())
+            .unwrap()
+            .client_id("persistent-calc")
+            .session_expiry(Duration::from_secs(60))
+    };
+    let server_conn = Connection::connect(options()).await.unwrap();
+    let calc = Calc::default();
+    let _server = CalculatorServer::new(calc.clone())
+        .serve(&server_conn)
+        .await
+        .unwrap();
+    server_conn.close().await; // the broker keeps the session
+    let conn = broker.connect().await;
+    let client = CalculatorClient::new(&conn).await.unwrap();
+    let call = tokio::spawn(async move { client.count().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "{:?}", call.await);
+    // The server comes back (same client id, a new process would do the same).
+    let server_conn = Connection::connect(options()).await.unwrap();
+    let _server = CalculatorServer::new(calc.clone())
+        .serve(&server_conn)
+        .await
+        .unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), 1);
+}

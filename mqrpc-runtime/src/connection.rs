@@ -151,9 +151,12 @@ impl ConnectOptions {
     /// Keeps the MQTT session on the broker for `expiry` after the link
     /// drops (Clean Start 0 + Session Expiry Interval): subscriptions
     /// survive a reconnect and QoS 1/2 requests sent to a server while it
-    /// was away are delivered when it is back. Default: none (clean start;
-    /// the connection re-subscribes after every reconnect). Needs a fixed
-    /// [`client_id`](Self::client_id) to be of use across restarts.
+    /// was away are delivered when it is back — also to a restarted
+    /// process with the same [`client_id`](Self::client_id): what arrives
+    /// before its server is serving again waits (up to 10 000 messages)
+    /// until it is. Requests still expire by their Message Expiry Interval.
+    /// Default: none (clean start; the connection re-subscribes after every
+    /// reconnect).
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.session_expiry = Some(expiry);
         self
@@ -210,6 +213,9 @@ fn decode_component(s: &str) -> String {
         .decode_utf8_lossy()
         .into_owned()
 }
+
+/// Publishes held for routes not (yet) registered, with a persistent session.
+const MAX_HELD: usize = 10_000;
 
 /// A handler for publishes whose topic matches a route's filter. Runs on the
 /// event-loop task: it must not block (spawn or send, never await).
@@ -282,6 +288,9 @@ pub(crate) struct Shared {
     /// Held while a QoS 1/2 publish is queued (see [`PublishTracker`]).
     publish_order: tokio::sync::Mutex<()>,
     publishes: Mutex<PublishTracker>,
+    /// With a persistent session, publishes the broker delivers before a
+    /// route for them exists again (right after CONNACK) wait here for it.
+    held: Mutex<VecDeque<Publish>>,
     /// Maximum Packet Size from the broker's CONNACK (0: none given).
     broker_max_packet: AtomicU32,
     pub(crate) caller: tokio::sync::OnceCell<Arc<Caller>>,
@@ -396,6 +405,7 @@ impl Connection {
             ack_order: tokio::sync::Mutex::new(()),
             publish_order: tokio::sync::Mutex::new(()),
             publishes: Mutex::new(PublishTracker::default()),
+            held: Mutex::new(VecDeque::new()),
             broker_max_packet: AtomicU32::new(0),
             caller: tokio::sync::OnceCell::new(),
             driver: Mutex::new(None),
@@ -488,17 +498,29 @@ impl Connection {
     ) -> Result<u64, Error> {
         self.ensure_open()?;
         let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
-        // Route first: a message may arrive right after the SUBACK.
-        self.shared
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Route {
-                id,
-                filter: filter.clone(),
-                qos,
-                sink,
+        // Route first: a message may arrive right after the SUBACK. The
+        // held queue's lock orders this against `route` (see there).
+        let released: VecDeque<Publish> = {
+            let mut held = self.held();
+            self.shared
+                .routes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Route {
+                    id,
+                    filter: filter.clone(),
+                    qos,
+                    sink: sink.clone(),
+                });
+            let (mine, others) = held.drain(..).partition(|p: &Publish| {
+                std::str::from_utf8(&p.topic).is_ok_and(|t| crate::topic::matches(&filter, t))
             });
+            *held = others;
+            mine
+        };
+        for publish in released {
+            sink(self, publish);
+        }
         if let Err(e) = self.subscribe_filter(&filter, qos).await {
             self.remove_route(id);
             return Err(e);
@@ -688,17 +710,35 @@ impl Connection {
             warn!("dropping a publish whose topic is not UTF-8");
             return;
         };
-        let sink = {
+        let find = || {
             let routes = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
             routes
                 .iter()
                 .find(|r| crate::topic::matches(&r.filter, topic))
                 .map(|r| r.sink.clone())
         };
-        match sink {
-            Some(sink) => sink(self, publish),
-            None => debug!(topic, "dropping a publish no route wants"),
+        if self.shared.options.session_expiry.is_none() {
+            match find() {
+                Some(sink) => sink(self, publish),
+                None => debug!(topic, "dropping a publish no route wants"),
+            }
+            return;
         }
+        // Persistent session: the broker may deliver what it kept for us
+        // before the server has re-registered; hold it until it does.
+        let mut held = self.held();
+        match find() {
+            Some(sink) => {
+                drop(held);
+                sink(self, publish)
+            }
+            None if held.len() < MAX_HELD => held.push_back(publish),
+            None => warn!(topic, "dropping a publish no route wants (held queue full)"),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, VecDeque<Publish>> {
+        self.shared.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn on_link_lost(&self) {
