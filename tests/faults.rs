@@ -158,28 +158,57 @@ async fn load_100k_calls_1000_in_flight_none_lost() {
     load_case(100_000, 1_000, 4).await;
 }
 
-/// Runs `workers` callers in a loop until `stop`; each call has `timeout`.
-fn spawn_callers(
-    client: &CalculatorClient,
-    workers: usize,
-    timeout: Duration,
-    tally: &Arc<Tally>,
-    mark: &Arc<Mutex<Option<Instant>>>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..workers)
-        .map(|w| {
-            let client = client.with_timeout(timeout);
-            let (tally, mark, stop) = (tally.clone(), mark.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = (w as i64) << 32;
-                while !stop.load(Ordering::Relaxed) {
-                    checked_call(&client, i, timeout, &tally, &mark).await;
-                    i += 1;
-                }
+/// `workers` callers calling in a loop, each call with `timeout`, until
+/// [`Callers::finish`].
+struct Callers {
+    tally: Arc<Tally>,
+    mark: Arc<Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Callers {
+    fn start(client: &CalculatorClient, workers: usize, timeout: Duration) -> Callers {
+        let tally = Arc::new(Tally::default());
+        let mark = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|w| {
+                let client = client.with_timeout(timeout);
+                let (tally, mark, stop) = (tally.clone(), mark.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = (w as i64) << 32;
+                    while !stop.load(Ordering::Relaxed) {
+                        checked_call(&client, i, timeout, &tally, &mark).await;
+                        i += 1;
+                    }
+                })
             })
-        })
-        .collect()
+            .collect();
+        Callers {
+            tally,
+            mark,
+            stop,
+            workers,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.tally.ok.load(Ordering::Relaxed)
+    }
+
+    /// From now on, note how long until the first success.
+    fn mark_now(&self) {
+        *self.mark.lock().unwrap() = Some(Instant::now());
+    }
+
+    async fn finish(self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        self.tally
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,23 +226,15 @@ async fn broker_restart_mid_load_every_call_resolves() {
     let conn = Connection::connect_url(&url).await.unwrap();
     let client = CalculatorClient::new(&conn).await.unwrap();
     let timeout = Duration::from_secs(2);
-    let (tally, mark, stop) = (
-        Arc::new(Tally::default()),
-        Arc::new(Mutex::new(None)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let workers = spawn_callers(&client, 100, timeout, &tally, &mark, &stop);
+    let callers = Callers::start(&client, 100, timeout);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let ok_before = tally.ok.load(Ordering::Relaxed);
+    let ok_before = callers.ok();
     mosquitto.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _mosquitto = Mosquitto::start_on(port, &[]).unwrap();
-    *mark.lock().unwrap() = Some(Instant::now());
+    callers.mark_now();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let tally = callers.finish().await;
     let errors = tally.errors();
     let first_ok_ms = tally.first_ok_after_mark_us.load(Ordering::Relaxed) as f64 / 1e3;
     println!(
@@ -264,22 +285,13 @@ async fn server_killed_mid_load_callers_get_errors_not_hangs() {
     assert_eq!(&line, b"serving");
     let conn = Connection::connect_url(&url).await.unwrap();
     let client = CalculatorClient::new(&conn).await.unwrap();
-    let timeout = Duration::from_secs(2);
-    let (tally, mark, stop) = (
-        Arc::new(Tally::default()),
-        Arc::new(Mutex::new(None)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let workers = spawn_callers(&client, 100, timeout, &tally, &mark, &stop);
+    let callers = Callers::start(&client, 100, Duration::from_secs(2));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let ok_before = tally.ok.load(Ordering::Relaxed);
+    let ok_before = callers.ok();
     server.start_kill().unwrap(); // SIGKILL, by PID
     server.wait().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let tally = callers.finish().await;
     let errors = tally.errors();
     let no_responder = errors.iter().filter(|e| e.is_no_responder()).count();
     let timeouts = errors.iter().filter(|e| e.is_timeout()).count();
