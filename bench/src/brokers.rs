@@ -10,6 +10,18 @@ pub struct Process {
     _dir: tempfile::TempDir,
 }
 
+impl Process {
+    /// Set when the broker is no longer running (e.g. killed from outside):
+    /// every figure measured through it after that is void.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -2,11 +2,23 @@
 //!
 //! Starts its own brokers on loopback (Mosquitto with TCP_NODELAY,
 //! nats-server, the embedded broker), measures every system on the same
-//! calls, prints a table and writes `target/mqrpc-bench/summary.json`.
+//! calls, times the compile cost of the macro, prints a table and writes
+//! `target/mqrpc-bench/summary.json`.
+//!
+//! Flags: `--quick`, `--systems a,b` (system names, plus `memory` and
+//! `compile`), `--seconds S` per case, `--rounds N`, `--no-compile`,
+//! `--compile-reps N`; `--profile mqrpc|raw-rumqttc [--calls N] [--qos Q]`
+//! is a separate mode for profiling (see `profile.rs`).
 
+mod alloc;
 mod brokers;
+mod compile;
 mod measure;
+mod profile;
 mod systems;
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,11 +38,25 @@ struct Settings {
     /// Each system is measured this many times, interleaved; the table
     /// shows the median round.
     rounds: usize,
+    /// Repetitions of each timed build of the compile-cost crates; 0 skips
+    /// the compile measurement.
+    compile_reps: usize,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--profile") {
+        profile::main(&args);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bench(args));
+}
+
+async fn bench(args: Vec<String>) {
     let quick = args.iter().any(|a| a == "--quick");
     let value_of = |flag: &str| {
         args.iter()
@@ -52,13 +78,21 @@ async fn main() {
         rounds: value_of("--rounds")
             .and_then(|r| r.parse().ok())
             .unwrap_or(if quick { 1 } else { 3 }),
+        compile_reps: if args.iter().any(|a| a == "--no-compile") {
+            0
+        } else {
+            value_of("--compile-reps")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(if quick { 3 } else { 5 })
+        },
     };
     let started = Instant::now();
+    let load_at_start = load_average();
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    let mosquitto = brokers::mosquitto();
-    let nats = brokers::nats_server();
+    let mut mosquitto = brokers::mosquitto();
+    let mut nats = brokers::nats_server();
     let embedded = mqrpc::EmbeddedBroker::start().await;
 
     // Every system stays up for the whole run; rounds interleave them so
@@ -135,6 +169,13 @@ async fn main() {
             }
         }
     }
+    for (name, broker) in [("mosquitto", &mut mosquitto), ("nats-server", &mut nats)] {
+        if let Some(status) = broker.as_mut().ok().and_then(|b| b.exit_status()) {
+            notes.push(format!(
+                "{name} exited during the run ({status}), killed from outside? Rows through it are void"
+            ));
+        }
+    }
     rows.extend(measure::median_of_rounds(&runs));
     let order = [
         "raw-rumqttc",
@@ -161,18 +202,59 @@ async fn main() {
         memory.extend(measure_memory(&settings, &format!("mqtt://127.0.0.1:{}", m.port)).await);
     }
 
+    let mut compile = Vec::new();
+    let want_compile = settings.compile_reps > 0
+        && settings
+            .systems
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s == "compile"));
+    if want_compile {
+        // Brokers and clients are idle by now; the builds run alone.
+        let root = target_dir().join("mqrpc-bench").join("compile");
+        match compile::measure(&root, settings.compile_reps) {
+            Ok(cost) => {
+                if cost.deps_seconds > 1.0 {
+                    notes.push(format!(
+                        "compile: the first, untimed build (shared dependencies when not cached, then both crates) took {:.0} s",
+                        cost.deps_seconds
+                    ));
+                }
+                compile = cost.entries;
+            }
+            Err(e) => notes.push(format!("compile cost skipped: {e}")),
+        }
+    }
+
     print_table(&rows);
-    let find = |system: &str, qos: u8, depth: usize| {
-        rows.iter().find(|r| {
-            r.system == system && r.qos == Some(qos) && r.scenario == "add" && r.in_flight == depth
-        })
-    };
-    let ratio = |f: fn(&Row) -> f64, qos: u8, depth: usize| match (
-        find("mqrpc", qos, depth),
-        find("raw-rumqttc", qos, depth),
-    ) {
-        (Some(a), Some(b)) => json!(f(a) / f(b)),
-        _ => json!(null),
+    // Ratios are taken within each round (the rounds interleave the
+    // systems, so both sides of a ratio saw the same machine state), then
+    // the median over rounds. On a shared VM the sequential latency of
+    // every MQTT system can jump between rounds (~40 µs vs ~120 µs), which
+    // a ratio of per-system medians would mistake for a difference.
+    let per_round = runs.len() / settings.rounds.max(1);
+    let ratio = |f: fn(&Row) -> f64, qos: u8, depth: usize| {
+        fn find<'a>(round: &'a [Row], system: &str, qos: u8, depth: usize) -> Option<&'a Row> {
+            round.iter().find(|r| {
+                r.system == system
+                    && r.qos == Some(qos)
+                    && r.scenario == "add"
+                    && r.in_flight == depth
+            })
+        }
+        let mut values: Vec<f64> = runs
+            .chunks(per_round.max(1))
+            .filter_map(|round| {
+                let a = find(round, "mqrpc", qos, depth)?;
+                let b = find(round, "raw-rumqttc", qos, depth)?;
+                Some(f(a) / f(b))
+            })
+            .filter(|v| v.is_finite())
+            .collect();
+        values.sort_by(|a, b| a.total_cmp(b));
+        match values.len() {
+            0 => json!(null),
+            n => json!(values[n / 2]),
+        }
     };
     let ratios = json!({
         "mqrpc_vs_raw_p50": ratio(|r| r.p50_us, 1, 1),
@@ -184,18 +266,33 @@ async fn main() {
         "\nratios (add, QoS 1 unless named): {}",
         serde_json::to_string_pretty(&ratios).unwrap()
     );
+    let targets = targets_met(&rows, &ratios, &memory);
+    println!(
+        "targets: {}",
+        serde_json::to_string_pretty(&targets).unwrap()
+    );
     for entry in &memory {
         println!("memory: {entry}");
+    }
+    for entry in &compile {
+        println!("compile: {entry}");
     }
     for note in &notes {
         println!("note: {note}");
     }
     let summary = json!({
         "mode": if settings.quick { "quick" } else { "full" },
-        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "load_average_start": load_at_start,
+            "load_average_end": load_average(),
+            "versions": versions(),
+        },
         "measurements": rows,
         "memory": memory,
+        "compile": compile,
         "ratios": ratios,
+        "targets": targets,
         "notes": notes,
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -208,6 +305,76 @@ async fn main() {
         path.display(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The 1-minute load average, from /proc/loadavg: other work on the machine
+/// (compiles) skews every figure, so the summary records it.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// First line of `program args` (stdout or stderr), e.g. a version banner.
+fn first_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+fn versions() -> serde_json::Value {
+    json!({
+        "mosquitto": first_line("mosquitto", &["-h"]),
+        "nats-server": first_line("nats-server", &["--version"]),
+        "rustc": first_line("rustc", &["-V"]),
+    })
+}
+
+/// The targets, reported (never asserted): value, bound, met.
+fn targets_met(
+    rows: &[Row],
+    ratios: &serde_json::Value,
+    memory: &[serde_json::Value],
+) -> serde_json::Value {
+    let check = |value: Option<f64>, bound: f64, at_most: bool| match value {
+        Some(v) if v.is_finite() => json!({
+            "value": v,
+            "bound": bound,
+            "met": if at_most { v <= bound } else { v >= bound },
+        }),
+        _ => json!({ "value": null, "bound": bound, "met": null }),
+    };
+    let embedded_p50 = rows
+        .iter()
+        .find(|r| r.system == "mqrpc-embedded" && r.scenario == "add" && r.in_flight == 1)
+        .map(|r| r.p50_us);
+    let memory_value = |measure: &str| {
+        memory
+            .iter()
+            .find(|m| m["measure"] == measure)
+            .and_then(|m| m["value"].as_f64())
+    };
+    json!({
+        "mqrpc_vs_raw_p50 <= 1.10": check(ratios["mqrpc_vs_raw_p50"].as_f64(), 1.10, true),
+        "mqrpc_vs_raw_throughput_100 >= 0.90": check(ratios["mqrpc_vs_raw_throughput_100"].as_f64(), 0.90, false),
+        "embedded_p50_us < 1000": check(embedded_p50, 1000.0, true),
+        "rss_bytes_per_in_flight_call <= 1024": check(memory_value("rss_bytes_per_in_flight_call"), 1024.0, true),
+        // "No growth": within 1 MiB over the run (allocator noise).
+        "rss_growth_bytes_sequential <= 1 MiB": check(memory_value("rss_growth_bytes_sequential"), 1048576.0, true),
+    })
 }
 
 fn target_dir() -> std::path::PathBuf {
@@ -246,6 +413,10 @@ async fn measure_memory(settings: &Settings, url: &str) -> Vec<serde_json::Value
     }
     let per_call = during.saturating_sub(before) as f64 / n as f64;
     out.push(json!({"system": "mqrpc", "measure": "rss_bytes_per_in_flight_call", "in_flight": n, "value": per_call, "rss_before": before, "rss_during": during}));
+    // Most of that is the call's future (each waiting call is a task):
+    // its size is part of the cost of a call in flight.
+    let future_bytes = std::mem::size_of_val(&client.add(0, 1));
+    out.push(json!({"system": "mqrpc", "measure": "call_future_bytes", "value": future_bytes}));
     drop(calls);
     conn.close().await;
 

@@ -59,7 +59,12 @@ pub async fn run(
                 match target.call(scenario, i).await {
                     Ok(()) => samples
                         .push((begin.elapsed().as_nanos() / 100).min(u32::MAX as u128) as u32),
-                    Err(_) => lost += 1,
+                    Err(_) => {
+                        lost += 1;
+                        // A system that fails at once must not spin this
+                        // worker thread and starve the timer.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 i += 1;
             }

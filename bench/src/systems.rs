@@ -38,6 +38,19 @@ impl Scenario {
 pub const ECHO_LEN: usize = 1024;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A tag unique to each system instance of this process: instances on one
+/// broker (QoS 0 and QoS 1) need their own client ids (a second CONNECT
+/// with the same id takes over the first one's session) and their own
+/// topics (otherwise both servers answer every request).
+fn instance_tag() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 pub fn echo_payload() -> Vec<u8> {
     (0..ECHO_LEN).map(|i| i as u8).collect()
 }
@@ -93,11 +106,17 @@ pub struct Mqrpc {
 impl Mqrpc {
     /// Server and client on separate connections, as two services would be.
     pub async fn start(url: &str, qos: mqrpc::QoS) -> Result<Mqrpc, String> {
+        let prefix = format!("bench-{}", instance_tag());
         let server = mqrpc::Connection::connect_url(url)
             .await
             .map_err(|e| e.to_string())?;
         let _ = BenchServer::new(BenchImpl)
-            .serve_with(&server, mqrpc::ServerOptions::default().qos(qos))
+            .serve_with(
+                &server,
+                mqrpc::ServerOptions::default()
+                    .prefix(prefix.clone())
+                    .qos(qos),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let conn = mqrpc::Connection::connect_url(url)
@@ -106,6 +125,7 @@ impl Mqrpc {
         let client = BenchClient::with_options(
             &conn,
             mqrpc::ClientOptions::default()
+                .prefix(prefix)
                 .qos(qos)
                 .timeout(CALL_TIMEOUT),
         )
@@ -149,6 +169,8 @@ pub struct Raw {
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>,
     next: AtomicU64,
     reply_topic: String,
+    add_topic: String,
+    echo_topic: String,
     payload: Bytes,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -191,11 +213,12 @@ async fn raw_subscribe(
 
 impl Raw {
     pub async fn start(port: u16, qos: QoS) -> Result<Raw, String> {
-        let tag = format!("{:x}", std::process::id());
+        let tag = instance_tag();
+        let request_filter = format!("bench/raw-{tag}/+");
         // Server: the event loop hands requests to one responder task.
         let (server, mut server_loop) =
             AsyncClient::new(raw_options(&format!("raw-srv-{tag}"), port), 1024);
-        raw_subscribe(&server, &mut server_loop, "bench/raw/+", qos).await?;
+        raw_subscribe(&server, &mut server_loop, &request_filter, qos).await?;
         let (requests_tx, mut requests_rx) = mpsc::unbounded_channel();
         let server_poll = tokio::spawn(async move {
             while let Ok(event) = server_loop.poll().await {
@@ -255,6 +278,8 @@ impl Raw {
             pending,
             next: AtomicU64::new(0),
             reply_topic,
+            add_topic: format!("bench/raw-{tag}/add"),
+            echo_topic: format!("bench/raw-{tag}/echo"),
             payload: Bytes::from(postcard::to_stdvec(&echo_payload()).unwrap()),
             tasks: vec![server_poll, responder, client_poll],
         })
@@ -269,10 +294,10 @@ impl Target for Raw {
             self.pending.lock().unwrap().insert(id, tx);
             let (topic, body) = match scenario {
                 Scenario::Add => (
-                    "bench/raw/add",
+                    self.add_topic.clone(),
                     Bytes::from(postcard::to_stdvec(&(i, 1i64)).unwrap()),
                 ),
-                Scenario::Echo1k => ("bench/raw/echo", self.payload.clone()),
+                Scenario::Echo1k => (self.echo_topic.clone(), self.payload.clone()),
             };
             let properties = PublishProperties {
                 response_topic: Some(self.reply_topic.clone()),
