@@ -18,7 +18,7 @@ pub(crate) type CallKey = (String, Bytes);
 pub(crate) struct CachedReply {
     pub status: crate::Status,
     pub content_type: &'static str,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 enum Entry {
@@ -224,7 +224,7 @@ mod tests {
         CachedReply {
             status: crate::Status::Ok,
             content_type: "application/postcard",
-            payload: vec![0; bytes],
+            payload: Bytes::from(vec![0; bytes]),
         }
     }
 

@@ -196,7 +196,7 @@ impl Drop for PendingSlot<'_> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    prefix: String,
+    prefix: Arc<str>,
     timeout: Duration,
     qos: QoS,
     codec: Codec,
@@ -206,7 +206,7 @@ impl Default for ClientOptions {
     /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard.
     fn default() -> Self {
         ClientOptions {
-            prefix: DEFAULT_PREFIX.to_string(),
+            prefix: Arc::from(DEFAULT_PREFIX),
             timeout: DEFAULT_TIMEOUT,
             qos: QoS::AtLeastOnce,
             codec: Codec::Postcard,
@@ -217,7 +217,7 @@ impl Default for ClientOptions {
 impl ClientOptions {
     /// Topic prefix of the service (default `mqrpc`); must match the server's.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = Arc::from(prefix.into());
         self
     }
 
@@ -271,6 +271,8 @@ pub struct Client {
     conn: Connection,
     caller: Arc<Caller>,
     service: Arc<str>,
+    /// `<prefix>/<service>/`: request topics are this plus the method.
+    topic_base: Arc<str>,
     options: ClientOptions,
 }
 
@@ -304,6 +306,7 @@ impl Client {
             conn: conn.clone(),
             caller,
             service: Arc::from(service),
+            topic_base: topic_base(&options.prefix, service),
             options,
         })
     }
@@ -326,6 +329,7 @@ impl Client {
     pub fn with_options(&self, options: ClientOptions) -> Result<Client, Error> {
         topic::validate_prefix(&options.prefix)?;
         let mut client = self.clone();
+        client.topic_base = topic_base(&options.prefix, &self.service);
         client.options = options;
         Ok(client)
     }
@@ -423,7 +427,7 @@ impl Client {
     async fn send(&self, method: &str, qos: QoS, payload: Vec<u8>) -> Result<Response, Error> {
         self.conn.ensure_open()?;
         let caller = &*self.caller;
-        let topic = topic::method_topic(&self.options.prefix, &self.service, method);
+        let topic = [&*self.topic_base, method].concat();
         self.check_size(&topic, payload.len())?;
         let timeout = self.options.timeout;
         let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
@@ -445,7 +449,7 @@ impl Client {
         let properties = request_properties(&caller.reply_topic, id, self.options.codec, timeout);
         let exchange = async {
             self.conn
-                .publish(topic, qos, payload, properties, Some(id))
+                .publish(topic, qos, Bytes::from(payload), properties, Some(id))
                 .await?;
             slot.sent.store(true, Ordering::Relaxed);
             rx.await.unwrap_or(Err(Error::Disconnected))
@@ -492,7 +496,7 @@ impl Client {
 
     /// Best effort, from `Drop`: QoS 0, never waits.
     fn send_cancel(&self, id: u64) {
-        let topic = topic::method_topic(&self.options.prefix, &self.service, CANCEL_METHOD);
+        let topic = [&*self.topic_base, CANCEL_METHOD].concat();
         let properties = PublishProperties {
             correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
             user_properties: vec![(
@@ -507,25 +511,35 @@ impl Client {
     }
 }
 
-/// The properties of a request (PROTOCOL.md, "Request").
+/// The properties of a request (PROTOCOL.md, "Request"). Values that are
+/// the protocol's defaults are left out: every property costs allocations
+/// on both sides and in the broker.
 fn request_properties(
     reply_topic: &str,
     id: u64,
     codec: Codec,
     timeout: Duration,
 ) -> PublishProperties {
+    let millis = timeout.as_millis();
+    let budget = if millis.is_multiple_of(1000) && millis > 0 {
+        Vec::new() // the Message Expiry Interval says it exactly
+    } else {
+        vec![(TIMEOUT_PROPERTY.to_string(), millis.to_string())]
+    };
     PublishProperties {
         response_topic: Some(reply_topic.to_string()),
         correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
-        content_type: Some(codec.content_type().to_string()),
+        content_type: (codec != Codec::Postcard).then(|| codec.content_type().to_string()),
         // The broker drops the request if nobody took it in time.
         message_expiry_interval: Some(expiry_seconds(timeout)),
-        user_properties: vec![(
-            TIMEOUT_PROPERTY.to_string(),
-            timeout.as_millis().min(u64::MAX as u128).to_string(),
-        )],
+        user_properties: budget,
         ..PublishProperties::default()
     }
+}
+
+/// `<prefix>/<service>/`.
+fn topic_base(prefix: &str, service: &str) -> Arc<str> {
+    Arc::from(format!("{prefix}/{service}/"))
 }
 
 /// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.

@@ -224,6 +224,7 @@ pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish) + Send + Sync>;
 struct Route {
     id: u64,
     filter: String,
+    matcher: crate::topic::Filter,
     qos: QoS,
     sink: Sink,
 }
@@ -268,6 +269,8 @@ struct PublishTracker {
     /// (`Outgoing::AwaitAck`); its `Outgoing::Publish` comes later.
     collision: Option<Option<u64>>,
     by_packet_id: HashMap<u16, u64>,
+    /// Publishes waiting for room in rumqttc's queue.
+    slow_publishers: usize,
 }
 
 pub(crate) struct Shared {
@@ -509,6 +512,7 @@ impl Connection {
                 .push(Route {
                     id,
                     filter: filter.clone(),
+                    matcher: crate::topic::Filter::new(&filter),
                     qos,
                     sink: sink.clone(),
                 });
@@ -604,33 +608,79 @@ impl Connection {
 
     /// Publishes; for QoS 1/2, `call` names the call whose request this is,
     /// so that "no matching subscribers" fails it (see [`PublishTracker`]).
+    ///
+    /// Usually rumqttc's queue has room and this does not wait (and the
+    /// caller's future stays small); when it is full, a task waits for room
+    /// in publish order.
     pub(crate) async fn publish(
         &self,
         topic: String,
         qos: QoS,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
         properties: PublishProperties,
         call: Option<u64>,
     ) -> Result<(), Error> {
-        let send = self.shared.client.publish_with_properties(
-            topic,
-            qos.into(),
-            false,
-            payload,
-            properties,
-        );
+        let client = &self.shared.client;
+        let (topic, payload, properties) = {
+            let mut tracker = self.tracker();
+            // With slow publishers waiting, QoS 1/2 publishes queue behind
+            // them, or markers and packets would come in different orders.
+            if qos == QoS::AtMostOnce || tracker.slow_publishers == 0 {
+                match client.try_publish_with_properties(
+                    topic,
+                    qos.into(),
+                    false,
+                    payload,
+                    properties,
+                ) {
+                    Ok(()) => {
+                        if qos != QoS::AtMostOnce {
+                            tracker.markers.push_back(call);
+                        }
+                        return Ok(());
+                    }
+                    Err(rumqttc::v5::ClientError::TryRequest(rumqttc::v5::Request::Publish(p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        (topic, p.payload, p.properties.unwrap_or_default())
+                    }
+                    Err(e) => return Err(Error::Mqtt(e.to_string())),
+                }
+            } else {
+                (topic, payload, properties)
+            }
+        };
         if qos == QoS::AtMostOnce {
-            return send.await.map_err(|e| Error::Mqtt(e.to_string()));
+            return Box::pin(client.publish_with_properties(
+                topic,
+                qos.into(),
+                false,
+                payload,
+                properties,
+            ))
+            .await
+            .map_err(|e| Error::Mqtt(e.to_string()));
         }
-        let _order = self.shared.publish_order.lock().await;
-        self.tracker().markers.push_back(call);
-        let sent = send.await;
-        if let Err(e) = sent {
-            // Not queued, so no event will take the marker: take it back.
-            self.tracker().markers.pop_back();
-            return Err(Error::Mqtt(e.to_string()));
-        }
-        Ok(())
+        self.tracker().slow_publishers += 1;
+        // A task, so that a caller dropped meanwhile cannot leave a marker
+        // without its packet.
+        let conn = self.clone();
+        let slow = tokio::spawn(async move {
+            let _order = conn.shared.publish_order.lock().await;
+            conn.tracker().markers.push_back(call);
+            let sent = conn
+                .shared
+                .client
+                .publish_with_properties(topic, qos.into(), false, payload, properties)
+                .await;
+            let mut tracker = conn.tracker();
+            if sent.is_err() {
+                tracker.markers.pop_back(); // not queued: no event will take it
+            }
+            tracker.slow_publishers -= 1;
+            sent.map_err(|e| Error::Mqtt(e.to_string()))
+        });
+        slow.await
+            .unwrap_or_else(|e| Err(Error::Mqtt(e.to_string())))
     }
 
     /// Publishes without waiting: for cancel messages sent from `Drop`.
@@ -714,7 +764,7 @@ impl Connection {
             let routes = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
             routes
                 .iter()
-                .find(|r| crate::topic::matches(&r.filter, topic))
+                .find(|r| r.matcher.matches(topic))
                 .map(|r| r.sink.clone())
         };
         if self.shared.options.session_expiry.is_none() {
@@ -784,6 +834,14 @@ impl Connection {
     }
 
     fn on_ack(&self, event: &Event) {
+        let concerns_acks = matches!(
+            event,
+            Event::Outgoing(Outgoing::Subscribe(_) | Outgoing::Unsubscribe(_))
+                | Event::Incoming(Packet::SubAck(_) | Packet::UnsubAck(_))
+        );
+        if !concerns_acks {
+            return;
+        }
         let mut acks = self.shared.acks.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Event::Outgoing(Outgoing::Subscribe(pkid)) => {

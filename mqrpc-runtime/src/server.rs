@@ -20,8 +20,8 @@ use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::protocol::{
-    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, STATUS_PROPERTY,
-    TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, POSTCARD_CONTENT_TYPE,
+    STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -502,7 +502,7 @@ impl<S: Service> Dispatcher<S> {
             if let Some(key) = &key {
                 self.calls().forget(key);
             }
-            let payload = message.into_bytes();
+            let payload = Bytes::from(message);
             tokio::spawn(send_reply(
                 conn.clone(),
                 request,
@@ -581,7 +581,7 @@ impl<S: Service> Dispatcher<S> {
                 "`{}` waited past its deadline for a free handler",
                 request.method
             );
-            let payload = message.into_bytes();
+            let payload = Bytes::from(message);
             return send_reply(
                 conn,
                 request,
@@ -632,16 +632,22 @@ impl<S: Service> Dispatcher<S> {
             Some(codec) => codec.content_type(),
             None => TEXT_CONTENT_TYPE,
         };
+        let payload = Bytes::from(reply.payload);
         if let Some(key) = &key {
-            let expires = self.calls().expiry(request.deadline, request.arrived);
-            let cached = CachedReply {
-                status: reply.status,
-                content_type,
-                payload: reply.payload.clone(),
-            };
-            self.calls().finish(key, cached, expires);
+            let mut calls = self.calls();
+            if request.qos == QoS::AtMostOnce {
+                calls.forget(key); // never redelivered: nothing to keep
+            } else {
+                let expires = calls.expiry(request.deadline, request.arrived);
+                let cached = CachedReply {
+                    status: reply.status,
+                    content_type,
+                    payload: payload.clone(),
+                };
+                calls.finish(key, cached, expires);
+            }
         }
-        send_reply(conn, request, reply.status, content_type, reply.payload).await;
+        send_reply(conn, request, reply.status, content_type, payload).await;
     }
 }
 
@@ -651,7 +657,7 @@ async fn send_reply(
     request: Request,
     status: Status,
     content_type: &'static str,
-    payload: Vec<u8>,
+    payload: Bytes,
 ) {
     let method = &request.method;
     let Some(response_topic) = request.response_topic else {
@@ -665,10 +671,16 @@ async fn send_reply(
     if request.correlation.is_none() {
         debug!(%method, "request without Correlation Data: answering without it");
     }
+    // Defaults are left out (absent status = `ok`, absent Content Type =
+    // postcard): each property costs allocations on both sides.
     let properties = PublishProperties {
         correlation_data: request.correlation,
-        content_type: Some(content_type.to_string()),
-        user_properties: vec![(STATUS_PROPERTY.to_string(), status.as_str().to_string())],
+        content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),
+        user_properties: if status == Status::Ok {
+            Vec::new()
+        } else {
+            vec![(STATUS_PROPERTY.to_string(), status.as_str().to_string())]
+        },
         ..PublishProperties::default()
     };
     if let Err(e) = conn

@@ -5,11 +5,6 @@
 use crate::protocol::REPLY_LEVEL;
 use crate::Error;
 
-/// Topic a request for `method` of `service` is published to.
-pub(crate) fn method_topic(prefix: &str, service: &str, method: &str) -> String {
-    format!("{prefix}/{service}/{method}")
-}
-
 /// Filter a server subscribes to: every method of the service, so it can
 /// answer unknown methods too instead of leaving the caller to time out.
 pub(crate) fn service_filter(prefix: &str, service: &str) -> String {
@@ -75,7 +70,41 @@ fn validate_chars(level: &str) -> Result<(), String> {
 /// True when a response may be published to `topic`: a Response Topic with
 /// wildcards would make the broker drop our connection (MQTT v5 §3.3.2.3.5).
 pub(crate) fn is_publishable(topic: &str) -> bool {
-    !topic.is_empty() && !topic.contains(['+', '#', '\0']) && topic.len() <= u16::MAX as usize
+    !topic.is_empty()
+        && topic.len() <= u16::MAX as usize
+        && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+}
+
+/// A filter prepared for the two shapes mqrpc subscribes to, so routing an
+/// incoming publish is a string comparison: an exact topic (the response
+/// topic) or `<levels>/+` (a service); anything else uses [`matches`].
+#[derive(Debug, Clone)]
+pub(crate) enum Filter {
+    Exact(String),
+    /// `<levels>/+`, stored as `<levels>/`.
+    LastLevel(String),
+    General(String),
+}
+
+impl Filter {
+    pub(crate) fn new(filter: &str) -> Filter {
+        let wild = |s: &str| s.contains(['+', '#']) || s.starts_with("$share/");
+        match filter.strip_suffix('+') {
+            Some(base) if base.ends_with('/') && !wild(base) => Filter::LastLevel(base.to_string()),
+            _ if !wild(filter) => Filter::Exact(filter.to_string()),
+            _ => Filter::General(filter.to_string()),
+        }
+    }
+
+    pub(crate) fn matches(&self, topic: &str) -> bool {
+        match self {
+            Filter::Exact(exact) => exact == topic,
+            Filter::LastLevel(base) => topic
+                .strip_prefix(base.as_str())
+                .is_some_and(|level| !level.contains('/')),
+            Filter::General(filter) => matches(filter, topic),
+        }
+    }
 }
 
 /// MQTT topic filter matching (§4.7), including `$share/<group>/` filters.
@@ -113,6 +142,40 @@ pub(crate) fn matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepared_filters_agree_with_the_general_matcher() {
+        let filters = [
+            "mqrpc/Calc/+",
+            "mqrpc/_reply/c1",
+            "a/+/c",
+            "a/#",
+            "$share/g/a/+",
+            "+",
+        ];
+        let topics = [
+            "mqrpc/Calc/add",
+            "mqrpc/Calc/add/x",
+            "mqrpc/Calc/",
+            "mqrpc/_reply/c1",
+            "mqrpc/_reply/c12",
+            "a/b/c",
+            "a",
+            "a/+",
+            "x",
+            "mqrpc/Calcx/add",
+        ];
+        for filter in filters {
+            let prepared = Filter::new(filter);
+            for topic in topics {
+                assert_eq!(
+                    prepared.matches(topic),
+                    matches(filter, topic),
+                    "{filter} ~ {topic}: {prepared:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn filter_matching() {

@@ -121,15 +121,15 @@ pub fn request_properties(
     }
 }
 
-/// The `mqrpc-status` user property of a response.
+/// The status of a response: its `mqrpc-status` user property, `ok` when
+/// absent (PROTOCOL.md: servers leave out the default).
 pub fn status_of(publish: &Publish) -> Option<String> {
-    publish
+    let status = publish
         .properties
-        .as_ref()?
-        .user_properties
-        .iter()
-        .find(|(k, _)| k == "mqrpc-status")
-        .map(|(_, v)| v.clone())
+        .as_ref()
+        .and_then(|p| p.user_properties.iter().find(|(k, _)| k == "mqrpc-status"))
+        .map(|(_, v)| v.clone());
+    Some(status.unwrap_or_else(|| "ok".to_string()))
 }
 
 /// The Content Type of a publish.
