@@ -705,6 +705,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever properties a request carries, reading it never panics
+        /// and its deadline is never before its arrival.
+        #[test]
+        fn any_request_properties_are_read_without_panic(
+            method in ".{0,16}",
+            user in proptest::collection::vec(("(mqrpc-timeout-ms|mqrpc-response-topic|.{0,8})", ".{0,24}"), 0..4),
+            expiry in proptest::option::of(proptest::num::u32::ANY),
+            response_topic in proptest::option::of(".{0,24}"),
+            correlation in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..16)),
+            content_type in proptest::option::of(".{0,24}"),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+        ) {
+            let now = Instant::now();
+            let properties = PublishProperties {
+                message_expiry_interval: expiry,
+                response_topic,
+                correlation_data: correlation.map(Bytes::from),
+                content_type,
+                user_properties: user,
+                ..PublishProperties::default()
+            };
+            let request = Request::from_parts(method, properties, QoS::AtLeastOnce, Bytes::from(payload), now);
+            if let Some(deadline) = request.deadline {
+                proptest::prop_assert!(deadline >= now);
+            }
+            let _ = request.key();
+            let _ = request.expired(now);
+        }
+    }
+
     #[test]
     fn deadline_is_the_budget_capped_by_message_expiry() {
         let now = Instant::now();
