@@ -326,6 +326,34 @@ async fn packet_over_the_brokers_limit_fails_without_breaking_the_connection() {
     assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
     assert!(conn.is_connected());
     assert_eq!(client.echo("fits".into()).await.unwrap(), "fits");
+    // An answer over the limit: the server says so instead of sending it
+    // (which would cost it its connection).
+    let err = client.repeat(b'x', 10_000).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert_eq!(client.repeat(b'y', 3).await.unwrap(), b"yyy");
+    assert!(conn.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_is_refused_on_a_persistent_session() {
+    let broker = mqrpc_tests::embedded().await;
+    let options = mqrpc::ConnectOptions::from_url(broker.url())
+        .unwrap()
+        .session_expiry(Duration::from_secs(30));
+    let conn = Connection::connect(options).await.unwrap();
+    let client = CalculatorClient::with_options(
+        &conn,
+        ClientOptions::default().qos(mqrpc::QoS::ExactlyOnce),
+    )
+    .await
+    .unwrap();
+    let err = client.add(1, 2).await.unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+    let err = CalculatorServer::new(Calc::default())
+        .serve_with(&conn, ServerOptions::default().qos(mqrpc::QoS::ExactlyOnce))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
 }
 
 /// A cancel message for a call whose request has not arrived yet keeps

@@ -141,6 +141,11 @@ impl Caller {
         }
     }
 
+    /// True while call `id` waits for its answer.
+    pub(crate) fn is_pending(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// The broker reported that nobody subscribed to the call's topic.
     pub(crate) fn fail_no_responder(&self, id: u64) {
         let waiter = self.lock().remove(&id);
@@ -426,6 +431,7 @@ impl Client {
 
     async fn send(&self, method: &str, qos: QoS, payload: Vec<u8>) -> Result<Response, Error> {
         self.conn.ensure_open()?;
+        self.conn.check_qos(qos)?;
         let caller = &*self.caller;
         let topic = [&*self.topic_base, method].concat();
         self.check_size(&topic, payload.len())?;

@@ -153,10 +153,12 @@ impl ConnectOptions {
     /// survive a reconnect and QoS 1/2 requests sent to a server while it
     /// was away are delivered when it is back — also to a restarted
     /// process with the same [`client_id`](Self::client_id): what arrives
-    /// before its server is serving again waits (up to 10 000 messages)
-    /// until it is. Requests still expire by their Message Expiry Interval.
+    /// before its server is serving again waits (up to 10 000 messages and
+    /// 16 MiB) until it is, its wait counted against its Message Expiry
+    /// Interval.
     /// Default: none (clean start; the connection re-subscribes after every
-    /// reconnect).
+    /// reconnect). QoS 2 is refused on such a connection
+    /// ([`Error::Unsupported`]).
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.session_expiry = Some(expiry);
         self
@@ -214,8 +216,17 @@ fn decode_component(s: &str) -> String {
         .into_owned()
 }
 
-/// Publishes held for routes not (yet) registered, with a persistent session.
+/// Publishes held for routes not (yet) registered, with a persistent
+/// session: at most this many, and this many payload bytes.
 const MAX_HELD: usize = 10_000;
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Publishes waiting for their route, with when they arrived.
+#[derive(Default)]
+struct Held {
+    publishes: VecDeque<(std::time::Instant, Publish)>,
+    bytes: usize,
+}
 
 /// A handler for publishes whose topic matches a route's filter. Runs on the
 /// event-loop task: it must not block (spawn or send, never await).
@@ -293,7 +304,7 @@ pub(crate) struct Shared {
     publishes: Mutex<PublishTracker>,
     /// With a persistent session, publishes the broker delivers before a
     /// route for them exists again (right after CONNACK) wait here for it.
-    held: Mutex<VecDeque<Publish>>,
+    held: Mutex<Held>,
     /// Maximum Packet Size from the broker's CONNACK (0: none given).
     broker_max_packet: AtomicU32,
     pub(crate) caller: tokio::sync::OnceCell<Arc<Caller>>,
@@ -408,7 +419,7 @@ impl Connection {
             ack_order: tokio::sync::Mutex::new(()),
             publish_order: tokio::sync::Mutex::new(()),
             publishes: Mutex::new(PublishTracker::default()),
-            held: Mutex::new(VecDeque::new()),
+            held: Mutex::new(Held::default()),
             broker_max_packet: AtomicU32::new(0),
             caller: tokio::sync::OnceCell::new(),
             driver: Mutex::new(None),
@@ -503,7 +514,7 @@ impl Connection {
         let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
         // Route first: a message may arrive right after the SUBACK. The
         // held queue's lock orders this against `route` (see there).
-        let released: VecDeque<Publish> = {
+        let released: Vec<(std::time::Instant, Publish)> = {
             let mut held = self.held();
             self.shared
                 .routes
@@ -516,13 +527,28 @@ impl Connection {
                     qos,
                     sink: sink.clone(),
                 });
-            let (mine, others) = held.drain(..).partition(|p: &Publish| {
+            let (mine, others): (Vec<_>, Vec<_>) = held.publishes.drain(..).partition(|(_, p)| {
                 std::str::from_utf8(&p.topic).is_ok_and(|t| crate::topic::matches(&filter, t))
             });
-            *held = others;
+            held.publishes = others.into();
+            held.bytes -= mine.iter().map(|(_, p)| p.payload.len()).sum::<usize>();
             mine
         };
-        for publish in released {
+        for (arrived, mut publish) in released {
+            // Count the time held against the Message Expiry Interval, as
+            // the broker would have.
+            let waited = u32::try_from(arrived.elapsed().as_secs()).unwrap_or(u32::MAX);
+            if let Some(expiry) = publish
+                .properties
+                .as_mut()
+                .and_then(|p| p.message_expiry_interval.as_mut())
+            {
+                if waited >= *expiry {
+                    debug!("dropping a held publish that expired while held");
+                    continue;
+                }
+                *expiry -= waited;
+            }
             sink(self, publish);
         }
         if let Err(e) = self.subscribe_filter(&filter, qos).await {
@@ -666,6 +692,18 @@ impl Connection {
         let conn = self.clone();
         let slow = tokio::spawn(async move {
             let _order = conn.shared.publish_order.lock().await;
+            let gone = call.is_some_and(|call| {
+                conn.shared
+                    .caller
+                    .get()
+                    .is_some_and(|c| !c.is_pending(call))
+            });
+            if gone {
+                // The call ended (timeout, dropped) while waiting for room:
+                // do not send a request nobody waits for.
+                conn.tracker().slow_publishers -= 1;
+                return Ok(());
+            }
             conn.tracker().markers.push_back(call);
             let sent = conn
                 .shared
@@ -700,6 +738,18 @@ impl Connection {
                 properties,
             )
             .map_err(|e| Error::Mqtt(e.to_string()))
+    }
+
+    /// QoS 2 is refused with a persistent session: rumqttc forgets the
+    /// QoS 2 state of incoming messages across reconnects, so the resumed
+    /// session would fail on the broker's PUBRELs.
+    pub(crate) fn check_qos(&self, qos: QoS) -> Result<(), Error> {
+        if qos == QoS::ExactlyOnce && self.shared.options.session_expiry.is_some() {
+            return Err(Error::Unsupported {
+                what: "QoS 2 on a connection with a persistent session (use QoS 1)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The broker's Maximum Packet Size from CONNACK, if it sent one.
@@ -782,25 +832,24 @@ impl Connection {
                 drop(held);
                 sink(self, publish)
             }
-            None if held.len() < MAX_HELD => held.push_back(publish),
+            None if held.publishes.len() < MAX_HELD
+                && held.bytes + publish.payload.len() <= MAX_HELD_BYTES =>
+            {
+                held.bytes += publish.payload.len();
+                held.publishes
+                    .push_back((std::time::Instant::now(), publish));
+            }
             None => warn!(topic, "dropping a publish no route wants (held queue full)"),
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, VecDeque<Publish>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.shared.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn on_link_lost(&self) {
+    fn on_link_lost(&self, eventloop: &mut EventLoop) {
         self.shared.ready.store(false, Ordering::Release);
-        {
-            // Acks of publishes in flight never come; markers of requests
-            // still queued in rumqttc's channel stay, as those are sent
-            // after the reconnect.
-            let mut tracker = self.tracker();
-            tracker.by_packet_id.clear();
-            tracker.collision = None;
-        }
+        self.discard_unsent(eventloop);
         if let Some(caller) = self.shared.caller.get() {
             caller.fail_all(&Error::Disconnected);
         }
@@ -809,6 +858,65 @@ impl Connection {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .fail_all("disconnected from the broker");
+    }
+
+    /// Drops what rumqttc kept of the lost link, and the markers of the
+    /// publishes among it, so markers and `Outgoing::Publish` events stay
+    /// aligned. Their callers are failed with `Disconnected`; the session
+    /// is gone (clean start) or, if kept, replaying them would run calls
+    /// whose callers were already told they failed.
+    fn discard_unsent(&self, eventloop: &mut EventLoop) {
+        use rumqttc::v5::Request;
+        // Under the tracker lock no publisher can queue (fast path) or push
+        // a marker; `clean` takes what reached the channel since the error.
+        let mut tracker = self.tracker();
+        eventloop.clean();
+        // Events of publishes written to the dead link, not yet read by us:
+        // each holds a marker at the front of the queue.
+        let stale = eventloop
+            .state
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Outgoing(Outgoing::Publish(1..) | Outgoing::AwaitAck(_))
+                )
+            })
+            .count();
+        eventloop.state.events.retain(|e| {
+            !matches!(
+                e,
+                Event::Outgoing(Outgoing::Publish(1..) | Outgoing::AwaitAck(_))
+            )
+        });
+        // QoS 1/2 requests taken from the channel (no packet id yet): their
+        // markers follow. Those with a packet id already had their events.
+        let unsent = eventloop
+            .pending
+            .iter()
+            .filter(|r| {
+                matches!(r, Request::Publish(p)
+                    if p.pkid == 0 && p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce)
+            })
+            .count();
+        let drop_markers = (stale + unsent).min(tracker.markers.len());
+        tracker.markers.drain(..drop_markers);
+        // What slow publishers have not sent yet keeps its markers: it goes
+        // into the channel after this and is sent on the new link.
+        tracker.by_packet_id.clear();
+        tracker.collision = None;
+        // rumqttc keeps a collided publish across `clean`, which would block
+        // its request queue on the new link for good.
+        eventloop.state.collision = None;
+        if self.shared.options.session_expiry.is_some() {
+            // Keep QoS 2 releases the kept session still expects.
+            eventloop
+                .pending
+                .retain(|r| matches!(r, Request::PubRel(_)));
+        } else {
+            eventloop.pending.clear();
+        }
     }
 
     /// After a reconnect (clean start: the broker forgot us), subscribe every
@@ -932,10 +1040,7 @@ async fn drive(
                     return;
                 }
                 let was_ready = conn.shared.ready.load(Ordering::Acquire);
-                conn.on_link_lost();
-                // The session is gone (clean start): replaying queued requests
-                // would run calls whose callers were already told they failed.
-                eventloop.pending.clear();
+                conn.on_link_lost(&mut eventloop);
                 if was_ready {
                     warn!(broker = %conn.shared.broker, %error, "lost the broker; reconnecting");
                 } else {

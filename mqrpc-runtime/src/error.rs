@@ -80,7 +80,8 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
-    /// The request is larger than the broker or the server accepts.
+    /// The request, or its answer, is larger than the broker or the server
+    /// accepts.
     #[error("the request is too large: {message}")]
     TooLarge {
         /// Sizes and the limit that was hit.
@@ -142,6 +143,12 @@ pub enum Error {
         name: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A combination of options mqrpc does not support.
+    #[error("not supported: {what}")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
     },
     /// The MQTT client refused a request (its event loop is gone).
     #[error("MQTT client error: {0}")]

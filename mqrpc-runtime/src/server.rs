@@ -230,8 +230,32 @@ pub struct ServerHandle {
     conn: Connection,
     route_id: u64,
     filter: String,
-    permits: Arc<Semaphore>,
-    max_concurrent: usize,
+    activity: Arc<Activity>,
+}
+
+/// Requests admitted and not yet answered, for a graceful shutdown.
+#[derive(Debug, Default)]
+struct Activity {
+    admitted: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn enter(self: &Arc<Self>) -> ActivityGuard {
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+}
+
+/// Counts one admitted request until it is answered (or dropped).
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if self.0.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl ServerHandle {
@@ -252,10 +276,12 @@ impl ServerHandle {
     /// Bound the wait with `tokio::time::timeout` if you must.
     pub async fn shutdown(self) -> Result<(), Error> {
         let unsubscribed = self.conn.unsubscribe(self.route_id).await;
-        let count = u32::try_from(self.max_concurrent).unwrap_or(u32::MAX);
-        // Waiters queue FIFO, so this returns after those queued before it.
-        if let Ok(all) = self.permits.acquire_many(count).await {
-            drop(all);
+        loop {
+            let idle = self.activity.idle.notified();
+            if self.activity.admitted.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
         }
         unsubscribed
     }
@@ -270,6 +296,7 @@ pub async fn serve<S: Service>(
 ) -> Result<ServerHandle, Error> {
     topic::validate_prefix(&options.prefix)?;
     topic::validate_level(S::NAME)?;
+    conn.check_qos(options.qos)?;
     if S::NAME.starts_with('_') {
         return Err(Error::InvalidName {
             name: S::NAME.to_string(),
@@ -277,11 +304,12 @@ pub async fn serve<S: Service>(
         });
     }
     let filter = topic::service_filter(&options.prefix, S::NAME);
-    let permits = Arc::new(Semaphore::new(options.max_concurrent));
+    let activity = Arc::new(Activity::default());
     let dispatcher = Arc::new(Dispatcher {
         service,
         method_offset: filter.len() - 1, // the method level starts where `+` is
-        permits: permits.clone(),
+        activity: activity.clone(),
+        permits: Arc::new(Semaphore::new(options.max_concurrent)),
         queued: AtomicUsize::new(0),
         calls: Mutex::new(CallTable::new(Limits {
             max_entries: options.dedup_entries,
@@ -298,8 +326,7 @@ pub async fn serve<S: Service>(
         conn: conn.clone(),
         route_id,
         filter,
-        permits,
-        max_concurrent: options.max_concurrent,
+        activity,
     })
 }
 
@@ -446,6 +473,7 @@ pub async fn respond<S: Service>(
 struct Dispatcher<S> {
     service: S,
     method_offset: usize,
+    activity: Arc<Activity>,
     permits: Arc<Semaphore>,
     /// Requests waiting for a permit.
     queued: AtomicUsize,
@@ -537,7 +565,8 @@ impl<S: Service> Dispatcher<S> {
                 return refuse(request, Status::Overloaded, message);
             }
         };
-        tokio::spawn(self.run(conn.clone(), request, key, permit));
+        let active = self.activity.enter();
+        tokio::spawn(self.run(conn.clone(), request, key, permit, active));
     }
 
     fn cancel(&self, request: &Request, now: Instant) {
@@ -560,6 +589,7 @@ impl<S: Service> Dispatcher<S> {
         request: Request,
         key: Option<CallKey>,
         permit: Option<OwnedSemaphorePermit>,
+        _active: ActivityGuard,
     ) {
         let _permit = match permit {
             Some(permit) => permit,
@@ -670,6 +700,26 @@ async fn send_reply(
     }
     if request.correlation.is_none() {
         debug!(%method, "request without Correlation Data: answering without it");
+    }
+    // rumqttc drops the whole connection on a packet over the broker's
+    // Maximum Packet Size: answer `too-large` instead.
+    let (mut status, mut content_type, mut payload) = (status, content_type, payload);
+    if let Some(limit) = conn.broker_max_packet_size() {
+        let overhead =
+            64 + response_topic.len() + request.correlation.as_ref().map_or(0, |c| c.len());
+        if payload.len() + overhead > limit as usize {
+            warn!(%method, size = payload.len(), limit, "answer over the broker's Maximum Packet Size");
+            let message = format!(
+                "the answer to `{method}` has {} bytes, over the broker's Maximum Packet Size of {limit}",
+                payload.len()
+            );
+            (status, content_type, payload) =
+                (Status::TooLarge, TEXT_CONTENT_TYPE, Bytes::from(message));
+            if payload.len() + overhead > limit as usize {
+                warn!(%method, "not even the error fits the broker's packet size: not answered");
+                return;
+            }
+        }
     }
     // Defaults are left out (absent status = `ok`, absent Content Type =
     // postcard): each property costs allocations on both sides.

@@ -231,6 +231,8 @@ pub trait Calculator {
     /// `add` at QoS 0, whatever the client's QoS.
     #[mqrpc(qos = 0)]
     async fn add_qos0(&self, a: i64, b: i64) -> i64;
+    /// `n` copies of `byte`: a small request with a big answer.
+    async fn repeat(&self, byte: u8, n: u32) -> Vec<u8>;
 }
 
 /// What the `linger` handlers did.
@@ -320,6 +322,10 @@ impl Calculator for Calc {
 
     async fn add_qos0(&self, a: i64, b: i64) -> i64 {
         a.wrapping_add(b)
+    }
+
+    async fn repeat(&self, byte: u8, n: u32) -> Vec<u8> {
+        vec![byte; n.min(1 << 24) as usize]
     }
 }
 
