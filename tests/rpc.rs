@@ -297,7 +297,10 @@ async fn service_and_prefix_options_route_separately(broker: TestBroker) {
         )
         .await
         .unwrap();
-    assert_eq!(handle.topic_filter(), "tenant-a/rpc/Calculator/+");
+    assert_eq!(
+        handle.topic_filter(),
+        "$share/mqrpc/tenant-a/rpc/Calculator/+"
+    );
     let right =
         CalculatorClient::with_options(&conn, ClientOptions::default().prefix("tenant-a/rpc"))
             .await

@@ -22,6 +22,9 @@ pub const CANCEL_RESPONSE_TOPIC_PROPERTY: &str = "mqrpc-response-topic";
 /// `mqrpc/<service>/<method>`, responses to `mqrpc/_reply/<client id>`.
 pub const DEFAULT_PREFIX: &str = "mqrpc";
 
+/// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
+pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
+
 /// Topic level, under the prefix, that holds the clients' response topics.
 /// Service names may not start with `_`, so it cannot collide with one.
 pub const REPLY_LEVEL: &str = "_reply";

@@ -20,8 +20,8 @@ use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::protocol::{
-    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, POSTCARD_CONTENT_TYPE,
-    STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, DEFAULT_SHARE_GROUP,
+    POSTCARD_CONTENT_TYPE, STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -144,6 +144,7 @@ impl Reply {
 pub struct ServerOptions {
     prefix: String,
     qos: QoS,
+    share_group: Option<String>,
     max_concurrent: usize,
     max_queued: usize,
     max_request_size: usize,
@@ -153,13 +154,15 @@ pub struct ServerOptions {
 }
 
 impl Default for ServerOptions {
-    /// Prefix `mqrpc`, subscription QoS 1, 1 024 handlers at once, 10 000
+    /// Prefix `mqrpc`, shared subscription in group `mqrpc`, subscription
+    /// QoS 1, 1 024 handlers at once, 10 000
     /// waiting, requests up to 1 MiB, duplicate detection over 10 000 calls
     /// and 8 MiB of kept responses.
     fn default() -> Self {
         ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
             qos: QoS::AtLeastOnce,
+            share_group: Some(DEFAULT_SHARE_GROUP.to_string()),
             max_concurrent: 1024,
             max_queued: 10_000,
             max_request_size: 1024 * 1024,
@@ -180,6 +183,23 @@ impl ServerOptions {
     /// Maximum QoS of the method subscription (default 1).
     pub fn qos(mut self, qos: QoS) -> Self {
         self.qos = qos;
+        self
+    }
+
+    /// Share group of the method subscription (default `mqrpc`): the
+    /// servers of one service in one group split its requests between them
+    /// (MQTT v5 shared subscription `$share/<group>/...`), each request
+    /// reaching one of them. Servers in different groups each get every
+    /// request.
+    pub fn share_group(mut self, group: impl Into<String>) -> Self {
+        self.share_group = Some(group.into());
+        self
+    }
+
+    /// A plain subscription instead of a shared one: this server gets
+    /// every request of the service, as does every other server of it.
+    pub fn no_share_group(mut self) -> Self {
+        self.share_group = None;
         self
     }
 
@@ -228,7 +248,8 @@ impl ServerOptions {
 #[must_use = "keep the handle to stop the server later; dropping it does not stop serving"]
 pub struct ServerHandle {
     conn: Connection,
-    route_id: u64,
+    /// The method subscription, and the cancel subscription of a shared one.
+    route_ids: Vec<u64>,
     filter: String,
     activity: Arc<Activity>,
 }
@@ -259,7 +280,9 @@ impl Drop for ActivityGuard {
 }
 
 impl ServerHandle {
-    /// The topic filter the server subscribed to, e.g. `mqrpc/Calculator/+`.
+    /// The topic filter the server subscribed to, e.g.
+    /// `$share/mqrpc/mqrpc/Calculator/+` (or `mqrpc/Calculator/+` without a
+    /// share group).
     pub fn topic_filter(&self) -> &str {
         &self.filter
     }
@@ -268,14 +291,24 @@ impl ServerHandle {
     /// Handlers already running still answer, later (see
     /// [`shutdown`](Self::shutdown) to wait for them).
     pub async fn stop(self) -> Result<(), Error> {
-        self.conn.unsubscribe(self.route_id).await
+        self.unsubscribe().await
+    }
+
+    async fn unsubscribe(&self) -> Result<(), Error> {
+        let mut result = Ok(());
+        for id in &self.route_ids {
+            if let Err(e) = self.conn.unsubscribe(*id).await {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     /// Graceful shutdown: unsubscribes, then waits until every request
     /// already received (running or waiting for a slot) is answered.
     /// Bound the wait with `tokio::time::timeout` if you must.
     pub async fn shutdown(self) -> Result<(), Error> {
-        let unsubscribed = self.conn.unsubscribe(self.route_id).await;
+        let unsubscribed = self.unsubscribe().await;
         loop {
             let idle = self.activity.idle.notified();
             if self.activity.admitted.load(Ordering::Acquire) == 0 {
@@ -287,8 +320,10 @@ impl ServerHandle {
     }
 }
 
-/// Serves `service` on `conn`: subscribes to `<prefix>/<name>/+` and
-/// returns once the broker acknowledged the subscription.
+/// Serves `service` on `conn`: subscribes to `<prefix>/<name>/+` — as the
+/// shared subscription `$share/<group>/<prefix>/<name>/+` unless
+/// [`ServerOptions::no_share_group`] — and returns once the broker
+/// acknowledged it.
 pub async fn serve<S: Service>(
     conn: &Connection,
     service: S,
@@ -303,11 +338,19 @@ pub async fn serve<S: Service>(
             reason: "service names starting with `_` are reserved".into(),
         });
     }
-    let filter = topic::service_filter(&options.prefix, S::NAME);
+    if let Some(group) = &options.share_group {
+        topic::validate_level(group)?;
+    }
+    let topics = topic::service_filter(&options.prefix, S::NAME);
+    let method_offset = topics.len() - 1; // the method level starts where `+` is
+    let filter = match &options.share_group {
+        Some(group) => format!("$share/{group}/{topics}"),
+        None => topics.clone(),
+    };
     let activity = Arc::new(Activity::default());
     let dispatcher = Arc::new(Dispatcher {
         service,
-        method_offset: filter.len() - 1, // the method level starts where `+` is
+        method_offset,
         activity: activity.clone(),
         permits: Arc::new(Semaphore::new(options.max_concurrent)),
         queued: AtomicUsize::new(0),
@@ -321,10 +364,26 @@ pub async fn serve<S: Service>(
         max_request_size: options.max_request_size,
     });
     let sink: Sink = Arc::new(move |conn, publish| dispatcher.clone().admit(conn, publish));
-    let route_id = conn.subscribe(filter.clone(), options.qos, sink).await?;
+    let mut route_ids = vec![
+        conn.subscribe(filter.clone(), options.qos, sink.clone())
+            .await?,
+    ];
+    if options.share_group.is_some() {
+        // In a group each request reaches one instance, and the client does
+        // not know which: every instance hears every cancel (and ignores
+        // the ones of calls it does not run).
+        let cancels = format!("{}{CANCEL_METHOD}", &topics[..method_offset]);
+        match conn.subscribe(cancels, QoS::AtMostOnce, sink).await {
+            Ok(id) => route_ids.push(id),
+            Err(e) => {
+                let _ = conn.unsubscribe(route_ids[0]).await;
+                return Err(e);
+            }
+        }
+    }
     Ok(ServerHandle {
         conn: conn.clone(),
-        route_id,
+        route_ids,
         filter,
         activity,
     })

@@ -88,6 +88,13 @@ pub(crate) enum Filter {
 
 impl Filter {
     pub(crate) fn new(filter: &str) -> Filter {
+        // A shared subscription delivers topics of the filter after the group.
+        if let Some((_group, shared)) = filter
+            .strip_prefix("$share/")
+            .and_then(|r| r.split_once('/'))
+        {
+            return Filter::new(shared);
+        }
         let wild = |s: &str| s.contains(['+', '#']) || s.starts_with("$share/");
         match filter.strip_suffix('+') {
             Some(base) if base.ends_with('/') && !wild(base) => Filter::LastLevel(base.to_string()),

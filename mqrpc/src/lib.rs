@@ -123,7 +123,7 @@
 /// # async fn main() -> Result<(), mqrpc::Error> {
 /// let conn = mqrpc::Connection::from_env_or_embedded().await?;
 /// let server = GreeterServer::new(English).serve(&conn).await?;
-/// assert_eq!(server.topic_filter(), "mqrpc/greeter/+");
+/// assert_eq!(server.topic_filter(), "$share/mqrpc/mqrpc/greeter/+");
 ///
 /// let greeter = GreeterClient::new(&conn).await?;
 /// assert_eq!(greeter.hello("Ada".into()).await?, "Hello, Ada!");

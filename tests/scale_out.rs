@@ -1,0 +1,141 @@
+//! Load-balanced servers: the servers of a service share its requests
+//! through an MQTT v5 shared subscription, and a lost server's share moves
+//! to the others.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mqrpc::{ClientOptions, Connection, ServerOptions};
+use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
+
+mqrpc_tests::on_both_brokers!(
+    servers_in_a_group_split_the_load_and_survive_a_lost_one,
+    servers_without_a_group_each_get_every_request,
+    cancel_reaches_the_instance_running_the_call,
+);
+
+fn served(calcs: &[Calc]) -> Vec<u64> {
+    calcs
+        .iter()
+        .map(|c| c.calls.load(Ordering::SeqCst))
+        .collect()
+}
+
+async fn servers_in_a_group_split_the_load_and_survive_a_lost_one(broker: TestBroker) {
+    let mut conns = Vec::new();
+    let mut calcs = Vec::new();
+    for _ in 0..3 {
+        let conn = broker.connect().await;
+        let calc = Calc::default();
+        let handle = CalculatorServer::new(calc.clone())
+            .serve(&conn)
+            .await
+            .unwrap();
+        assert_eq!(handle.topic_filter(), "$share/mqrpc/mqrpc/Calculator/+");
+        conns.push(conn);
+        calcs.push(calc);
+    }
+    let client_conn = broker.connect().await;
+    let client = CalculatorClient::new(&client_conn).await.unwrap();
+    for _ in 0..300 {
+        client.count().await.unwrap();
+    }
+    let first = served(&calcs);
+    assert_eq!(
+        first.iter().sum::<u64>(),
+        300,
+        "each call served exactly once: {first:?}"
+    );
+    assert!(
+        first.iter().all(|&n| n > 0),
+        "every server got a share: {first:?}"
+    );
+
+    // One server goes away; the others take its share.
+    conns[0].close().await;
+    let client = CalculatorClient::with_options(
+        &client_conn,
+        ClientOptions::default().timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    for _ in 0..200 {
+        client.count().await.unwrap();
+    }
+    let after = served(&calcs);
+    assert_eq!(after[0], first[0], "the closed server got calls: {after:?}");
+    assert_eq!(after.iter().sum::<u64>(), 500, "{after:?}");
+    assert!(
+        after[1] > first[1] && after[2] > first[2],
+        "{first:?} -> {after:?}"
+    );
+}
+
+async fn servers_without_a_group_each_get_every_request(broker: TestBroker) {
+    let mut calcs = Vec::new();
+    let mut conns: Vec<Connection> = Vec::new();
+    for _ in 0..2 {
+        let conn = broker.connect().await;
+        let calc = Calc::default();
+        let _handle = CalculatorServer::new(calc.clone())
+            .serve_with(&conn, ServerOptions::default().no_share_group())
+            .await
+            .unwrap();
+        conns.push(conn);
+        calcs.push(calc);
+    }
+    let client_conn = broker.connect().await;
+    let client = CalculatorClient::new(&client_conn).await.unwrap();
+    for _ in 0..20 {
+        client.count().await.unwrap();
+    }
+    // The first answer wins; both ran every call.
+    assert!(
+        mqrpc_tests::eventually(|| served(&calcs) == vec![20, 20]).await,
+        "{:?}",
+        served(&calcs)
+    );
+}
+
+/// The client does not know which server of the group took its call; the
+/// cancel reaches every one, and the one running it stops.
+async fn cancel_reaches_the_instance_running_the_call(broker: TestBroker) {
+    let mut conns = Vec::new();
+    let mut calcs = Vec::new();
+    for _ in 0..3 {
+        let conn = broker.connect().await;
+        let calc = Calc::default();
+        let _handle = CalculatorServer::new(calc.clone())
+            .serve(&conn)
+            .await
+            .unwrap();
+        conns.push(conn);
+        calcs.push(calc);
+    }
+    let client_conn = broker.connect().await;
+    let client = CalculatorClient::with_options(
+        &client_conn,
+        ClientOptions::default().timeout(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let stat = |calcs: &[Calc], f: fn(&mqrpc_tests::Stats) -> &std::sync::atomic::AtomicU64| {
+        calcs
+            .iter()
+            .map(|c| f(&c.stats).load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
+    for round in 1..=3 {
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.linger(30_000).await }
+        });
+        assert!(mqrpc_tests::eventually(|| stat(&calcs, |s| &s.started) == round).await);
+        call.abort();
+        assert!(
+            mqrpc_tests::eventually(|| stat(&calcs, |s| &s.stopped) == round).await,
+            "round {round}: the handler was not stopped"
+        );
+    }
+    assert_eq!(stat(&calcs, |s| &s.finished), 0);
+}
