@@ -12,6 +12,7 @@ mqrpc_tests::on_both_brokers!(
     servers_in_a_group_split_the_load_and_survive_a_lost_one,
     servers_without_a_group_each_get_every_request,
     cancel_reaches_the_instance_running_the_call,
+    oneway_method_runs_and_gets_no_answer,
 );
 
 fn served(calcs: &[Calc]) -> Vec<u64> {
@@ -138,4 +139,29 @@ async fn cancel_reaches_the_instance_running_the_call(broker: TestBroker) {
         );
     }
     assert_eq!(stat(&calcs, |s| &s.finished), 0);
+}
+
+/// `#[mqrpc(oneway)]`: no Response Topic, no Correlation Data on the wire;
+/// the server runs it.
+async fn oneway_method_runs_and_gets_no_answer(broker: TestBroker) {
+    let mut observer =
+        mqrpc_tests::raw::RawPeer::connect(broker.port(), &["mqrpc/Calculator/bump"]).await;
+    let server_conn = broker.connect().await;
+    let calc = Calc::default();
+    let _server = CalculatorServer::new(calc.clone())
+        .serve(&server_conn)
+        .await
+        .unwrap();
+    let conn = broker.connect().await;
+    let client = CalculatorClient::new(&conn).await.unwrap();
+    client.bump(5).await.unwrap();
+    client.bump(7).await.unwrap();
+    assert!(mqrpc_tests::eventually(|| calc.calls.load(Ordering::SeqCst) == 12).await);
+    let request = observer
+        .next_publish(Duration::from_secs(5))
+        .await
+        .expect("the request");
+    let properties = request.properties.unwrap_or_default();
+    assert_eq!(properties.response_topic, None);
+    assert_eq!(properties.correlation_data, None);
 }

@@ -34,6 +34,8 @@ pub struct Method {
     pub wire_name: String,
     /// `#[mqrpc(qos = N)]`: the method's own QoS (0, 1 or 2).
     pub qos: Option<u8>,
+    /// `#[mqrpc(oneway)]`: fire and forget, no answer.
+    pub oneway: bool,
     pub args: Vec<Arg>,
     pub output: Output,
 }
@@ -160,15 +162,22 @@ fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<LitStr> 
     name
 }
 
-/// Reads `#[mqrpc(name = "...", qos = N)]` from a method and returns the
-/// other attributes.
-fn split_method_attrs(
-    attrs: &[Attribute],
-    errors: &mut Errors,
-) -> (Vec<Attribute>, Option<LitStr>, Option<u8>) {
+/// What `#[mqrpc(...)]` says of a method.
+#[derive(Default)]
+struct MethodAttrs {
+    name: Option<LitStr>,
+    qos: Option<u8>,
+    /// `oneway` was given.
+    oneway: Option<syn::Path>,
+}
+
+/// Reads `#[mqrpc(name = "...", qos = N, oneway)]` from a method and
+/// returns the other attributes.
+fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribute>, MethodAttrs) {
     let mut kept = Vec::new();
     let mut name = None;
     let mut qos = None;
+    let mut oneway = None;
     for attr in attrs {
         if !attr.path().is_ident("mqrpc") {
             kept.push(attr.clone());
@@ -177,6 +186,9 @@ fn split_method_attrs(
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
                 name = Some(meta.value()?.parse::<LitStr>()?);
+                Ok(())
+            } else if meta.path.is_ident("oneway") {
+                oneway = Some(meta.path.clone());
                 Ok(())
             } else if meta.path.is_ident("qos") {
                 let value = meta.value()?.parse::<syn::LitInt>()?;
@@ -189,7 +201,7 @@ fn split_method_attrs(
                 }
             } else {
                 Err(meta.error(
-                    "unsupported #[mqrpc] attribute; supported: `name = \"...\"`, `qos = 0|1|2`",
+                    "unsupported #[mqrpc] attribute; supported: `name = \"...\"`, `qos = 0|1|2`, `oneway`",
                 ))
             }
         });
@@ -197,7 +209,7 @@ fn split_method_attrs(
             errors.push_error(e);
         }
     }
-    (kept, name, qos)
+    (kept, MethodAttrs { name, qos, oneway })
 }
 
 fn check_name(name: &str, span: Span, errors: &mut Errors, is_service: bool) {
@@ -223,7 +235,14 @@ impl Method {
     fn parse(function: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         let sig = &function.sig;
         let before = errors.0.is_some();
-        let (attrs, name, qos) = split_method_attrs(&function.attrs, errors);
+        let (attrs, method_attrs) = split_method_attrs(&function.attrs, errors);
+        let MethodAttrs { name, qos, oneway } = method_attrs;
+        if let (true, ReturnType::Type(_, ty)) = (oneway.is_some(), &sig.output) {
+            errors.push(
+                ty,
+                "a #[mqrpc(oneway)] method gets no answer, so it returns nothing: remove the return type",
+            );
+        }
         let (wire_name, name_span) = match name {
             Some(name) => (name.value(), name.span()),
             None => (sig.ident.to_string(), sig.ident.span()),
@@ -336,6 +355,7 @@ impl Method {
             ident: sig.ident.clone(),
             wire_name,
             qos,
+            oneway: oneway.is_some(),
             args,
             output,
         })

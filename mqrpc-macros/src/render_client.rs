@@ -44,6 +44,11 @@ pub fn render(service: &Service) -> TokenStream {
             Some(1) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtLeastOnce)),
             Some(_) => quote!(::core::option::Option::Some(::mqrpc::QoS::ExactlyOnce)),
         };
+        let send = if method.oneway {
+            quote!(self.client.notify_qos(#wire, #qos, &#args_struct { #(#fields),* }).await)
+        } else {
+            quote!(self.client.#call(#wire, #qos, &#args_struct { #(#fields),* }).await)
+        };
         quote! {
             #(#attrs)*
             pub async fn #name(&self, #(#params),*)
@@ -52,7 +57,7 @@ pub fn render(service: &Service) -> TokenStream {
                 #[derive(::mqrpc::__private::serde::Serialize)]
                 #[serde(crate = "::mqrpc::__private::serde")]
                 struct #args_struct { #(#fields: #field_types),* }
-                self.client.#call(#wire, #qos, &#args_struct { #(#fields),* }).await
+                #send
             }
         }
     });

@@ -412,6 +412,38 @@ impl Client {
         }
     }
 
+    /// Sends a one-way request: no Response Topic, no answer, no pending
+    /// slot. Returns once the request is queued for the broker; nothing
+    /// tells whether a server ran it (`#[mqrpc(oneway)]` methods).
+    pub async fn notify<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), Error> {
+        self.notify_qos(method, None, args).await
+    }
+
+    /// [`notify`](Self::notify) with the method's own QoS.
+    #[doc(hidden)]
+    pub async fn notify_qos<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        args: &A,
+    ) -> Result<(), Error> {
+        self.conn.ensure_open()?;
+        let qos = qos.unwrap_or(self.options.qos);
+        self.conn.check_qos(qos)?;
+        let payload = self.options.codec.encode(args)?;
+        let topic = [&*self.topic_base, method].concat();
+        self.check_size(&topic, payload.len())?;
+        let properties = PublishProperties {
+            content_type: (self.options.codec != Codec::Postcard)
+                .then(|| self.options.codec.content_type().to_string()),
+            message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
+            ..PublishProperties::default()
+        };
+        self.conn
+            .publish(topic, qos, Bytes::from(payload), properties, None)
+            .await
+    }
+
     async fn call_encoded<A: Serialize + ?Sized>(
         &self,
         method: &str,

@@ -233,6 +233,9 @@ pub trait Calculator {
     async fn add_qos0(&self, a: i64, b: i64) -> i64;
     /// `n` copies of `byte`: a small request with a big answer.
     async fn repeat(&self, byte: u8, n: u32) -> Vec<u8>;
+    /// Fire and forget: adds `n` to the `calls` counter.
+    #[mqrpc(oneway)]
+    async fn bump(&self, n: u64);
 }
 
 /// What the `linger` handlers did.
@@ -326,6 +329,10 @@ impl Calculator for Calc {
 
     async fn repeat(&self, byte: u8, n: u32) -> Vec<u8> {
         vec![byte; n.min(1 << 24) as usize]
+    }
+
+    async fn bump(&self, n: u64) {
+        self.calls.fetch_add(n, Ordering::SeqCst);
     }
 }
 
