@@ -13,6 +13,7 @@ mqrpc_tests::on_both_brokers!(
     servers_without_a_group_each_get_every_request,
     cancel_reaches_the_instance_running_the_call,
     oneway_method_runs_and_gets_no_answer,
+    a_named_instance_gets_the_calls_sent_to_it,
 );
 
 fn served(calcs: &[Calc]) -> Vec<u64> {
@@ -164,4 +165,44 @@ async fn oneway_method_runs_and_gets_no_answer(broker: TestBroker) {
     let properties = request.properties.unwrap_or_default();
     assert_eq!(properties.response_topic, None);
     assert_eq!(properties.correlation_data, None);
+}
+
+async fn a_named_instance_gets_the_calls_sent_to_it(broker: TestBroker) {
+    let mut conns = Vec::new();
+    let mut calcs = Vec::new();
+    for name in ["alpha", "beta"] {
+        let conn = broker.connect().await;
+        let calc = Calc::default();
+        let handle = CalculatorServer::new(calc.clone())
+            .serve_with(&conn, ServerOptions::default().instance(name))
+            .await
+            .unwrap();
+        assert_eq!(handle.instance(), name);
+        conns.push(conn);
+        calcs.push(calc);
+    }
+    let client_conn = broker.connect().await;
+    let client = CalculatorClient::new(&client_conn).await.unwrap();
+    let beta = client.to_instance("beta").unwrap();
+    for _ in 0..30 {
+        beta.count().await.unwrap();
+    }
+    assert_eq!(served(&calcs), vec![0, 30]);
+    // Nobody is called gamma.
+    let err = client
+        .with_timeout(Duration::from_millis(300))
+        .to_instance("gamma")
+        .unwrap()
+        .count()
+        .await
+        .unwrap_err();
+    assert!(err.is_no_responder() || err.is_timeout(), "{err:?}");
+    assert!(client.to_instance("a/b").is_err());
+    // By default the instance id is the connection's client id.
+    let conn = broker.connect().await;
+    let handle = CalculatorServer::new(Calc::default())
+        .serve(&conn)
+        .await
+        .unwrap();
+    assert_eq!(handle.instance(), conn.client_id());
 }

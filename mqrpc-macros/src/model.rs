@@ -15,6 +15,7 @@ const CLIENT_INHERENT: &[&str] = &[
     "with_options",
     "from_client",
     "with_timeout",
+    "to_instance",
     "client",
 ];
 

@@ -102,6 +102,15 @@ pub fn render(service: &Service) -> TokenStream {
                 Self { client: self.client.with_timeout(timeout) }
             }
 
+            /// The same client, calling one instance of the service (a
+            /// server's `ServerHandle::instance()`) instead of any.
+            pub fn to_instance(
+                &self,
+                instance: &str,
+            ) -> ::core::result::Result<Self, ::mqrpc::Error> {
+                self.client.to_instance(instance).map(Self::from_client)
+            }
+
             /// The untyped client underneath.
             pub fn client(&self) -> &::mqrpc::Client {
                 &self.client

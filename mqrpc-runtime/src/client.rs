@@ -323,6 +323,20 @@ impl Client {
         client
     }
 
+    /// The same client, sending to one instance of the service (its
+    /// [`ServerHandle::instance`](crate::ServerHandle::instance)) instead of
+    /// any: `<prefix>/<service>/_to/<instance>/<method>`.
+    pub fn to_instance(&self, instance: &str) -> Result<Client, Error> {
+        topic::validate_level(instance)?;
+        let mut client = self.clone();
+        client.topic_base = Arc::from(format!(
+            "{}{}/{instance}/",
+            topic_base(&self.options.prefix, &self.service),
+            crate::protocol::INSTANCE_LEVEL
+        ));
+        Ok(client)
+    }
+
     /// The same client with another QoS for its requests.
     pub fn with_qos(&self, qos: QoS) -> Client {
         let mut client = self.clone();

@@ -22,6 +22,10 @@ pub const CANCEL_RESPONSE_TOPIC_PROPERTY: &str = "mqrpc-response-topic";
 /// `mqrpc/<service>/<method>`, responses to `mqrpc/_reply/<client id>`.
 pub const DEFAULT_PREFIX: &str = "mqrpc";
 
+/// Topic level, after the service, of requests addressed to one instance:
+/// `<prefix>/<service>/_to/<instance>/<method>`.
+pub const INSTANCE_LEVEL: &str = "_to";
+
 /// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
 pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 

@@ -145,6 +145,7 @@ pub struct ServerOptions {
     prefix: String,
     qos: QoS,
     share_group: Option<String>,
+    instance: Option<String>,
     max_concurrent: usize,
     max_queued: usize,
     max_request_size: usize,
@@ -163,6 +164,7 @@ impl Default for ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
             qos: QoS::AtLeastOnce,
             share_group: Some(DEFAULT_SHARE_GROUP.to_string()),
+            instance: None,
             max_concurrent: 1024,
             max_queued: 10_000,
             max_request_size: 1024 * 1024,
@@ -200,6 +202,14 @@ impl ServerOptions {
     /// every request of the service, as does every other server of it.
     pub fn no_share_group(mut self) -> Self {
         self.share_group = None;
+        self
+    }
+
+    /// This server's instance id (default: its connection's client id):
+    /// besides its share of the service's requests, it serves those sent
+    /// to `<prefix>/<service>/_to/<instance>/<method>`.
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
         self
     }
 
@@ -251,6 +261,7 @@ pub struct ServerHandle {
     /// The method subscription, and the cancel subscription of a shared one.
     route_ids: Vec<u64>,
     filter: String,
+    instance: String,
     activity: Arc<Activity>,
 }
 
@@ -285,6 +296,12 @@ impl ServerHandle {
     /// share group).
     pub fn topic_filter(&self) -> &str {
         &self.filter
+    }
+
+    /// The instance id: requests to `<prefix>/<service>/_to/<instance>/<method>`
+    /// reach this server alone (`Client::to_instance`).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Unsubscribes; requests published afterwards are no longer served.
@@ -350,7 +367,6 @@ pub async fn serve<S: Service>(
     let activity = Arc::new(Activity::default());
     let dispatcher = Arc::new(Dispatcher {
         service,
-        method_offset,
         activity: activity.clone(),
         permits: Arc::new(Semaphore::new(options.max_concurrent)),
         queued: AtomicUsize::new(0),
@@ -364,10 +380,24 @@ pub async fn serve<S: Service>(
         max_request_size: options.max_request_size,
     });
     let sink: Sink = Arc::new(move |conn, publish| dispatcher.clone().admit(conn, publish));
+    let instance = match &options.instance {
+        Some(instance) => instance.clone(),
+        None => topic::as_level(conn.client_id()),
+    };
+    topic::validate_level(&instance)?;
     let mut route_ids = vec![
         conn.subscribe(filter.clone(), options.qos, sink.clone())
             .await?,
     ];
+    // Calls addressed to this instance (`Client::to_instance`).
+    let own = topic::instance_filter(&topics[..method_offset], &instance);
+    match conn.subscribe(own, options.qos, sink.clone()).await {
+        Ok(id) => route_ids.push(id),
+        Err(e) => {
+            let _ = conn.unsubscribe(route_ids[0]).await;
+            return Err(e);
+        }
+    }
     if options.share_group.is_some() {
         // In a group each request reaches one instance, and the client does
         // not know which: every instance hears every cancel (and ignores
@@ -376,7 +406,9 @@ pub async fn serve<S: Service>(
         match conn.subscribe(cancels, QoS::AtMostOnce, sink).await {
             Ok(id) => route_ids.push(id),
             Err(e) => {
-                let _ = conn.unsubscribe(route_ids[0]).await;
+                for id in &route_ids {
+                    let _ = conn.unsubscribe(*id).await;
+                }
                 return Err(e);
             }
         }
@@ -385,6 +417,7 @@ pub async fn serve<S: Service>(
         conn: conn.clone(),
         route_ids,
         filter,
+        instance,
         activity,
     })
 }
@@ -405,17 +438,15 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Reads a publish whose topic matched `<prefix>/<name>/+`; the method
-    /// is everything from `method_offset` on.
-    pub(crate) fn from_publish(
-        mut publish: Publish,
-        method_offset: usize,
-        now: Instant,
-    ) -> Request {
+    /// Reads a publish whose topic matched one of the server's filters.
+    pub(crate) fn from_publish(mut publish: Publish, now: Instant) -> Request {
         let properties = publish.properties.take().unwrap_or_default();
+        // Every subscription of a server ends in `/+`: the method is the
+        // last level, whether the request came to the service or to this
+        // instance.
         let method = std::str::from_utf8(&publish.topic)
             .ok()
-            .and_then(|topic| topic.get(method_offset..))
+            .and_then(|topic| topic.rsplit('/').next())
             .unwrap_or_default()
             .to_string();
         Request::from_parts(method, properties, publish.qos.into(), publish.payload, now)
@@ -531,7 +562,6 @@ pub async fn respond<S: Service>(
 /// Admission and dispatch of one service's requests.
 struct Dispatcher<S> {
     service: S,
-    method_offset: usize,
     activity: Arc<Activity>,
     permits: Arc<Semaphore>,
     /// Requests waiting for a permit.
@@ -550,7 +580,7 @@ impl<S: Service> Dispatcher<S> {
     /// waits; handlers run on their own tasks.
     fn admit(self: Arc<Self>, conn: &Connection, publish: Publish) {
         let now = Instant::now();
-        let request = Request::from_publish(publish, self.method_offset, now);
+        let request = Request::from_publish(publish, now);
         if request.method == CANCEL_METHOD {
             return self.cancel(&request, now);
         }

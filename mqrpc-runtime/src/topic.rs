@@ -2,7 +2,7 @@
 //! `<prefix>/_reply/<client id>` for responses, plus MQTT filter matching
 //! used to route incoming publishes to the client or to a server.
 
-use crate::protocol::REPLY_LEVEL;
+use crate::protocol::{INSTANCE_LEVEL, REPLY_LEVEL};
 use crate::Error;
 
 /// Filter a server subscribes to: every method of the service, so it can
@@ -13,11 +13,26 @@ pub(crate) fn service_filter(prefix: &str, service: &str) -> String {
 
 /// The one stable response topic of a client.
 pub(crate) fn reply_topic(prefix: &str, client_id: &str) -> String {
-    let level: String = client_id
-        .chars()
-        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
-        .collect();
-    format!("{prefix}/{REPLY_LEVEL}/{level}")
+    format!("{prefix}/{REPLY_LEVEL}/{}", as_level(client_id))
+}
+
+/// `name` made usable as one topic level (`/`, `+`, `#` become `_`).
+pub(crate) fn as_level(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Filter of the requests addressed to one instance of a service, given
+/// `<prefix>/<service>/`.
+pub(crate) fn instance_filter(service_base: &str, instance: &str) -> String {
+    format!("{service_base}{INSTANCE_LEVEL}/{instance}/+")
 }
 
 /// Checks a prefix (may span several levels, e.g. `acme/prod/rpc`).

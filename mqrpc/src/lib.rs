@@ -57,7 +57,7 @@
 /// | item | what it is |
 /// |---|---|
 /// | `trait Calculator` | your trait, its methods rewritten to `fn ..(&self, ..) -> impl Future<Output = T> + Send`; implement them with plain `async fn` |
-/// | `CalculatorClient` | `Clone + Send + Sync`; `new(&conn)`, `with_options(&conn, ClientOptions)`, `with_timeout(Duration)`, `client()`, and one `async fn` per method |
+/// | `CalculatorClient` | `Clone + Send + Sync`; `new(&conn)`, `with_options(&conn, ClientOptions)`, `with_timeout(Duration)`, `to_instance(id)`, `client()`, and one `async fn` per method |
 /// | `CalculatorServer<S>` | `new(impl)`, then `serve(&conn)` or `serve_with(&conn, ServerOptions)`, returning a [`ServerHandle`] |
 ///
 /// Client methods take the same arguments as the trait and return the
@@ -96,7 +96,7 @@
 /// `&mut self` or a missing `&self`, by-reference arguments, `impl Trait`,
 /// default bodies, two methods with one wire name, and method names that
 /// clash with the client's own (`new`, `with_options`, `from_client`,
-/// `with_timeout`, `client`).
+/// `with_timeout`, `to_instance`, `client`).
 ///
 /// # Example
 ///
