@@ -14,6 +14,7 @@ mqrpc_tests::on_both_brokers!(
     cancel_reaches_the_instance_running_the_call,
     oneway_method_runs_and_gets_no_answer,
     a_named_instance_gets_the_calls_sent_to_it,
+    broadcast_gets_one_typed_answer_per_instance,
 );
 
 fn served(calcs: &[Calc]) -> Vec<u64> {
@@ -205,4 +206,60 @@ async fn a_named_instance_gets_the_calls_sent_to_it(broker: TestBroker) {
         .await
         .unwrap();
     assert_eq!(handle.instance(), conn.client_id());
+}
+
+async fn broadcast_gets_one_typed_answer_per_instance(broker: TestBroker) {
+    use futures_util::StreamExt;
+    let mut conns = Vec::new();
+    for name in ["a", "b", "c"] {
+        let conn = broker.connect().await;
+        let _handle = CalculatorServer::new(Calc::default())
+            .serve_with(&conn, ServerOptions::default().instance(name))
+            .await
+            .unwrap();
+        conns.push(conn);
+    }
+    let client_conn = broker.connect().await;
+    let client = CalculatorClient::with_options(
+        &client_conn,
+        ClientOptions::default().timeout(Duration::from_millis(700)),
+    )
+    .await
+    .unwrap();
+    // Until the deadline: every instance answers once.
+    let mut answers: Vec<(String, i64)> = client
+        .broadcast(None)
+        .add(20, 22)
+        .await
+        .unwrap()
+        .map(|(instance, sum)| (instance, sum.unwrap()))
+        .collect()
+        .await;
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![("a".into(), 42), ("b".into(), 42), ("c".into(), 42)]
+    );
+    // Typed errors come through per instance.
+    let errors: Vec<_> = client
+        .broadcast(None)
+        .divide(1.0, 0.0)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(errors.len(), 3);
+    assert!(errors
+        .iter()
+        .all(|(_, r)| r == &Ok(Err(mqrpc_tests::MathError::DivideByZero))));
+    // After N answers the stream ends.
+    let two: Vec<_> = client
+        .with_timeout(Duration::from_secs(30))
+        .broadcast(Some(2))
+        .count()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(two.len(), 2, "{two:?}");
 }

@@ -16,6 +16,7 @@ const CLIENT_INHERENT: &[&str] = &[
     "from_client",
     "with_timeout",
     "to_instance",
+    "broadcast",
     "client",
 ];
 
@@ -139,6 +140,10 @@ impl Service {
 
     pub fn client_ident(&self) -> Ident {
         Ident::new(&format!("{}Client", self.ident), self.ident.span())
+    }
+
+    pub fn broadcast_ident(&self) -> Ident {
+        Ident::new(&format!("{}Broadcast", self.ident), self.ident.span())
     }
 
     pub fn server_ident(&self) -> Ident {

@@ -15,8 +15,8 @@ use tracing::debug;
 
 use crate::connection::{Connection, Sink};
 use crate::protocol::{
-    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, STATUS_PROPERTY,
-    TIMEOUT_PROPERTY,
+    Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
+    INSTANCE_PROPERTY, STATUS_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -33,6 +33,9 @@ pub struct Response {
     /// The payload: the encoded value for [`Status::Ok`] / [`Status::Error`],
     /// a UTF-8 message otherwise.
     pub payload: Bytes,
+    /// The answering server's instance id (`mqrpc-instance`), sent on
+    /// answers to broadcasts.
+    pub instance: Option<String>,
 }
 
 impl Response {
@@ -52,11 +55,42 @@ impl Response {
         } else {
             Codec::default()
         };
+        let instance = properties
+            .user_properties
+            .into_iter()
+            .find(|(key, _)| key == INSTANCE_PROPERTY)
+            .map(|(_, value)| value);
         Ok(Response {
             status,
             codec,
             payload: publish.payload,
+            instance,
         })
+    }
+
+    /// The value of a method returning `T`, or the framework error the
+    /// response carries.
+    pub fn into_value<T: DeserializeOwned>(self, method: &str) -> Result<T, Error> {
+        match self.status {
+            Status::Ok => self.codec.decode(&self.payload),
+            Status::Error => Err(Error::Protocol {
+                reason: format!("`{method}` returned an application error but declares none"),
+            }),
+            _ => Err(self.framework_error(method)),
+        }
+    }
+
+    /// The outcome of a method returning `Result<T, E>`: `Ok(Err(e))` for
+    /// its typed error, `Err` for a framework error.
+    pub fn into_result<T: DeserializeOwned, E: DeserializeOwned>(
+        self,
+        method: &str,
+    ) -> Result<Result<T, E>, Error> {
+        match self.status {
+            Status::Ok => self.codec.decode(&self.payload).map(Ok),
+            Status::Error => self.codec.decode(&self.payload).map(Err),
+            _ => Err(self.framework_error(method)),
+        }
     }
 
     fn message(&self) -> String {
@@ -83,7 +117,26 @@ impl Response {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Response, Error>>;
+/// Where the answer(s) of a call go.
+pub(crate) enum Waiter {
+    /// A call: one answer.
+    Once(oneshot::Sender<Result<Response, Error>>),
+    /// A broadcast: every answer, until the stream is dropped.
+    Many(tokio::sync::mpsc::Sender<Result<Response, Error>>),
+}
+
+impl Waiter {
+    fn finish(self, outcome: Result<Response, Error>) {
+        match self {
+            Waiter::Once(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Waiter::Many(tx) => {
+                let _ = tx.try_send(outcome);
+            }
+        }
+    }
+}
 
 /// Calls of one connection waiting for answers, keyed by correlation id.
 pub(crate) struct Caller {
@@ -129,16 +182,22 @@ impl Caller {
             );
             return;
         };
-        let waiter = self.lock().remove(&id);
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.send(Response::from_publish(publish, properties));
+        let mut pending = self.lock();
+        let waiter = match pending.get(&id) {
+            // A broadcast stays pending for more answers.
+            Some(Waiter::Many(tx)) => Waiter::Many(tx.clone()),
+            Some(Waiter::Once(_)) => pending.remove(&id).expect("present"),
+            None => {
+                drop(pending);
+                debug!(
+                    correlation = id,
+                    "dropping a late or unknown response (its call already ended)"
+                );
+                return;
             }
-            None => debug!(
-                correlation = id,
-                "dropping a late or unknown response (its call already ended)"
-            ),
-        }
+        };
+        drop(pending);
+        waiter.finish(Response::from_publish(publish, properties));
     }
 
     /// True while call `id` waits for its answer.
@@ -151,7 +210,7 @@ impl Caller {
         let waiter = self.lock().remove(&id);
         if let Some(waiter) = waiter {
             // The call fills in its method name.
-            let _ = waiter.send(Err(Error::NoResponder {
+            waiter.finish(Err(Error::NoResponder {
                 method: String::new(),
             }));
         }
@@ -160,7 +219,7 @@ impl Caller {
     pub(crate) fn fail_all(&self, error: &Error) {
         let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
         for waiter in waiters {
-            let _ = waiter.send(Err(error.clone()));
+            waiter.finish(Err(error.clone()));
         }
     }
 
@@ -380,14 +439,9 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        let response = self.call_encoded(method, qos, args).await?;
-        match response.status {
-            Status::Ok => response.codec.decode(&response.payload),
-            Status::Error => Err(Error::Protocol {
-                reason: format!("`{method}` returned an application error but declares none"),
-            }),
-            _ => Err(response.framework_error(method)),
-        }
+        self.call_encoded(method, qos, args)
+            .await?
+            .into_value(method)
     }
 
     /// Calls a method declared as returning `Result<T, E>`: the server's
@@ -418,12 +472,71 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let response = self.call_encoded(method, qos, args).await?;
-        match response.status {
-            Status::Ok => response.codec.decode(&response.payload).map(Ok),
-            Status::Error => response.codec.decode(&response.payload).map(Err),
-            _ => Err(response.framework_error(method)),
+        self.call_encoded(method, qos, args)
+            .await?
+            .into_result(method)
+    }
+
+    /// Calls `method` on every server of the service at once (topic
+    /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
+    /// outcome)` that ends at this client's timeout or after `max_answers`.
+    /// `decode` turns each answer into the method's type
+    /// ([`Response::into_value`], [`Response::into_result`]).
+    #[doc(hidden)]
+    pub async fn broadcast_qos<A, T>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        args: &A,
+        max_answers: Option<usize>,
+        decode: fn(Response, &str) -> Result<T, Error>,
+    ) -> Result<Answers<T>, Error>
+    where
+        A: Serialize + ?Sized,
+    {
+        self.conn.ensure_open()?;
+        let qos = qos.unwrap_or(self.options.qos);
+        self.conn.check_qos(qos)?;
+        let payload = self.options.codec.encode(args)?;
+        let topic = format!(
+            "{}{BROADCAST_LEVEL}/{method}",
+            topic_base(&self.options.prefix, &self.service)
+        );
+        self.check_size(&topic, payload.len())?;
+        let caller = self.caller.clone();
+        let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
+        let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        {
+            let mut pending = caller.lock();
+            if pending.len() >= caller.max_pending {
+                return Err(Error::TooManyPending {
+                    limit: caller.max_pending,
+                });
+            }
+            pending.insert(id, Waiter::Many(tx));
         }
+        let answers = Answers {
+            rx,
+            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            left: max_answers,
+            decode,
+            method: method.to_string(),
+            _slot: BroadcastSlot {
+                caller: caller.clone(),
+                id,
+            },
+        };
+        let properties = request_properties(
+            &caller.reply_topic,
+            id,
+            self.options.codec,
+            self.options.timeout,
+        );
+        self.conn
+            .publish(topic, qos, Bytes::from(payload), properties, Some(id))
+            .await?;
+        Ok(answers)
     }
 
     /// Sends a one-way request: no Response Topic, no answer, no pending
@@ -491,7 +604,7 @@ impl Client {
                     limit: caller.max_pending,
                 });
             }
-            pending.insert(id, tx);
+            pending.insert(id, Waiter::Once(tx));
         }
         let slot = PendingSlot {
             client: self,
@@ -560,6 +673,99 @@ impl Client {
         if let Err(e) = self.conn.try_publish_qos0(topic, Vec::new(), properties) {
             debug!(correlation = id, error = %e, "could not send a cancel message");
         }
+    }
+}
+
+/// Ends a broadcast's pending entry when its stream is dropped.
+struct BroadcastSlot {
+    caller: Arc<Caller>,
+    id: u64,
+}
+
+impl Drop for BroadcastSlot {
+    fn drop(&mut self) {
+        self.caller.lock().remove(&self.id);
+    }
+}
+
+/// The answers to a broadcast: a [`Stream`](futures_util::Stream) of
+/// `(instance, outcome)`, one per server that answered, ending at the
+/// client's timeout or after the requested number of answers. An error
+/// that no server sent (e.g. [`Error::NoResponder`], [`Error::Disconnected`])
+/// comes with an empty instance and ends the stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// use futures_util::StreamExt;
+/// use std::time::Duration;
+/// use mqrpc_runtime::{Client, ClientOptions, Connection, Response};
+/// let conn = Connection::from_env_or_embedded().await?;
+/// let client = Client::new(&conn, "Nobody", ClientOptions::default().timeout(Duration::from_millis(100))).await?;
+/// let answers = client
+///     .broadcast_qos("ping", None, &(), None, Response::into_value::<()>)
+///     .await?;
+/// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
+/// assert_eq!(answers.collect::<Vec<_>>().await.len(), 0);
+/// # Ok(()) }
+/// ```
+pub struct Answers<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<Response, Error>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    left: Option<usize>,
+    decode: fn(Response, &str) -> Result<T, Error>,
+    method: String,
+    _slot: BroadcastSlot,
+}
+
+impl<T> futures_util::Stream for Answers<T> {
+    type Item = (String, Result<T, Error>);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.left == Some(0) {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(response))) => {
+                if let Some(left) = &mut self.left {
+                    *left -= 1;
+                }
+                let instance = response.instance.clone().unwrap_or_default();
+                let outcome = (self.decode)(response, &self.method);
+                Poll::Ready(Some((instance, outcome)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.left = Some(0); // not from a server: nothing more will come
+                let error = match error {
+                    Error::NoResponder { .. } => Error::NoResponder {
+                        method: self.method.clone(),
+                    },
+                    other => other,
+                };
+                Poll::Ready(Some((String::new(), Err(error))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    self.left = Some(0);
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Answers<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("method", &self.method)
+            .field("left", &self.left)
+            .finish()
     }
 }
 

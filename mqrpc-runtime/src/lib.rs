@@ -21,7 +21,7 @@ mod topic;
 
 #[cfg(feature = "embedded-broker")]
 pub use broker::EmbeddedBroker;
-pub use client::{Client, ClientOptions, Response, DEFAULT_TIMEOUT};
+pub use client::{Answers, Client, ClientOptions, Response, DEFAULT_TIMEOUT};
 pub use codec::Codec;
 pub use connection::{ConnectOptions, Connection};
 pub use error::Error;

@@ -26,6 +26,13 @@ pub const DEFAULT_PREFIX: &str = "mqrpc";
 /// `<prefix>/<service>/_to/<instance>/<method>`.
 pub const INSTANCE_LEVEL: &str = "_to";
 
+/// Topic level, after the service, of broadcast requests:
+/// `<prefix>/<service>/_all/<method>` reaches every server of the service.
+pub const BROADCAST_LEVEL: &str = "_all";
+
+/// User property on answers to broadcasts: the answering server's instance id.
+pub const INSTANCE_PROPERTY: &str = "mqrpc-instance";
+
 /// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
 pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 

@@ -20,8 +20,9 @@ use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::protocol::{
-    Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, DEFAULT_SHARE_GROUP,
-    POSTCARD_CONTENT_TYPE, STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+    Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
+    DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, STATUS_PROPERTY,
+    TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -364,9 +365,15 @@ pub async fn serve<S: Service>(
         Some(group) => format!("$share/{group}/{topics}"),
         None => topics.clone(),
     };
+    let instance = match &options.instance {
+        Some(instance) => instance.clone(),
+        None => topic::as_level(conn.client_id()),
+    };
+    topic::validate_level(&instance)?;
     let activity = Arc::new(Activity::default());
     let dispatcher = Arc::new(Dispatcher {
         service,
+        instance: Arc::from(instance.as_str()),
         activity: activity.clone(),
         permits: Arc::new(Semaphore::new(options.max_concurrent)),
         queued: AtomicUsize::new(0),
@@ -380,30 +387,23 @@ pub async fn serve<S: Service>(
         max_request_size: options.max_request_size,
     });
     let sink: Sink = Arc::new(move |conn, publish| dispatcher.clone().admit(conn, publish));
-    let instance = match &options.instance {
-        Some(instance) => instance.clone(),
-        None => topic::as_level(conn.client_id()),
-    };
-    topic::validate_level(&instance)?;
-    let mut route_ids = vec![
-        conn.subscribe(filter.clone(), options.qos, sink.clone())
-            .await?,
+    let service_base = &topics[..method_offset]; // `<prefix>/<service>/`
+    let mut filters = vec![
+        (filter.clone(), options.qos),
+        // Calls addressed to this instance (`Client::to_instance`).
+        (topic::instance_filter(service_base, &instance), options.qos),
+        // Broadcasts reach every instance.
+        (format!("{service_base}{BROADCAST_LEVEL}/+"), options.qos),
     ];
-    // Calls addressed to this instance (`Client::to_instance`).
-    let own = topic::instance_filter(&topics[..method_offset], &instance);
-    match conn.subscribe(own, options.qos, sink.clone()).await {
-        Ok(id) => route_ids.push(id),
-        Err(e) => {
-            let _ = conn.unsubscribe(route_ids[0]).await;
-            return Err(e);
-        }
-    }
     if options.share_group.is_some() {
         // In a group each request reaches one instance, and the client does
         // not know which: every instance hears every cancel (and ignores
         // the ones of calls it does not run).
-        let cancels = format!("{}{CANCEL_METHOD}", &topics[..method_offset]);
-        match conn.subscribe(cancels, QoS::AtMostOnce, sink).await {
+        filters.push((format!("{service_base}{CANCEL_METHOD}"), QoS::AtMostOnce));
+    }
+    let mut route_ids = Vec::new();
+    for (filter, qos) in filters {
+        match conn.subscribe(filter, qos, sink.clone()).await {
             Ok(id) => route_ids.push(id),
             Err(e) => {
                 for id in &route_ids {
@@ -435,6 +435,10 @@ pub(crate) struct Request {
     /// For cancel messages: the Response Topic of the call to stop.
     pub cancel_of: Option<String>,
     pub arrived: Instant,
+    /// Sent to `<prefix>/<service>/_all/<method>`: every instance answers.
+    pub broadcast: bool,
+    /// Set on broadcasts: the answer names the instance.
+    pub instance: Option<Arc<str>>,
 }
 
 impl Request {
@@ -449,7 +453,14 @@ impl Request {
             .and_then(|topic| topic.rsplit('/').next())
             .unwrap_or_default()
             .to_string();
-        Request::from_parts(method, properties, publish.qos.into(), publish.payload, now)
+        let broadcast = std::str::from_utf8(&publish.topic)
+            .ok()
+            .and_then(|topic| topic.rsplit('/').nth(1))
+            == Some(BROADCAST_LEVEL);
+        let mut request =
+            Request::from_parts(method, properties, publish.qos.into(), publish.payload, now);
+        request.broadcast = broadcast;
+        request
     }
 
     fn from_parts(
@@ -489,6 +500,8 @@ impl Request {
             qos,
             payload,
             arrived: now,
+            broadcast: false,
+            instance: None,
         }
     }
 
@@ -562,6 +575,7 @@ pub async fn respond<S: Service>(
 /// Admission and dispatch of one service's requests.
 struct Dispatcher<S> {
     service: S,
+    instance: Arc<str>,
     activity: Arc<Activity>,
     permits: Arc<Semaphore>,
     /// Requests waiting for a permit.
@@ -580,7 +594,10 @@ impl<S: Service> Dispatcher<S> {
     /// waits; handlers run on their own tasks.
     fn admit(self: Arc<Self>, conn: &Connection, publish: Publish) {
         let now = Instant::now();
-        let request = Request::from_publish(publish, now);
+        let mut request = Request::from_publish(publish, now);
+        if request.broadcast {
+            request.instance = Some(self.instance.clone());
+        }
         if request.method == CANCEL_METHOD {
             return self.cancel(&request, now);
         }
@@ -815,10 +832,15 @@ async fn send_reply(
     let properties = PublishProperties {
         correlation_data: request.correlation,
         content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),
-        user_properties: if status == Status::Ok {
-            Vec::new()
-        } else {
-            vec![(STATUS_PROPERTY.to_string(), status.as_str().to_string())]
+        user_properties: {
+            let mut user = Vec::new();
+            if status != Status::Ok {
+                user.push((STATUS_PROPERTY.to_string(), status.as_str().to_string()));
+            }
+            if let Some(instance) = &request.instance {
+                user.push((INSTANCE_PROPERTY.to_string(), instance.to_string()));
+            }
+            user
         },
         ..PublishProperties::default()
     };

@@ -58,6 +58,7 @@
 /// |---|---|
 /// | `trait Calculator` | your trait, its methods rewritten to `fn ..(&self, ..) -> impl Future<Output = T> + Send`; implement them with plain `async fn` |
 /// | `CalculatorClient` | `Clone + Send + Sync`; `new(&conn)`, `with_options(&conn, ClientOptions)`, `with_timeout(Duration)`, `to_instance(id)`, `client()`, and one `async fn` per method |
+/// | `CalculatorBroadcast` | from `client.broadcast(max_answers)`: the same methods, each calling every server at once and returning [`Answers`], a stream of `(instance, outcome)` |
 /// | `CalculatorServer<S>` | `new(impl)`, then `serve(&conn)` or `serve_with(&conn, ServerOptions)`, returning a [`ServerHandle`] |
 ///
 /// Client methods take the same arguments as the trait and return the
@@ -96,7 +97,7 @@
 /// `&mut self` or a missing `&self`, by-reference arguments, `impl Trait`,
 /// default bodies, two methods with one wire name, and method names that
 /// clash with the client's own (`new`, `with_options`, `from_client`,
-/// `with_timeout`, `to_instance`, `client`).
+/// `with_timeout`, `to_instance`, `broadcast`, `client`).
 ///
 /// # Example
 ///
@@ -146,8 +147,9 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    context, protocol, respond, serve, Client, ClientOptions, Codec, ConnectOptions, Connection,
-    Error, QoS, Reply, Response, ServerHandle, ServerOptions, Service, Status, DEFAULT_TIMEOUT,
+    context, protocol, respond, serve, Answers, Client, ClientOptions, Codec, ConnectOptions,
+    Connection, Error, QoS, Reply, Response, ServerHandle, ServerOptions, Service, Status,
+    DEFAULT_TIMEOUT,
 };
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
