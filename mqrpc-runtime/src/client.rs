@@ -150,7 +150,7 @@ impl Caller {
     /// Subscribes the connection's response topic and waits for the SUBACK,
     /// so no answer can arrive before anyone listens for it.
     async fn start(conn: &Connection) -> Result<Arc<Caller>, Error> {
-        let reply_topic = topic::reply_topic(DEFAULT_PREFIX, conn.client_id());
+        let reply_topic = conn.reply_topic();
         let caller = Arc::new(Caller {
             reply_topic: reply_topic.clone(),
             next_id: AtomicU64::new(crate::connection::random_u64() >> 16),
@@ -205,14 +205,12 @@ impl Caller {
         self.lock().contains_key(&id)
     }
 
-    /// The broker reported that nobody subscribed to the call's topic.
-    pub(crate) fn fail_no_responder(&self, id: u64) {
+    /// The broker refused the call's request (no subscriber, not
+    /// authorized, ...): the call fills in its method name.
+    pub(crate) fn fail_call(&self, id: u64, error: Error) {
         let waiter = self.lock().remove(&id);
         if let Some(waiter) = waiter {
-            // The call fills in its method name.
-            waiter.finish(Err(Error::NoResponder {
-                method: String::new(),
-            }));
+            waiter.finish(Err(error));
         }
     }
 
@@ -629,6 +627,9 @@ impl Client {
         drop(slot);
         match result {
             Err(Error::NoResponder { .. }) => Err(Error::NoResponder {
+                method: method.to_string(),
+            }),
+            Err(Error::NotAuthorized { .. }) => Err(Error::NotAuthorized {
                 method: method.to_string(),
             }),
             // The server's view of the same deadline.

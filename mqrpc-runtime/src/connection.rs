@@ -41,6 +41,8 @@ pub struct ConnectOptions {
     request_channel_capacity: usize,
     max_pending_calls: usize,
     session_expiry: Option<Duration>,
+    reply_prefix: String,
+    assumed_response_information: Option<String>,
 }
 
 impl ConnectOptions {
@@ -59,6 +61,8 @@ impl ConnectOptions {
             request_channel_capacity: 1024,
             max_pending_calls: 100_000,
             session_expiry: None,
+            reply_prefix: crate::protocol::DEFAULT_PREFIX.to_string(),
+            assumed_response_information: None,
         }
     }
 
@@ -164,6 +168,23 @@ impl ConnectOptions {
         self
     }
 
+    /// Prefix of this connection's response topic when the broker gives no
+    /// Response Information: `<reply_prefix>/_reply/<client id>` (default
+    /// `mqrpc`). Set it to the tenant's prefix when ACLs confine a client
+    /// to it.
+    pub fn reply_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.reply_prefix = prefix.into();
+        self
+    }
+
+    /// The Response Information to use when the broker's CONNACK carries
+    /// none (mqrpc asks for it in CONNECT). With Response Information `R`
+    /// the response topic is `R/<client id>`.
+    pub fn assume_response_information(mut self, information: impl Into<String>) -> Self {
+        self.assumed_response_information = Some(information.into());
+        self
+    }
+
     /// `host:port` of the broker.
     pub fn broker_address(&self) -> String {
         if self.host.contains(':') {
@@ -202,6 +223,9 @@ impl ConnectOptions {
         if let Some((user, password)) = &self.credentials {
             mqtt.set_credentials(user.clone(), password.clone());
         }
+        // Ask for Response Information (MQTT v5 §3.1.2.11.7): a broker may
+        // grant a topic space for responses.
+        mqtt.set_request_response_info(Some(1));
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(self.tcp_nodelay);
         mqtt.set_network_options(network);
@@ -305,6 +329,8 @@ pub(crate) struct Shared {
     /// With a persistent session, publishes the broker delivers before a
     /// route for them exists again (right after CONNACK) wait here for it.
     held: Mutex<Held>,
+    /// Response Information from the broker's first CONNACK.
+    response_information: Mutex<Option<String>>,
     /// Maximum Packet Size from the broker's CONNACK (0: none given).
     broker_max_packet: AtomicU32,
     pub(crate) caller: tokio::sync::OnceCell<Arc<Caller>>,
@@ -420,6 +446,7 @@ impl Connection {
             publish_order: tokio::sync::Mutex::new(()),
             publishes: Mutex::new(PublishTracker::default()),
             held: Mutex::new(Held::default()),
+            response_information: Mutex::new(None),
             broker_max_packet: AtomicU32::new(0),
             caller: tokio::sync::OnceCell::new(),
             driver: Mutex::new(None),
@@ -740,6 +767,28 @@ impl Connection {
             .map_err(|e| Error::Mqtt(e.to_string()))
     }
 
+    /// The one response topic of this connection: under the broker's
+    /// Response Information if it gave one (or one is assumed), else
+    /// `<reply_prefix>/_reply/<client id>`.
+    pub fn reply_topic(&self) -> String {
+        let client = crate::topic::as_level(&self.shared.client_id);
+        let granted = self
+            .shared
+            .response_information
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .or_else(|| self.shared.options.assumed_response_information.clone());
+        if let Some(base) = granted {
+            let topic = format!("{}/{client}", base.trim_end_matches('/'));
+            if crate::topic::is_publishable(&topic) {
+                return topic;
+            }
+            warn!(%topic, "unusable Response Information; using the default response topic");
+        }
+        crate::topic::reply_topic(&self.shared.options.reply_prefix, &self.shared.client_id)
+    }
+
     /// QoS 2 is refused with a persistent session: rumqttc forgets the
     /// QoS 2 state of incoming messages across reconnects, so the resumed
     /// session would fail on the broker's PUBRELs.
@@ -769,7 +818,7 @@ impl Connection {
 
     /// Follows packet ids of QoS 1/2 publishes to their acknowledgements.
     fn track_publish(&self, event: &Event) {
-        let no_subscribers = match event {
+        let outcome = match event {
             Event::Outgoing(Outgoing::Publish(0)) => return, // QoS 0: no marker
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let mut tracker = self.tracker();
@@ -788,19 +837,43 @@ impl Connection {
                 tracker.collision = Some(marker);
                 return;
             }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                (ack.pkid, ack.reason == PubAckReason::NoMatchingSubscribers)
-            }
-            Event::Incoming(Packet::PubRec(rec)) => {
-                (rec.pkid, rec.reason == PubRecReason::NoMatchingSubscribers)
-            }
+            Event::Incoming(Packet::PubAck(ack)) => (
+                ack.pkid,
+                match ack.reason {
+                    PubAckReason::Success => None,
+                    PubAckReason::NoMatchingSubscribers => Some(Error::NoResponder {
+                        method: String::new(),
+                    }),
+                    PubAckReason::NotAuthorized => Some(Error::NotAuthorized {
+                        method: String::new(),
+                    }),
+                    other => Some(Error::Refused {
+                        reason: format!("{other:?}"),
+                    }),
+                },
+            ),
+            Event::Incoming(Packet::PubRec(rec)) => (
+                rec.pkid,
+                match rec.reason {
+                    PubRecReason::Success => None,
+                    PubRecReason::NoMatchingSubscribers => Some(Error::NoResponder {
+                        method: String::new(),
+                    }),
+                    PubRecReason::NotAuthorized => Some(Error::NotAuthorized {
+                        method: String::new(),
+                    }),
+                    other => Some(Error::Refused {
+                        reason: format!("{other:?}"),
+                    }),
+                },
+            ),
             _ => return,
         };
-        let (pkid, no_subscribers) = no_subscribers;
+        let (pkid, refusal) = outcome;
         let call = self.tracker().by_packet_id.remove(&pkid);
-        if let (Some(call), true) = (call, no_subscribers) {
+        if let (Some(call), Some(error)) = (call, refusal) {
             if let Some(caller) = self.shared.caller.get() {
-                caller.fail_no_responder(call);
+                caller.fail_call(call, error);
             }
         }
     }
@@ -1018,6 +1091,15 @@ async fn drive(
                     .broker_max_packet
                     .store(max_packet, Ordering::Relaxed);
                 if let Some(first) = connected.take() {
+                    let information = connack
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.response_information.clone());
+                    *conn
+                        .shared
+                        .response_information
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = information;
                     conn.shared.ready.store(true, Ordering::Release);
                     let _ = first.send(Ok(()));
                 } else {

@@ -74,6 +74,20 @@ pub enum Error {
         /// Wire name of the method.
         method: String,
     },
+    /// The broker refused the request: this client may not publish to the
+    /// method's topic (PUBACK reason 0x87, e.g. an ACL for another tenant).
+    #[error("not authorized to call `{method}` (the broker refused the request)")]
+    NotAuthorized {
+        /// Wire name of the method.
+        method: String,
+    },
+    /// The broker refused the request for another reason (its PUBACK
+    /// reason code).
+    #[error("the broker refused the request: {reason}")]
+    Refused {
+        /// The broker's reason code.
+        reason: String,
+    },
     /// The server's queue of waiting requests is full: back off and retry.
     #[error("the server is overloaded: {message}")]
     Overloaded {

@@ -28,6 +28,15 @@ impl RawPeer {
     /// Connects to `127.0.0.1:port` and subscribes `filters` (QoS 1),
     /// returning after every SUBACK.
     pub async fn connect(port: u16, filters: &[&str]) -> RawPeer {
+        Self::connect_as(port, None, filters).await
+    }
+
+    /// [`connect`](Self::connect) with a username and password.
+    pub async fn connect_as(
+        port: u16,
+        credentials: Option<(&str, &str)>,
+        filters: &[&str],
+    ) -> RawPeer {
         let id = format!(
             "raw-peer-{}-{}",
             std::process::id(),
@@ -35,6 +44,9 @@ impl RawPeer {
         );
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_max_packet_size(Some(1 << 20));
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
