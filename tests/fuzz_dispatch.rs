@@ -54,7 +54,7 @@ proptest! {
                 }
             }
             Status::UnknownMethod => prop_assert!(!["add", "divide", "echo", "explode", "count"].contains(&method.as_str())),
-            Status::BadRequest | Status::UnsupportedContentType | Status::Internal => {
+            Status::BadRequest | Status::UnsupportedContentType | Status::Internal | Status::SchemaMismatch => {
                 prop_assert!(std::str::from_utf8(reply.payload()).is_ok());
             }
             other => prop_assert!(false, "unexpected status {other}"),

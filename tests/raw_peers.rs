@@ -203,7 +203,10 @@ async fn raw_json_server_serves_a_rust_client(broker: TestBroker) {
         for _ in 0..2 {
             let request = foreign.next_publish(WAIT).await.expect("a request");
             let properties = request.properties.clone().unwrap();
-            assert_eq!(properties.content_type.as_deref(), Some("application/json"));
+            // The essence; a generated client adds `; schema=<fingerprint>`.
+            let content_type = properties.content_type.as_deref().unwrap_or_default();
+            assert_eq!(content_type.split(';').next(), Some("application/json"));
+            assert!(content_type.contains("; schema="), "{content_type}");
             let args: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
             let (status, body) = match std::str::from_utf8(&request.topic).unwrap() {
                 "mqrpc/Calculator/add" => (

@@ -496,3 +496,47 @@ async fn credentials_are_sent_and_checked() {
     let client = CalculatorClient::new(&other).await.unwrap();
     assert_eq!(client.add(1, 2).await.unwrap(), 3);
 }
+
+/// The same service name built from another version of the trait: `add`
+/// takes `u64` now, which postcard would decode from the old `i64`
+/// arguments without complaint. The fingerprints differ, so the call fails
+/// with an error naming the method and both fingerprints, and never runs.
+#[mqrpc::service(name = "Calculator")]
+trait CalculatorV2 {
+    async fn add(&self, a: u64, b: u64) -> u64;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_signature_is_a_schema_mismatch_not_garbage() {
+    let broker = mqrpc_tests::embedded().await;
+    let conn = broker.connect().await;
+    let calc = Calc::default();
+    let _server = CalculatorServer::new(calc.clone())
+        .serve(&conn)
+        .await
+        .unwrap();
+    let v2 = CalculatorV2Client::new(&conn).await.unwrap();
+    match v2.add(1, 2).await.unwrap_err() {
+        Error::SchemaMismatch {
+            method,
+            client,
+            server,
+        } => {
+            assert_eq!(method, "add");
+            assert_ne!(client, server);
+            assert_eq!((client.len(), server.len()), (16, 16), "{client} {server}");
+        }
+        other => panic!("expected SchemaMismatch, got {other:?}"),
+    }
+    // The same build on both sides passes the check.
+    let v1 = CalculatorClient::new(&conn).await.unwrap();
+    assert_eq!(v1.add(1, 2).await.unwrap(), 3);
+    // Untyped callers send no fingerprint and are not checked.
+    assert_eq!(
+        v1.client()
+            .call::<_, i64>("add", &(5i64, 6i64))
+            .await
+            .unwrap(),
+        11
+    );
+}

@@ -39,10 +39,12 @@ pub fn render(service: &Service) -> TokenStream {
             }
         };
         let qos = qos_tokens(method.qos);
+        let schema = &method.schema;
+        let schema = quote!(::core::option::Option::Some(#schema));
         let send = if method.oneway {
-            quote!(self.client.notify_qos(#wire, #qos, &#args_struct { #(#fields),* }).await)
+            quote!(self.client.notify_qos(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
         } else {
-            quote!(self.client.#call(#wire, #qos, &#args_struct { #(#fields),* }).await)
+            quote!(self.client.#call(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
         };
         quote! {
             #(#attrs)*
@@ -81,6 +83,7 @@ pub fn render(service: &Service) -> TokenStream {
             ),
         };
         let qos = qos_tokens(method.qos);
+        let schema = &method.schema;
         let doc = format!("`{wire}` on every server of the service.");
         quote! {
             #[doc = #doc]
@@ -91,7 +94,14 @@ pub fn render(service: &Service) -> TokenStream {
                 #[serde(crate = "::mqrpc::__private::serde")]
                 struct #args_struct { #(#fields: #field_types),* }
                 self.client
-                    .broadcast_qos(#wire, #qos, &#args_struct { #(#fields),* }, self.max_answers, #decode)
+                    .broadcast_qos(
+                        #wire,
+                        #qos,
+                        ::core::option::Option::Some(#schema),
+                        &#args_struct { #(#fields),* },
+                        self.max_answers,
+                        #decode,
+                    )
                     .await
             }
         }

@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::connection::{Connection, Sink};
 use crate::protocol::{
     Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
-    INSTANCE_PROPERTY, STATUS_PROPERTY, TIMEOUT_PROPERTY,
+    INSTANCE_PROPERTY, SCHEMA_PARAMETER, STATUS_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -110,6 +110,25 @@ impl Response {
             Status::Internal => Error::Internal { message },
             Status::Overloaded => Error::Overloaded { message },
             Status::TooLarge => Error::TooLarge { message },
+            Status::SchemaMismatch => {
+                // "client <fingerprint>, server <fingerprint>"
+                let mut words = message.split([' ', ',']).filter(|w| !w.is_empty());
+                let mut after = |label: &str| {
+                    words
+                        .by_ref()
+                        .skip_while(|w| *w != label)
+                        .nth(1)
+                        .unwrap_or("?")
+                        .to_string()
+                };
+                let client = after("client");
+                let server = after("server");
+                Error::SchemaMismatch {
+                    method: method.to_string(),
+                    client,
+                    server,
+                }
+            }
             Status::Ok | Status::Error | Status::DeadlineExceeded => Error::Protocol {
                 reason: format!("unexpected status {}", self.status),
             },
@@ -426,18 +445,24 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.call_qos(method, None, args).await
+        self.call_qos(method, None, None, args).await
     }
 
     /// [`call`](Self::call) with the method's own QoS, if it declares one
     /// (`#[mqrpc(qos = ..)]`); used by generated clients.
     #[doc(hidden)]
-    pub async fn call_qos<A, T>(&self, method: &str, qos: Option<QoS>, args: &A) -> Result<T, Error>
+    pub async fn call_qos<A, T>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<T, Error>
     where
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.call_encoded(method, qos, args)
+        self.call_encoded(method, qos, schema, args)
             .await?
             .into_value(method)
     }
@@ -454,7 +479,7 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.call_fallible_qos(method, None, args).await
+        self.call_fallible_qos(method, None, None, args).await
     }
 
     /// [`call_fallible`](Self::call_fallible) with the method's own QoS.
@@ -463,6 +488,7 @@ impl Client {
         &self,
         method: &str,
         qos: Option<QoS>,
+        schema: Option<&'static str>,
         args: &A,
     ) -> Result<Result<T, E>, Error>
     where
@@ -470,7 +496,7 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.call_encoded(method, qos, args)
+        self.call_encoded(method, qos, schema, args)
             .await?
             .into_result(method)
     }
@@ -485,6 +511,7 @@ impl Client {
         &self,
         method: &str,
         qos: Option<QoS>,
+        schema: Option<&'static str>,
         args: &A,
         max_answers: Option<usize>,
         decode: fn(Response, &str) -> Result<T, Error>,
@@ -529,6 +556,7 @@ impl Client {
             &caller.reply_topic,
             id,
             self.options.codec,
+            schema,
             self.options.timeout,
         );
         self.conn
@@ -541,7 +569,7 @@ impl Client {
     /// slot. Returns once the request is queued for the broker; nothing
     /// tells whether a server ran it (`#[mqrpc(oneway)]` methods).
     pub async fn notify<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), Error> {
-        self.notify_qos(method, None, args).await
+        self.notify_qos(method, None, None, args).await
     }
 
     /// [`notify`](Self::notify) with the method's own QoS.
@@ -550,6 +578,7 @@ impl Client {
         &self,
         method: &str,
         qos: Option<QoS>,
+        schema: Option<&'static str>,
         args: &A,
     ) -> Result<(), Error> {
         self.conn.ensure_open()?;
@@ -559,8 +588,7 @@ impl Client {
         let topic = [&*self.topic_base, method].concat();
         self.check_size(&topic, payload.len())?;
         let properties = PublishProperties {
-            content_type: (self.options.codec != Codec::Postcard)
-                .then(|| self.options.codec.content_type().to_string()),
+            content_type: content_type(self.options.codec, schema),
             message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
             ..PublishProperties::default()
         };
@@ -573,20 +601,27 @@ impl Client {
         &self,
         method: &str,
         qos: Option<QoS>,
+        schema: Option<&'static str>,
         args: &A,
     ) -> Result<Response, Error> {
         let payload = self.options.codec.encode(args)?;
-        self.send(method, qos.unwrap_or(self.options.qos), payload)
+        self.send(method, qos.unwrap_or(self.options.qos), schema, payload)
             .await
     }
 
     /// Sends an already-encoded request (in this client's codec) and returns
     /// the raw response. Ends with [`Error::Timeout`] after the timeout.
     pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Response, Error> {
-        self.send(method, self.options.qos, payload).await
+        self.send(method, self.options.qos, None, payload).await
     }
 
-    async fn send(&self, method: &str, qos: QoS, payload: Vec<u8>) -> Result<Response, Error> {
+    async fn send(
+        &self,
+        method: &str,
+        qos: QoS,
+        schema: Option<&'static str>,
+        payload: Vec<u8>,
+    ) -> Result<Response, Error> {
         self.conn.ensure_open()?;
         self.conn.check_qos(qos)?;
         let caller = &*self.caller;
@@ -609,7 +644,8 @@ impl Client {
             id,
             sent: AtomicBool::new(false),
         };
-        let properties = request_properties(&caller.reply_topic, id, self.options.codec, timeout);
+        let properties =
+            request_properties(&caller.reply_topic, id, self.options.codec, schema, timeout);
         let exchange = async {
             self.conn
                 .publish(topic, qos, Bytes::from(payload), properties, Some(id))
@@ -704,7 +740,7 @@ impl Drop for BroadcastSlot {
 /// let conn = Connection::from_env_or_embedded().await?;
 /// let client = Client::new(&conn, "Nobody", ClientOptions::default().timeout(Duration::from_millis(100))).await?;
 /// let answers = client
-///     .broadcast_qos("ping", None, &(), None, Response::into_value::<()>)
+///     .broadcast_qos("ping", None, None, &(), None, Response::into_value::<()>)
 ///     .await?;
 /// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
 /// assert_eq!(answers.collect::<Vec<_>>().await.len(), 0);
@@ -777,6 +813,7 @@ fn request_properties(
     reply_topic: &str,
     id: u64,
     codec: Codec,
+    schema: Option<&'static str>,
     timeout: Duration,
 ) -> PublishProperties {
     let millis = timeout.as_millis();
@@ -788,11 +825,23 @@ fn request_properties(
     PublishProperties {
         response_topic: Some(reply_topic.to_string()),
         correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
-        content_type: (codec != Codec::Postcard).then(|| codec.content_type().to_string()),
+        content_type: content_type(codec, schema),
         // The broker drops the request if nobody took it in time.
         message_expiry_interval: Some(expiry_seconds(timeout)),
         user_properties: budget,
         ..PublishProperties::default()
+    }
+}
+
+/// The Content Type of a request: absent for postcard without schema
+/// fingerprint, else the codec's with `; schema=<fingerprint>`.
+fn content_type(codec: Codec, schema: Option<&'static str>) -> Option<String> {
+    match schema {
+        Some(schema) => Some(format!(
+            "{}; {SCHEMA_PARAMETER}={schema}",
+            codec.content_type()
+        )),
+        None => (codec != Codec::Postcard).then(|| codec.content_type().to_string()),
     }
 }
 
@@ -823,7 +872,8 @@ mod tests {
     /// The request of PROTOCOL.md's byte-level example, byte for byte.
     #[test]
     fn request_bytes_match_the_protocol_document() {
-        let properties = request_properties("mqrpc/_reply/c1", 7, Codec::Postcard, DEFAULT_TIMEOUT);
+        let properties =
+            request_properties("mqrpc/_reply/c1", 7, Codec::Postcard, None, DEFAULT_TIMEOUT);
         let payload = Codec::Postcard.encode(&(2i64, 3i64)).unwrap();
         let mut publish = Publish::new(
             "mqrpc/Calculator/add",

@@ -88,6 +88,18 @@ pub enum Error {
         /// The broker's reason code.
         reason: String,
     },
+    /// Client and server disagree on the method's signature (argument or
+    /// return types changed, or one side is an older build): the method
+    /// did not run. Rebuild both from the same trait.
+    #[error("`{method}` has another signature on the server (schema fingerprint: client {client}, server {server})")]
+    SchemaMismatch {
+        /// Wire name of the method.
+        method: String,
+        /// The client's fingerprint of the method.
+        client: String,
+        /// The server's fingerprint of the method.
+        server: String,
+    },
     /// The server's queue of waiting requests is full: back off and retry.
     #[error("the server is overloaded: {message}")]
     Overloaded {

@@ -33,6 +33,10 @@ pub const BROADCAST_LEVEL: &str = "_all";
 /// User property on answers to broadcasts: the answering server's instance id.
 pub const INSTANCE_PROPERTY: &str = "mqrpc-instance";
 
+/// Content Type parameter carrying a method's schema fingerprint:
+/// `application/postcard; schema=9f0c2a9e1b7d4c33`.
+pub const SCHEMA_PARAMETER: &str = "schema";
+
 /// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
 pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 
@@ -79,6 +83,10 @@ pub enum Status {
     Overloaded,
     /// The request's payload is larger than the server accepts; UTF-8 message.
     TooLarge,
+    /// Client and server were built from different versions of the
+    /// method's signature; UTF-8 message `client <fingerprint>, server
+    /// <fingerprint>`. The method did not run.
+    SchemaMismatch,
 }
 
 impl Status {
@@ -94,6 +102,7 @@ impl Status {
             Status::DeadlineExceeded => "deadline-exceeded",
             Status::Overloaded => "overloaded",
             Status::TooLarge => "too-large",
+            Status::SchemaMismatch => "schema-mismatch",
         }
     }
 
@@ -109,6 +118,7 @@ impl Status {
             "deadline-exceeded" => Status::DeadlineExceeded,
             "overloaded" => Status::Overloaded,
             "too-large" => Status::TooLarge,
+            "schema-mismatch" => Status::SchemaMismatch,
             _ => return None,
         })
     }

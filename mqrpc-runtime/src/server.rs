@@ -21,8 +21,8 @@ use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::protocol::{
     Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
-    DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, STATUS_PROPERTY,
-    TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+    DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SCHEMA_PARAMETER,
+    STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -53,6 +53,14 @@ pub trait Service: Send + Sync + 'static {
     const NAME: &'static str;
     /// Wire names of the methods.
     const METHODS: &'static [&'static str];
+
+    /// The schema fingerprint of `method` (generated: a hash of its
+    /// argument and return types as declared in the trait), compared with
+    /// the one a request names. `None`: not checked.
+    fn schema(method: &str) -> Option<&'static str> {
+        let _ = method;
+        None
+    }
 
     /// Decodes the arguments of `method`, runs it, encodes its outcome.
     fn call(
@@ -555,6 +563,16 @@ pub async fn respond<S: Service>(
     if method.starts_with('_') {
         return Reply::unknown_method(method);
     }
+    if let Some(theirs) = content_type.and_then(schema_parameter) {
+        if let Some(ours) = S::schema(method) {
+            if theirs != ours {
+                return Reply::failure(
+                    Status::SchemaMismatch,
+                    format!("client {theirs}, server {ours}"),
+                );
+            }
+        }
+    }
     AssertUnwindSafe(service.call(method, codec, payload))
         .catch_unwind()
         .await
@@ -570,6 +588,14 @@ pub async fn respond<S: Service>(
                 format!("the handler of `{method}` panicked: {what}"),
             )
         })
+}
+
+/// The `schema=` parameter of a Content Type.
+fn schema_parameter(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        (name.trim() == SCHEMA_PARAMETER).then(|| value.trim())
+    })
 }
 
 /// Admission and dispatch of one service's requests.
