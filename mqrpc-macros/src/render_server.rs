@@ -94,6 +94,10 @@ pub fn render(service: &Service) -> TokenStream {
             const NAME: &'static str = #wire_name;
             const METHODS: &'static [&'static str] = &[#(#method_names),*];
 
+            fn version() -> &'static str {
+                ::core::env!("CARGO_PKG_VERSION")
+            }
+
             fn schema(method: &str) -> ::core::option::Option<&'static str> {
                 match method {
                     #(#schemas)*

@@ -16,7 +16,8 @@ use tracing::debug;
 use crate::connection::{Connection, Sink};
 use crate::protocol::{
     Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
-    INSTANCE_PROPERTY, SCHEMA_PARAMETER, STATUS_PROPERTY, TIMEOUT_PROPERTY,
+    INFO_METHOD, INSTANCE_PROPERTY, PING_METHOD, SCHEMA_PARAMETER, STATS_METHOD, STATUS_PROPERTY,
+    TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -563,6 +564,23 @@ impl Client {
             .publish(topic, qos, Bytes::from(payload), properties, Some(id))
             .await?;
         Ok(answers)
+    }
+
+    /// Asks one server of the service (`_ping`) whether it is there.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.call::<_, ()>(PING_METHOD, &()).await
+    }
+
+    /// `_info` of every server of the service, until this client's timeout.
+    pub async fn info(&self) -> Result<Answers<crate::ServiceInfo>, Error> {
+        self.broadcast_qos(INFO_METHOD, None, None, &(), None, Response::into_value)
+            .await
+    }
+
+    /// `_stats` of every server of the service, until this client's timeout.
+    pub async fn stats(&self) -> Result<Answers<crate::ServiceStats>, Error> {
+        self.broadcast_qos(STATS_METHOD, None, None, &(), None, Response::into_value)
+            .await
     }
 
     /// Sends a one-way request: no Response Topic, no answer, no pending

@@ -883,16 +883,33 @@ impl Connection {
             warn!("dropping a publish whose topic is not UTF-8");
             return;
         };
+        // Every route that wants it, each sink once: servers of several
+        // services on one connection share the discovery filter, while one
+        // server's shared and cancel filters may both match a cancel.
         let find = || {
             let routes = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
-            routes
+            let mut matching = routes
                 .iter()
-                .find(|r| r.matcher.matches(topic))
-                .map(|r| r.sink.clone())
+                .filter(|r| r.matcher.matches(topic))
+                .map(|r| &r.sink);
+            let first = matching.next()?.clone();
+            let mut more: Vec<Sink> = Vec::new(); // allocates only if needed
+            for sink in matching {
+                if !Arc::ptr_eq(sink, &first) && !more.iter().any(|s| Arc::ptr_eq(s, sink)) {
+                    more.push(sink.clone());
+                }
+            }
+            Some((first, more))
+        };
+        let deliver = |(first, more): (Sink, Vec<Sink>), publish: Publish| {
+            for sink in &more {
+                sink(self, publish.clone());
+            }
+            first(self, publish);
         };
         if self.shared.options.session_expiry.is_none() {
             match find() {
-                Some(sink) => sink(self, publish),
+                Some(sinks) => deliver(sinks, publish),
                 None => debug!(topic, "dropping a publish no route wants"),
             }
             return;
@@ -901,9 +918,9 @@ impl Connection {
         // before the server has re-registered; hold it until it does.
         let mut held = self.held();
         match find() {
-            Some(sink) => {
+            Some(sinks) => {
                 drop(held);
-                sink(self, publish)
+                deliver(sinks, publish)
             }
             None if held.publishes.len() < MAX_HELD
                 && held.bytes + publish.payload.len() <= MAX_HELD_BYTES =>

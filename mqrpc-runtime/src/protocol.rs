@@ -37,6 +37,16 @@ pub const INSTANCE_PROPERTY: &str = "mqrpc-instance";
 /// `application/postcard; schema=9f0c2a9e1b7d4c33`.
 pub const SCHEMA_PARAMETER: &str = "schema";
 
+/// Built-in method every server answers: `()` → `()`.
+pub const PING_METHOD: &str = "_ping";
+/// Built-in method every server answers: `()` → `ServiceInfo`.
+pub const INFO_METHOD: &str = "_info";
+/// Built-in method every server answers: `()` → `ServiceStats`.
+pub const STATS_METHOD: &str = "_stats";
+/// Service level meaning "every service", for discovery:
+/// `<prefix>/_all/_all/_info` reaches every server of every service.
+pub const ANY_SERVICE: &str = "_all";
+
 /// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
 pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 

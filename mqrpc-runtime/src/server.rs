@@ -20,9 +20,9 @@ use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::protocol::{
-    Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
-    DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SCHEMA_PARAMETER,
-    STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+    Status, ANY_SERVICE, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY,
+    DEFAULT_PREFIX, DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE,
+    SCHEMA_PARAMETER, STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -53,6 +53,12 @@ pub trait Service: Send + Sync + 'static {
     const NAME: &'static str;
     /// Wire names of the methods.
     const METHODS: &'static [&'static str];
+
+    /// Version of the crate that defines the server (generated:
+    /// its `CARGO_PKG_VERSION`), reported by `_info`.
+    fn version() -> &'static str {
+        ""
+    }
 
     /// The schema fingerprint of `method` (generated: a hash of its
     /// argument and return types as declared in the trait), compared with
@@ -382,6 +388,7 @@ pub async fn serve<S: Service>(
     let dispatcher = Arc::new(Dispatcher {
         service,
         instance: Arc::from(instance.as_str()),
+        counters: S::METHODS.iter().map(|_| Default::default()).collect(),
         activity: activity.clone(),
         permits: Arc::new(Semaphore::new(options.max_concurrent)),
         queued: AtomicUsize::new(0),
@@ -402,6 +409,11 @@ pub async fn serve<S: Service>(
         (topic::instance_filter(service_base, &instance), options.qos),
         // Broadcasts reach every instance.
         (format!("{service_base}{BROADCAST_LEVEL}/+"), options.qos),
+        // Discovery: built-ins asked of every server of every service.
+        (
+            format!("{}/{ANY_SERVICE}/{BROADCAST_LEVEL}/+", options.prefix),
+            options.qos,
+        ),
     ];
     if options.share_group.is_some() {
         // In a group each request reaches one instance, and the client does
@@ -447,6 +459,8 @@ pub(crate) struct Request {
     pub broadcast: bool,
     /// Set on broadcasts: the answer names the instance.
     pub instance: Option<Arc<str>>,
+    /// Sent to `<prefix>/_all/_all/<method>`: discovery, built-ins only.
+    pub discovery: bool,
 }
 
 impl Request {
@@ -461,13 +475,16 @@ impl Request {
             .and_then(|topic| topic.rsplit('/').next())
             .unwrap_or_default()
             .to_string();
-        let broadcast = std::str::from_utf8(&publish.topic)
-            .ok()
-            .and_then(|topic| topic.rsplit('/').nth(1))
-            == Some(BROADCAST_LEVEL);
+        let mut levels = std::str::from_utf8(&publish.topic)
+            .map(|topic| topic.rsplit('/').skip(1))
+            .ok();
+        let mut next = || levels.as_mut().and_then(|l| l.next());
+        let broadcast = next() == Some(BROADCAST_LEVEL);
+        let discovery = broadcast && next() == Some(ANY_SERVICE);
         let mut request =
             Request::from_parts(method, properties, publish.qos.into(), publish.payload, now);
         request.broadcast = broadcast;
+        request.discovery = discovery;
         request
     }
 
@@ -510,6 +527,7 @@ impl Request {
             arrived: now,
             broadcast: false,
             instance: None,
+            discovery: false,
         }
     }
 
@@ -602,6 +620,8 @@ fn schema_parameter(content_type: &str) -> Option<&str> {
 struct Dispatcher<S> {
     service: S,
     instance: Arc<str>,
+    /// Per method of `S::METHODS`, for `_stats`.
+    counters: Vec<crate::discovery::Counters>,
     activity: Arc<Activity>,
     permits: Arc<Semaphore>,
     /// Requests waiting for a permit.
@@ -701,6 +721,51 @@ impl<S: Service> Dispatcher<S> {
         tokio::spawn(self.run(conn.clone(), request, key, permit, active));
     }
 
+    /// The answer to a built-in method (`_ping`, `_info`, `_stats`), or
+    /// `None` for the service's own methods. On the discovery topic only
+    /// built-ins are served.
+    fn builtin(&self, request: &Request) -> Option<Reply> {
+        let Some(builtin) = crate::discovery::Builtin::parse(&request.method) else {
+            return request
+                .discovery
+                .then(|| Reply::unknown_method(&request.method));
+        };
+        let codec = match Codec::from_content_type(request.content_type.as_deref()) {
+            Ok(codec) => codec,
+            Err(e) => return Some(Reply::failure(Status::UnsupportedContentType, e)),
+        };
+        Some(match builtin {
+            crate::discovery::Builtin::Ping => Reply::ok(codec, &()),
+            crate::discovery::Builtin::Info => Reply::ok(
+                codec,
+                &crate::ServiceInfo {
+                    service: S::NAME.to_string(),
+                    version: S::version().to_string(),
+                    instance: self.instance.to_string(),
+                    methods: S::METHODS
+                        .iter()
+                        .map(|name| crate::MethodInfo {
+                            name: name.to_string(),
+                            schema: S::schema(name).map(str::to_string),
+                        })
+                        .collect(),
+                },
+            ),
+            crate::discovery::Builtin::Stats => Reply::ok(
+                codec,
+                &crate::ServiceStats {
+                    service: S::NAME.to_string(),
+                    instance: self.instance.to_string(),
+                    methods: S::METHODS
+                        .iter()
+                        .zip(&self.counters)
+                        .map(|(name, counters)| counters.snapshot(name))
+                        .collect(),
+                },
+            ),
+        })
+    }
+
     fn cancel(&self, request: &Request, now: Instant) {
         let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
             debug!(
@@ -760,6 +825,15 @@ impl<S: Service> Dispatcher<S> {
                 return;
             }
         }
+        let started = Instant::now();
+        if let Some(reply) = self.builtin(&request) {
+            if let Some(key) = &key {
+                self.calls().forget(key);
+            }
+            let content_type = reply.codec.map_or(TEXT_CONTENT_TYPE, Codec::content_type);
+            let payload = Bytes::from(reply.payload);
+            return send_reply(conn, request, reply.status, content_type, payload).await;
+        }
         let work = CallContext::new(request.deadline).scope(respond(
             &self.service,
             &request.method,
@@ -794,6 +868,9 @@ impl<S: Service> Dispatcher<S> {
             Some(codec) => codec.content_type(),
             None => TEXT_CONTENT_TYPE,
         };
+        if let Some(index) = S::METHODS.iter().position(|m| *m == request.method) {
+            self.counters[index].record(started.elapsed(), reply.status);
+        }
         let payload = Bytes::from(reply.payload);
         if let Some(key) = &key {
             let mut calls = self.calls();

@@ -147,9 +147,9 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    context, protocol, respond, serve, Answers, Client, ClientOptions, Codec, ConnectOptions,
-    Connection, Error, QoS, Reply, Response, ServerHandle, ServerOptions, Service, Status,
-    DEFAULT_TIMEOUT,
+    context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
+    ConnectOptions, Connection, Error, MethodInfo, MethodStats, QoS, Reply, Response, ServerHandle,
+    ServerOptions, Service, ServiceInfo, ServiceStats, Status, DEFAULT_TIMEOUT,
 };
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.

@@ -1,0 +1,140 @@
+//! Built-in `_ping`, `_info` and `_stats`, and discovery of every service
+//! without a registry.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mqrpc::{ClientOptions, ServerOptions};
+use mqrpc_tests::raw::{request_properties, status_of, RawPeer};
+use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
+
+mqrpc_tests::on_both_brokers!(
+    every_server_answers_ping_info_and_stats,
+    discover_finds_every_service,
+    discovery_topic_serves_only_builtins,
+);
+
+#[mqrpc::service]
+pub trait Greeter {
+    async fn hello(&self, name: String) -> String;
+}
+
+struct English;
+
+impl Greeter for English {
+    async fn hello(&self, name: String) -> String {
+        format!("Hello, {name}!")
+    }
+}
+
+async fn every_server_answers_ping_info_and_stats(broker: TestBroker) {
+    let mut conns = Vec::new();
+    for name in ["a", "b"] {
+        let conn = broker.connect().await;
+        let _handle = CalculatorServer::new(Calc::default())
+            .serve_with(&conn, ServerOptions::default().instance(name))
+            .await
+            .unwrap();
+        conns.push(conn);
+    }
+    let client_conn = broker.connect().await;
+    let calc = CalculatorClient::with_options(
+        &client_conn,
+        ClientOptions::default().timeout(Duration::from_millis(700)),
+    )
+    .await
+    .unwrap();
+    calc.client().ping().await.unwrap();
+    for i in 0..6 {
+        calc.add(i, 1).await.unwrap();
+    }
+    calc.divide(1.0, 0.0).await.unwrap().unwrap_err();
+    calc.explode("boom".into()).await.unwrap_err();
+
+    let mut infos: Vec<mqrpc::ServiceInfo> = calc
+        .client()
+        .info()
+        .await
+        .unwrap()
+        .map(|(_, info)| info.unwrap())
+        .collect()
+        .await;
+    infos.sort_by(|a, b| a.instance.cmp(&b.instance));
+    assert_eq!(infos.len(), 2, "{infos:?}");
+    assert_eq!(
+        infos
+            .iter()
+            .map(|i| i.instance.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let info = &infos[0];
+    assert_eq!(
+        (info.service.as_str(), info.version.as_str()),
+        ("Calculator", env!("CARGO_PKG_VERSION"))
+    );
+    let add = info.methods.iter().find(|m| m.name == "add").unwrap();
+    assert_eq!(add.schema.as_ref().map(String::len), Some(16));
+
+    let stats: Vec<mqrpc::ServiceStats> = calc
+        .client()
+        .stats()
+        .await
+        .unwrap()
+        .map(|(_, stats)| stats.unwrap())
+        .collect()
+        .await;
+    assert_eq!(stats.len(), 2);
+    let total = |name: &str, f: fn(&mqrpc::MethodStats) -> u64| {
+        stats
+            .iter()
+            .flat_map(|s| s.methods.iter())
+            .filter(|m| m.name == name)
+            .map(f)
+            .sum::<u64>()
+    };
+    assert_eq!(total("add", |m| m.calls), 6);
+    assert_eq!(total("divide", |m| m.app_errors), 1);
+    assert_eq!(total("explode", |m| m.failures), 1);
+}
+
+async fn discover_finds_every_service(broker: TestBroker) {
+    let conn = broker.connect().await;
+    let _calc = CalculatorServer::new(Calc::default())
+        .serve_with(&conn, ServerOptions::default().instance("calc-1"))
+        .await
+        .unwrap();
+    let _greeter = GreeterServer::new(English)
+        .serve_with(&conn, ServerOptions::default().instance("greeter-1"))
+        .await
+        .unwrap();
+    let found = mqrpc::discover(&conn, "mqrpc", Duration::from_millis(700))
+        .await
+        .unwrap();
+    let names: Vec<_> = found
+        .iter()
+        .map(|i| (i.service.as_str(), i.instance.as_str()))
+        .collect();
+    assert_eq!(names, [("Calculator", "calc-1"), ("Greeter", "greeter-1")]);
+    // Another prefix holds nothing.
+    let none = mqrpc::discover(&conn, "elsewhere", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn discovery_topic_serves_only_builtins(broker: TestBroker) {
+    let conn = broker.connect().await;
+    let calc = Calc::default();
+    let _server = CalculatorServer::new(calc.clone())
+        .serve(&conn)
+        .await
+        .unwrap();
+    let mut peer = RawPeer::connect(broker.port(), &["replies/discovery"]).await;
+    let properties = request_properties("replies/discovery", b"d1", Some("application/json"));
+    peer.publish("mqrpc/_all/_all/count", "{}", properties)
+        .await;
+    let answer = peer.next_publish(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(status_of(&answer).as_deref(), Some("unknown-method"));
+    assert_eq!(calc.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
