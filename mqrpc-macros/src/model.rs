@@ -53,6 +53,12 @@ pub struct Arg {
 pub enum Output {
     Unit,
     Plain(Type),
+    /// `mqrpc::Stream<T>` (any path ending in `Stream<T>`): one answer per
+    /// item, the client gets `mqrpc::Items<T>`.
+    Stream {
+        declared: Box<Type>,
+        item: Box<Type>,
+    },
     /// `Result<T, E>`: `E` travels as a typed application error.
     Fallible {
         declared: Box<Type>,
@@ -346,13 +352,17 @@ impl Method {
             ReturnType::Default => Output::Unit,
             ReturnType::Type(_, ty) => {
                 check_wire_type(ty, "return type", errors);
-                match result_parts(ty) {
-                    Some((ok, err)) => Output::Fallible {
+                match (result_parts(ty), stream_item(ty)) {
+                    (Some((ok, err)), _) => Output::Fallible {
                         declared: ty.clone(),
                         ok: Box::new(ok),
                         err: Box::new(err),
                     },
-                    None => Output::Plain((**ty).clone()),
+                    (None, Some(item)) => Output::Stream {
+                        declared: ty.clone(),
+                        item: Box::new(item),
+                    },
+                    (None, None) => Output::Plain((**ty).clone()),
                 }
             }
         };
@@ -372,7 +382,9 @@ impl Method {
             match &output {
                 Output::Unit => "()".to_string(),
                 Output::Plain(ty) => quote::quote!(#ty).to_string(),
-                Output::Fallible { declared, .. } => quote::quote!(#declared).to_string(),
+                Output::Fallible { declared, .. } | Output::Stream { declared, .. } => {
+                    quote::quote!(#declared).to_string()
+                }
             }
         );
         Some(Method {
@@ -397,6 +409,24 @@ fn fingerprint(text: &str) -> String {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{hash:016x}")
+}
+
+/// `T` of `Stream<T>` (any path ending in `Stream` with one type argument).
+fn stream_item(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Stream" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(generic) = &last.arguments else {
+        return None;
+    };
+    let mut types = generic.args.iter().filter_map(|arg| match arg {
+        GenericArgument::Type(ty) => Some(ty.clone()),
+        _ => None,
+    });
+    let item = types.next()?;
+    types.next().is_none().then_some(item)
 }
 
 /// `Result<T, E>` (any path ending in `Result` with two type arguments).

@@ -37,6 +37,10 @@ pub fn render(service: &Service) -> TokenStream {
             Output::Fallible { declared, ok, err } => {
                 (quote!(#declared), quote!(call_fallible_qos::<_, #ok, #err>))
             }
+            Output::Stream { item, .. } => (
+                quote!(::mqrpc::Items<#item>),
+                quote!(stream_qos::<_, #item>),
+            ),
         };
         let qos = qos_tokens(method.qos);
         let schema = &method.schema;
@@ -64,48 +68,53 @@ pub fn render(service: &Service) -> TokenStream {
          get it from [`{client}::broadcast`]. Each method returns a stream of `(instance, outcome)` \
          that ends at the client's timeout or after the requested number of answers."
     );
-    let broadcast_methods = service.methods.iter().filter(|m| !m.oneway).map(|method| {
-        let name = &method.ident;
-        let wire = &method.wire_name;
-        let params = method.args.iter().map(|arg| {
-            let (ident, ty) = (&arg.ident, &arg.ty);
-            quote!(#ident: #ty)
-        });
-        let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-        let field_types = method.args.iter().map(|arg| &arg.ty);
-        let args_struct = format_ident!("__{}Args", trait_ident);
-        let (output, decode) = match &method.output {
-            Output::Unit => (quote!(()), quote!(::mqrpc::Response::into_value::<()>)),
-            Output::Plain(ty) => (quote!(#ty), quote!(::mqrpc::Response::into_value::<#ty>)),
-            Output::Fallible { declared, ok, err } => (
-                quote!(#declared),
-                quote!(::mqrpc::Response::into_result::<#ok, #err>),
-            ),
-        };
-        let qos = qos_tokens(method.qos);
-        let schema = &method.schema;
-        let doc = format!("`{wire}` on every server of the service.");
-        quote! {
-            #[doc = #doc]
-            pub async fn #name(&self, #(#params),*)
-                -> ::core::result::Result<::mqrpc::Answers<#output>, ::mqrpc::Error>
-            {
-                #[derive(::mqrpc::__private::serde::Serialize)]
-                #[serde(crate = "::mqrpc::__private::serde")]
-                struct #args_struct { #(#fields: #field_types),* }
-                self.client
-                    .broadcast_qos(
-                        #wire,
-                        #qos,
-                        ::core::option::Option::Some(#schema),
-                        &#args_struct { #(#fields),* },
-                        self.max_answers,
-                        #decode,
-                    )
-                    .await
+    let broadcast_methods = service
+        .methods
+        .iter()
+        .filter(|m| !m.oneway && !matches!(m.output, Output::Stream { .. }))
+        .map(|method| {
+            let name = &method.ident;
+            let wire = &method.wire_name;
+            let params = method.args.iter().map(|arg| {
+                let (ident, ty) = (&arg.ident, &arg.ty);
+                quote!(#ident: #ty)
+            });
+            let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
+            let field_types = method.args.iter().map(|arg| &arg.ty);
+            let args_struct = format_ident!("__{}Args", trait_ident);
+            let (output, decode) = match &method.output {
+                Output::Unit => (quote!(()), quote!(::mqrpc::Response::into_value::<()>)),
+                Output::Plain(ty) => (quote!(#ty), quote!(::mqrpc::Response::into_value::<#ty>)),
+                Output::Fallible { declared, ok, err } => (
+                    quote!(#declared),
+                    quote!(::mqrpc::Response::into_result::<#ok, #err>),
+                ),
+                Output::Stream { .. } => unreachable!("streams are filtered out above"),
+            };
+            let qos = qos_tokens(method.qos);
+            let schema = &method.schema;
+            let doc = format!("`{wire}` on every server of the service.");
+            quote! {
+                #[doc = #doc]
+                pub async fn #name(&self, #(#params),*)
+                    -> ::core::result::Result<::mqrpc::Answers<#output>, ::mqrpc::Error>
+                {
+                    #[derive(::mqrpc::__private::serde::Serialize)]
+                    #[serde(crate = "::mqrpc::__private::serde")]
+                    struct #args_struct { #(#fields: #field_types),* }
+                    self.client
+                        .broadcast_qos(
+                            #wire,
+                            #qos,
+                            ::core::option::Option::Some(#schema),
+                            &#args_struct { #(#fields),* },
+                            self.max_answers,
+                            #decode,
+                        )
+                        .await
+                }
             }
-        }
-    });
+        });
     quote! {
         #[doc = #broadcast_doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]

@@ -31,6 +31,7 @@ pub fn render(service: &Service) -> TokenStream {
         let call = quote!(<S as #trait_ident>::#name(&self.service, #(#fields),*).await);
         let reply = match &method.output {
             Output::Unit | Output::Plain(_) => quote!(::mqrpc::Reply::ok(codec, &#call)),
+            Output::Stream { .. } => quote!(::mqrpc::Reply::stream(codec, #call)),
             Output::Fallible { .. } => quote! {
                 match #call {
                     ::core::result::Result::Ok(value) => ::mqrpc::Reply::ok(codec, &value),

@@ -25,7 +25,9 @@ pub fn render(service: &Service) -> TokenStream {
         let output = match &method.output {
             Output::Unit => quote!(()),
             Output::Plain(ty) => quote!(#ty),
-            Output::Fallible { declared, .. } => quote!(#declared),
+            Output::Fallible { declared, .. } | Output::Stream { declared, .. } => {
+                quote!(#declared)
+            }
         };
         quote! {
             #(#attrs)*

@@ -15,10 +15,11 @@ use tracing::debug;
 
 use crate::connection::{Connection, Sink};
 use crate::protocol::{
-    Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX,
-    INFO_METHOD, INSTANCE_PROPERTY, PING_METHOD, SCHEMA_PARAMETER, STATS_METHOD, STATUS_PROPERTY,
-    TIMEOUT_PROPERTY,
+    Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD,
+    CREDIT_PROPERTY, DEFAULT_PREFIX, INFO_METHOD, INSTANCE_LEVEL, INSTANCE_PROPERTY, PING_METHOD,
+    SCHEMA_PARAMETER, SEQ_PROPERTY, STATS_METHOD, STATUS_PROPERTY, TIMEOUT_PROPERTY,
 };
+use crate::stream::{Control, Items};
 use crate::{topic, Codec, Error, QoS};
 
 /// Default time a call waits for its answer.
@@ -35,8 +36,11 @@ pub struct Response {
     /// a UTF-8 message otherwise.
     pub payload: Bytes,
     /// The answering server's instance id (`mqrpc-instance`), sent on
-    /// answers to broadcasts.
+    /// answers to broadcasts and on stream items.
     pub instance: Option<String>,
+    /// Position of a stream item (`mqrpc-seq`), from 0; the end marker
+    /// carries the number of items.
+    pub seq: Option<u64>,
 }
 
 impl Response {
@@ -56,16 +60,21 @@ impl Response {
         } else {
             Codec::default()
         };
-        let instance = properties
-            .user_properties
-            .into_iter()
-            .find(|(key, _)| key == INSTANCE_PROPERTY)
-            .map(|(_, value)| value);
+        let mut instance = None;
+        let mut seq = None;
+        for (key, value) in properties.user_properties {
+            if key == INSTANCE_PROPERTY {
+                instance = Some(value);
+            } else if key == SEQ_PROPERTY {
+                seq = value.parse().ok();
+            }
+        }
         Ok(Response {
             status,
             codec,
             payload: publish.payload,
             instance,
+            seq,
         })
     }
 
@@ -130,9 +139,11 @@ impl Response {
                     server,
                 }
             }
-            Status::Ok | Status::Error | Status::DeadlineExceeded => Error::Protocol {
-                reason: format!("unexpected status {}", self.status),
-            },
+            Status::Ok | Status::Error | Status::DeadlineExceeded | Status::End => {
+                Error::Protocol {
+                    reason: format!("unexpected status {}", self.status),
+                }
+            }
         }
     }
 }
@@ -716,25 +727,121 @@ impl Client {
 
     /// Best effort, from `Drop`: QoS 0, never waits.
     fn send_cancel(&self, id: u64) {
-        let topic = [&*self.topic_base, CANCEL_METHOD].concat();
+        self.send_control(id, None, Control::Cancel);
+    }
+
+    /// A cancel (QoS 0, best effort) or a stream credit (QoS 1: a lost
+    /// credit would stall the stream) about call `id`, to the instance
+    /// serving it when known.
+    pub(crate) fn send_control(&self, id: u64, instance: Option<&str>, control: Control) {
+        let (method, credit) = match control {
+            Control::Cancel => (CANCEL_METHOD, None),
+            Control::Credit(n) => (CREDIT_METHOD, Some(n)),
+        };
+        let topic = match instance {
+            Some(instance) => format!(
+                "{}{INSTANCE_LEVEL}/{instance}/{method}",
+                topic_base(&self.options.prefix, &self.service)
+            ),
+            None => [&*self.topic_base, method].concat(),
+        };
+        let mut user_properties = vec![(
+            CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),
+            self.caller.reply_topic.clone(),
+        )];
+        if let Some(n) = credit {
+            user_properties.push((CREDIT_PROPERTY.to_string(), n.to_string()));
+        }
         let properties = PublishProperties {
             correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
-            user_properties: vec![(
-                CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),
-                self.caller.reply_topic.clone(),
-            )],
+            user_properties,
             ..PublishProperties::default()
         };
-        if let Err(e) = self.conn.try_publish_qos0(topic, Vec::new(), properties) {
-            debug!(correlation = id, error = %e, "could not send a cancel message");
+        if credit.is_none() {
+            if let Err(e) = self.conn.try_publish_qos0(topic, Vec::new(), properties) {
+                debug!(correlation = id, error = %e, "could not send a cancel message");
+            }
+            return;
         }
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let sent = conn
+                .publish(topic, QoS::AtLeastOnce, Bytes::new(), properties, None)
+                .await;
+            if let Err(e) = sent {
+                debug!(correlation = id, error = %e, "could not send a stream credit");
+            }
+        });
+    }
+
+    /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
+    /// come (see [`Items`]).
+    #[doc(hidden)]
+    pub async fn stream_qos<A, T>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<Items<T>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.conn.ensure_open()?;
+        let qos = qos.unwrap_or(self.options.qos);
+        self.conn.check_qos(qos)?;
+        let payload = self.options.codec.encode(args)?;
+        let topic = [&*self.topic_base, method].concat();
+        self.check_size(&topic, payload.len())?;
+        let caller = self.caller.clone();
+        let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
+        // Room for a whole window plus the end marker: the server never
+        // sends more, so nothing is dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::WINDOW as usize + 2);
+        {
+            let mut pending = caller.lock();
+            if pending.len() >= caller.max_pending {
+                return Err(Error::TooManyPending {
+                    limit: caller.max_pending,
+                });
+            }
+            pending.insert(id, Waiter::Many(tx));
+        }
+        let items = Items {
+            rx,
+            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            decode: Response::into_value::<T>,
+            method: method.to_string(),
+            client: self.clone(),
+            id,
+            next_seq: 0,
+            unacknowledged: 0,
+            instance: None,
+            done: false,
+            _slot: BroadcastSlot {
+                caller: caller.clone(),
+                id,
+            },
+        };
+        let properties = request_properties(
+            &caller.reply_topic,
+            id,
+            self.options.codec,
+            schema,
+            self.options.timeout,
+        );
+        self.conn
+            .publish(topic, qos, Bytes::from(payload), properties, Some(id))
+            .await?;
+        Ok(items)
     }
 }
 
-/// Ends a broadcast's pending entry when its stream is dropped.
-struct BroadcastSlot {
-    caller: Arc<Caller>,
-    id: u64,
+/// Ends a broadcast's (or stream's) pending entry when it is dropped.
+pub(crate) struct BroadcastSlot {
+    pub(crate) caller: Arc<Caller>,
+    pub(crate) id: u64,
 }
 
 impl Drop for BroadcastSlot {

@@ -18,6 +18,7 @@ mod discovery;
 mod error;
 pub mod protocol;
 mod server;
+mod stream;
 mod topic;
 
 #[cfg(feature = "embedded-broker")]
@@ -29,6 +30,7 @@ pub use discovery::{discover, MethodInfo, MethodStats, ServiceInfo, ServiceStats
 pub use error::Error;
 pub use protocol::Status;
 pub use server::{respond, serve, Reply, ServerHandle, ServerOptions, Service};
+pub use stream::{Items, Stream, WINDOW as STREAM_WINDOW};
 
 /// MQTT delivery guarantee of requests and responses.
 ///

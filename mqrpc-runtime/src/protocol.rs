@@ -47,6 +47,13 @@ pub const STATS_METHOD: &str = "_stats";
 /// `<prefix>/_all/_all/_info` reaches every server of every service.
 pub const ANY_SERVICE: &str = "_all";
 
+/// User property on stream items and the end marker: the item's position.
+pub const SEQ_PROPERTY: &str = "mqrpc-seq";
+/// Method level of stream credits: `<prefix>/<service>/_to/<instance>/_credit`.
+pub const CREDIT_METHOD: &str = "_credit";
+/// User property on stream credits: how many more items the caller takes.
+pub const CREDIT_PROPERTY: &str = "mqrpc-credit";
+
 /// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
 pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 
@@ -97,6 +104,8 @@ pub enum Status {
     /// method's signature; UTF-8 message `client <fingerprint>, server
     /// <fingerprint>`. The method did not run.
     SchemaMismatch,
+    /// The end of a stream: no more items follow. Empty payload.
+    End,
 }
 
 impl Status {
@@ -113,6 +122,7 @@ impl Status {
             Status::Overloaded => "overloaded",
             Status::TooLarge => "too-large",
             Status::SchemaMismatch => "schema-mismatch",
+            Status::End => "end",
         }
     }
 
@@ -129,6 +139,7 @@ impl Status {
             "overloaded" => Status::Overloaded,
             "too-large" => Status::TooLarge,
             "schema-mismatch" => Status::SchemaMismatch,
+            "end" => Status::End,
             _ => return None,
         })
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -21,8 +21,9 @@ use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::protocol::{
     Status, ANY_SERVICE, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY,
-    DEFAULT_PREFIX, DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE,
-    SCHEMA_PARAMETER, STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
+    CREDIT_METHOD, CREDIT_PROPERTY, DEFAULT_PREFIX, DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY,
+    POSTCARD_CONTENT_TYPE, SCHEMA_PARAMETER, SEQ_PROPERTY, STATUS_PROPERTY, TEXT_CONTENT_TYPE,
+    TIMEOUT_PROPERTY,
 };
 use crate::{topic, Codec, Error, QoS};
 
@@ -84,12 +85,24 @@ pub struct Reply {
     /// `None`: the payload is a UTF-8 message.
     codec: Option<Codec>,
     payload: Vec<u8>,
+    /// A streaming method's items, sent one response each.
+    stream: Option<Arc<crate::stream::EncodedItems>>,
 }
 
 impl Reply {
     /// A successful result.
     pub fn ok<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Reply {
         Self::encoded(Status::Ok, codec, value)
+    }
+
+    /// The items of a streaming method (`-> mqrpc::Stream<T>`).
+    pub fn stream<T: Serialize + Send + 'static>(codec: Codec, items: crate::Stream<T>) -> Reply {
+        Reply {
+            status: Status::Ok,
+            codec: Some(codec),
+            payload: Vec::new(),
+            stream: Some(Arc::new(crate::stream::EncodedItems::new(codec, items))),
+        }
     }
 
     /// A typed application error (`Err(E)` of a `Result<T, E>` method).
@@ -103,6 +116,7 @@ impl Reply {
                 status,
                 codec: Some(codec),
                 payload,
+                stream: None,
             },
             Err(e) => Reply::failure(Status::Internal, format!("cannot encode the result: {e}")),
         }
@@ -114,6 +128,7 @@ impl Reply {
             status,
             codec: None,
             payload: message.to_string().into_bytes(),
+            stream: None,
         }
     }
 
@@ -134,6 +149,12 @@ impl Reply {
     /// The status this reply carries.
     pub fn status(&self) -> Status {
         self.status
+    }
+
+    /// True for the reply of a streaming method: its items follow as
+    /// separate answers.
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
     }
 
     /// The encoded payload (or UTF-8 message).
@@ -388,6 +409,7 @@ pub async fn serve<S: Service>(
     let dispatcher = Arc::new(Dispatcher {
         service,
         instance: Arc::from(instance.as_str()),
+        streams: Mutex::new(std::collections::HashMap::new()),
         counters: S::METHODS.iter().map(|_| Default::default()).collect(),
         activity: activity.clone(),
         permits: Arc::new(Semaphore::new(options.max_concurrent)),
@@ -452,8 +474,10 @@ pub(crate) struct Request {
     pub deadline: Option<Instant>,
     pub qos: QoS,
     pub payload: Bytes,
-    /// For cancel messages: the Response Topic of the call to stop.
+    /// For cancel and credit messages: the Response Topic of the call.
     pub cancel_of: Option<String>,
+    /// For credit messages: how many more items the caller takes.
+    pub credit: Option<u32>,
     pub arrived: Instant,
     /// Sent to `<prefix>/<service>/_all/<method>`: every instance answers.
     pub broadcast: bool,
@@ -461,6 +485,8 @@ pub(crate) struct Request {
     pub instance: Option<Arc<str>>,
     /// Sent to `<prefix>/_all/_all/<method>`: discovery, built-ins only.
     pub discovery: bool,
+    /// Set on the answers of a stream: the item's position.
+    pub seq: Option<u64>,
 }
 
 impl Request {
@@ -517,6 +543,7 @@ impl Request {
         .and_then(|d| now.checked_add(d));
         Request {
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
+            credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             method,
             response_topic: properties.response_topic,
             correlation: properties.correlation_data,
@@ -528,6 +555,7 @@ impl Request {
             broadcast: false,
             instance: None,
             discovery: false,
+            seq: None,
         }
     }
 
@@ -620,6 +648,8 @@ fn schema_parameter(content_type: &str) -> Option<&str> {
 struct Dispatcher<S> {
     service: S,
     instance: Arc<str>,
+    /// Running streams: where their callers' credits go.
+    streams: Mutex<std::collections::HashMap<CallKey, tokio::sync::mpsc::UnboundedSender<u32>>>,
     /// Per method of `S::METHODS`, for `_stats`.
     counters: Vec<crate::discovery::Counters>,
     activity: Arc<Activity>,
@@ -646,6 +676,9 @@ impl<S: Service> Dispatcher<S> {
         }
         if request.method == CANCEL_METHOD {
             return self.cancel(&request, now);
+        }
+        if request.method == CREDIT_METHOD {
+            return self.credit(&request);
         }
         let key = request.key();
         if let Some(key) = &key {
@@ -766,6 +799,105 @@ impl<S: Service> Dispatcher<S> {
         })
     }
 
+    /// A stream credit: the caller takes `n` more items.
+    fn credit(&self, request: &Request) {
+        let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
+            return;
+        };
+        let n = request.credit.unwrap_or(0);
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match streams.get(&(topic.clone(), correlation.clone())) {
+            Some(credits) => {
+                let _ = credits.send(n);
+            }
+            None => debug!(service = S::NAME, "credit for no running stream: ignored"),
+        }
+    }
+
+    /// Sends a streaming reply's items, each within the caller's credit,
+    /// then the end marker; stops on cancel, deadline or a failing item.
+    async fn stream_items(
+        &self,
+        conn: Connection,
+        mut request: Request,
+        key: Option<CallKey>,
+        items: Arc<crate::stream::EncodedItems>,
+        content_type: &'static str,
+        mut stop_rx: oneshot::Receiver<()>,
+    ) {
+        let Some(mut items) = items.take() else {
+            return;
+        };
+        let Some(key) = key else {
+            debug!(service = S::NAME, method = %request.method, "stream without Response Topic or Correlation Data: not sent");
+            return;
+        };
+        let (credit_tx, mut credit_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), credit_tx);
+        request.instance = Some(self.instance.clone());
+        let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        let mut credit = crate::stream::WINDOW;
+        let mut seq = 0u64;
+        let end = loop {
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                item = items.next(), if credit > 0 => match item {
+                    Some(Ok(bytes)) => {
+                        let mut answer = request.clone();
+                        answer.seq = Some(seq);
+                        send_reply(conn.clone(), answer, Status::Ok, content_type, bytes).await;
+                        seq += 1;
+                        credit -= 1;
+                    }
+                    Some(Err(e)) => {
+                        break Some((Status::Internal, format!("cannot encode item {seq}: {e}")));
+                    }
+                    None => break None,
+                },
+                Some(n) = credit_rx.recv() => credit = credit.saturating_add(n),
+                Ok(()) = &mut stop_rx => {
+                    debug!(service = S::NAME, method = %request.method, "stream cancelled by the caller");
+                    self.end_stream(&key);
+                    return;
+                }
+                () = expired => {
+                    break Some((Status::DeadlineExceeded, format!("`{}` did not finish before its deadline", request.method)));
+                }
+            }
+        };
+        self.end_stream(&key);
+        request.seq = Some(seq);
+        match end {
+            None => send_reply(conn, request, Status::End, TEXT_CONTENT_TYPE, Bytes::new()).await,
+            Some((status, message)) => {
+                send_reply(
+                    conn,
+                    request,
+                    status,
+                    TEXT_CONTENT_TYPE,
+                    Bytes::from(message),
+                )
+                .await
+            }
+        }
+    }
+
+    fn end_stream(&self, key: &CallKey) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        self.calls().forget(key);
+    }
+
     fn cancel(&self, request: &Request, now: Instant) {
         let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
             debug!(
@@ -818,7 +950,7 @@ impl<S: Service> Dispatcher<S> {
             )
             .await;
         }
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         if let Some(key) = &key {
             if !self.calls().set_stopper(key, stop_tx) {
                 debug!(service = S::NAME, method = %request.method, "cancelled before it started");
@@ -848,7 +980,7 @@ impl<S: Service> Dispatcher<S> {
                     None => Some(work.await),
                 }
             } => Some(reply),
-            Ok(()) = stop_rx => None,
+            Ok(()) = &mut stop_rx => None,
         };
         let reply = match outcome {
             None => {
@@ -870,6 +1002,11 @@ impl<S: Service> Dispatcher<S> {
         };
         if let Some(index) = S::METHODS.iter().position(|m| *m == request.method) {
             self.counters[index].record(started.elapsed(), reply.status);
+        }
+        if let Some(items) = reply.stream.clone() {
+            return self
+                .stream_items(conn, request, key, items, content_type, stop_rx)
+                .await;
         }
         let payload = Bytes::from(reply.payload);
         if let Some(key) = &key {
@@ -942,6 +1079,9 @@ async fn send_reply(
             }
             if let Some(instance) = &request.instance {
                 user.push((INSTANCE_PROPERTY.to_string(), instance.to_string()));
+            }
+            if let Some(seq) = request.seq {
+                user.push((SEQ_PROPERTY.to_string(), seq.to_string()));
             }
             user
         },

@@ -69,6 +69,7 @@
 /// | `-> i64` | `Result<i64, mqrpc::Error>` |
 /// | `-> Result<f64, MathError>` | `Result<Result<f64, MathError>, mqrpc::Error>` |
 /// | no return type | `Result<(), mqrpc::Error>` |
+/// | `-> mqrpc::Stream<u64>` (server streaming) | `Result<mqrpc::Items<u64>, mqrpc::Error>`, a stream of `Result<u64, mqrpc::Error>`; the server returns `mqrpc::Stream::new(stream)` or `mqrpc::Stream::iter(items)` |
 ///
 /// The outer `Err` is always the framework ([`Error::Timeout`],
 /// [`Error::UnknownMethod`], ...); the inner one is always yours, decoded as
@@ -148,8 +149,9 @@ pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
     context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
-    ConnectOptions, Connection, Error, MethodInfo, MethodStats, QoS, Reply, Response, ServerHandle,
-    ServerOptions, Service, ServiceInfo, ServiceStats, Status, DEFAULT_TIMEOUT,
+    ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, QoS, Reply, Response,
+    ServerHandle, ServerOptions, Service, ServiceInfo, ServiceStats, Status, Stream,
+    DEFAULT_TIMEOUT, STREAM_WINDOW,
 };
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.

@@ -236,6 +236,10 @@ pub trait Calculator {
     /// Fire and forget: adds `n` to the `calls` counter.
     #[mqrpc(oneway)]
     async fn bump(&self, n: u64);
+    /// A stream of `0..n`, produced as fast as the caller takes them,
+    /// counted in [`Stats::produced`]; a stream dropped before its end
+    /// counts in [`Stats::stopped`].
+    async fn count_up(&self, n: u64) -> mqrpc::Stream<u64>;
 }
 
 /// What the `linger` handlers did.
@@ -247,6 +251,8 @@ pub struct Stats {
     pub stopped: AtomicU64,
     pub active: AtomicU64,
     pub max_active: AtomicU64,
+    /// Items `count_up` streams produced.
+    pub produced: AtomicU64,
 }
 
 /// The test implementation; `calls` counts every `count` call.
@@ -333,6 +339,36 @@ impl Calculator for Calc {
 
     async fn bump(&self, n: u64) {
         self.calls.fetch_add(n, Ordering::SeqCst);
+    }
+
+    async fn count_up(&self, n: u64) -> mqrpc::Stream<u64> {
+        /// Counts the stream as stopped if dropped before its end.
+        struct Producer {
+            stats: Arc<Stats>,
+            next: u64,
+            end: u64,
+        }
+        impl Drop for Producer {
+            fn drop(&mut self) {
+                if self.next < self.end {
+                    self.stats.stopped.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let producer = Producer {
+            stats: self.stats.clone(),
+            next: 0,
+            end: n,
+        };
+        mqrpc::Stream::new(futures_util::stream::unfold(producer, |mut p| async move {
+            if p.next == p.end {
+                return None;
+            }
+            let item = p.next;
+            p.next += 1;
+            p.stats.produced.fetch_add(1, Ordering::SeqCst);
+            Some((item, p))
+        }))
     }
 }
 

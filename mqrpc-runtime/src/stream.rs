@@ -1,0 +1,224 @@
+//! Server streaming: a method returning [`Stream<T>`] answers with one
+//! response per item (each with a sequence number), then an end marker.
+//! The caller gets [`Items<T>`]. Flow control is by credit: the server
+//! sends at most [`WINDOW`] items ahead of what the caller has consumed;
+//! dropping `Items` cancels the stream on the server.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::client::{BroadcastSlot, Client, Response};
+use crate::{Codec, Error, Status};
+
+/// Items the server may send beyond what the caller consumed.
+pub const WINDOW: u32 = 32;
+
+/// What a streaming method returns on the server: any `futures` stream of
+/// values, boxed.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use futures_util::StreamExt;
+/// let numbers = mqrpc_runtime::Stream::iter(vec![1u64, 2, 3]);
+/// assert_eq!(numbers.collect::<Vec<_>>().await, [1, 2, 3]);
+/// # }
+/// ```
+pub struct Stream<T> {
+    inner: BoxStream<'static, T>,
+}
+
+impl<T> Stream<T> {
+    /// Wraps a stream.
+    pub fn new(stream: impl futures_util::Stream<Item = T> + Send + 'static) -> Stream<T> {
+        Stream {
+            inner: stream.boxed(),
+        }
+    }
+
+    /// The items of an iterator.
+    pub fn iter<I>(items: I) -> Stream<T>
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: Send + 'static,
+    {
+        Stream::new(futures_util::stream::iter(items))
+    }
+}
+
+impl<T> futures_util::Stream for Stream<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl<T> std::fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
+/// The encoded items of a streaming reply, taken once by the server.
+pub(crate) struct EncodedItems(pub(crate) Mutex<Option<BoxStream<'static, Result<Bytes, Error>>>>);
+
+impl EncodedItems {
+    pub(crate) fn new<T: Serialize + Send + 'static>(
+        codec: Codec,
+        stream: Stream<T>,
+    ) -> EncodedItems {
+        let encoded = stream
+            .map(move |item| codec.encode(&item).map(Bytes::from))
+            .boxed();
+        EncodedItems(Mutex::new(Some(encoded)))
+    }
+
+    pub(crate) fn take(&self) -> Option<BoxStream<'static, Result<Bytes, Error>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Two replies carry the same items only if they share them.
+impl PartialEq for EncodedItems {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for EncodedItems {}
+
+impl std::fmt::Debug for EncodedItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncodedItems")
+    }
+}
+
+/// The caller's side of a streaming call: a [`futures_util::Stream`] of
+/// the items, in order. It ends after the last item, or with one error:
+/// the server's (e.g. a panicking producer), [`Error::Timeout`] at the
+/// call's deadline (which covers the whole stream), or
+/// [`Error::Protocol`] if an item went missing. Dropping it stops the
+/// server's producer.
+pub struct Items<T> {
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Response, Error>>,
+    pub(crate) deadline: Pin<Box<tokio::time::Sleep>>,
+    pub(crate) decode: fn(Response, &str) -> Result<T, Error>,
+    pub(crate) method: String,
+    pub(crate) client: Client,
+    pub(crate) id: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) unacknowledged: u32,
+    pub(crate) instance: Option<String>,
+    pub(crate) done: bool,
+    pub(crate) _slot: BroadcastSlot,
+}
+
+impl<T> Items<T> {
+    fn finish(&mut self, item: Option<Result<T, Error>>) -> Poll<Option<Result<T, Error>>> {
+        self.done = true;
+        Poll::Ready(item)
+    }
+}
+
+impl<T> futures_util::Stream for Items<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(response))) => {
+                if self.instance.is_none() {
+                    self.instance = response.instance.clone();
+                }
+                if response.seq != Some(self.next_seq) {
+                    let reason = format!(
+                        "stream `{}`: expected item {}, got {:?}",
+                        self.method, self.next_seq, response.seq
+                    );
+                    return self.finish(Some(Err(Error::Protocol { reason })));
+                }
+                self.next_seq += 1;
+                match response.status {
+                    Status::End => self.finish(None),
+                    Status::Ok => {
+                        self.unacknowledged += 1;
+                        if self.unacknowledged >= WINDOW / 2 {
+                            let credit = std::mem::take(&mut self.unacknowledged);
+                            self.client.send_control(
+                                self.id,
+                                self.instance.as_deref(),
+                                Control::Credit(credit),
+                            );
+                        }
+                        let item = (self.decode)(response, &self.method);
+                        Poll::Ready(Some(item))
+                    }
+                    _ => {
+                        let method = self.method.clone();
+                        let error =
+                            (self.decode)(response, &method)
+                                .err()
+                                .unwrap_or(Error::Protocol {
+                                    reason: "unexpected status in a stream".into(),
+                                });
+                        self.finish(Some(Err(error)))
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let error = match error {
+                    Error::NoResponder { .. } => Error::NoResponder {
+                        method: self.method.clone(),
+                    },
+                    other => other,
+                };
+                self.finish(Some(Err(error)))
+            }
+            Poll::Ready(None) => self.finish(None),
+            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    let error = Error::Timeout {
+                        method: self.method.clone(),
+                        timeout: self.client.options().get_timeout(),
+                    };
+                    self.finish(Some(Err(error)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T> Drop for Items<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.client
+                .send_control(self.id, self.instance.as_deref(), Control::Cancel);
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Items<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Items")
+            .field("method", &self.method)
+            .field("next_seq", &self.next_seq)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+/// Messages from a caller to the server about a running call.
+pub(crate) enum Control {
+    Cancel,
+    Credit(u32),
+}
