@@ -962,10 +962,8 @@ fn request_properties(
 /// fingerprint, else the codec's with `; schema=<fingerprint>`.
 fn content_type(codec: Codec, schema: Option<&'static str>) -> Option<String> {
     match schema {
-        Some(schema) => Some(format!(
-            "{}; {SCHEMA_PARAMETER}={schema}",
-            codec.content_type()
-        )),
+        // One exact allocation (`format!` grows its buffer as it goes).
+        Some(schema) => Some([codec.content_type(), "; ", SCHEMA_PARAMETER, "=", schema].concat()),
         None => (codec != Codec::Postcard).then(|| codec.content_type().to_string()),
     }
 }
