@@ -23,6 +23,7 @@ mqrpc_tests::on_both_brokers!(
     stopped_server_no_longer_answers,
     json_codec_client_round_trip,
     closed_connection_fails_calls,
+    changed_signature_is_a_schema_mismatch_not_garbage,
 );
 
 async fn serve_calc(broker: &TestBroker) -> (Connection, Calc) {
@@ -506,9 +507,7 @@ trait CalculatorV2 {
     async fn add(&self, a: u64, b: u64) -> u64;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_signature_is_a_schema_mismatch_not_garbage() {
-    let broker = mqrpc_tests::embedded().await;
+async fn changed_signature_is_a_schema_mismatch_not_garbage(broker: TestBroker) {
     let conn = broker.connect().await;
     let calc = Calc::default();
     let _server = CalculatorServer::new(calc.clone())
