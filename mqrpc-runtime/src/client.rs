@@ -531,18 +531,46 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
-        self.conn.ensure_open()?;
-        let qos = qos.unwrap_or(self.options.qos);
-        self.conn.check_qos(qos)?;
-        let payload = self.options.codec.encode(args)?;
         let topic = format!(
             "{}{BROADCAST_LEVEL}/{method}",
             topic_base(&self.options.prefix, &self.service)
         );
+        let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
+        let (rx, slot) = self.send_many(topic, qos, schema, args, capacity).await?;
+        Ok(Answers {
+            rx,
+            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            left: max_answers,
+            decode,
+            method: method.to_string(),
+            _slot: slot,
+        })
+    }
+
+    /// Sends a request whose answers come as a stream (broadcast, server
+    /// streaming): the call stays pending, each answer goes to the
+    /// returned receiver, until the returned slot is dropped.
+    async fn send_many<A: Serialize + ?Sized>(
+        &self,
+        topic: String,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+        capacity: usize,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Receiver<Result<Response, Error>>,
+            BroadcastSlot,
+        ),
+        Error,
+    > {
+        self.conn.ensure_open()?;
+        let qos = qos.unwrap_or(self.options.qos);
+        self.conn.check_qos(qos)?;
+        let payload = self.options.codec.encode(args)?;
         self.check_size(&topic, payload.len())?;
         let caller = self.caller.clone();
         let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
-        let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         {
             let mut pending = caller.lock();
@@ -553,16 +581,10 @@ impl Client {
             }
             pending.insert(id, Waiter::Many(tx));
         }
-        let answers = Answers {
-            rx,
-            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
-            left: max_answers,
-            decode,
-            method: method.to_string(),
-            _slot: BroadcastSlot {
-                caller: caller.clone(),
-                id,
-            },
+        // Made before publishing, so a failed publish clears the entry.
+        let slot = BroadcastSlot {
+            caller: caller.clone(),
+            id,
         };
         let properties = request_properties(
             &caller.reply_topic,
@@ -574,7 +596,7 @@ impl Client {
         self.conn
             .publish(topic, qos, Bytes::from(payload), properties, Some(id))
             .await?;
-        Ok(answers)
+        Ok((rx, slot))
     }
 
     /// Asks one server of the service (`_ping`) whether it is there.
@@ -788,53 +810,24 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.conn.ensure_open()?;
-        let qos = qos.unwrap_or(self.options.qos);
-        self.conn.check_qos(qos)?;
-        let payload = self.options.codec.encode(args)?;
         let topic = [&*self.topic_base, method].concat();
-        self.check_size(&topic, payload.len())?;
-        let caller = self.caller.clone();
-        let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
         // Room for a whole window plus the end marker: the server never
         // sends more, so nothing is dropped.
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::WINDOW as usize + 2);
-        {
-            let mut pending = caller.lock();
-            if pending.len() >= caller.max_pending {
-                return Err(Error::TooManyPending {
-                    limit: caller.max_pending,
-                });
-            }
-            pending.insert(id, Waiter::Many(tx));
-        }
-        let items = Items {
+        let capacity = crate::stream::WINDOW as usize + 2;
+        let (rx, slot) = self.send_many(topic, qos, schema, args, capacity).await?;
+        Ok(Items {
             rx,
             deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
             decode: Response::into_value::<T>,
             method: method.to_string(),
             client: self.clone(),
-            id,
+            id: slot.id,
             next_seq: 0,
             unacknowledged: 0,
             instance: None,
             done: false,
-            _slot: BroadcastSlot {
-                caller: caller.clone(),
-                id,
-            },
-        };
-        let properties = request_properties(
-            &caller.reply_topic,
-            id,
-            self.options.codec,
-            schema,
-            self.options.timeout,
-        );
-        self.conn
-            .publish(topic, qos, Bytes::from(payload), properties, Some(id))
-            .await?;
-        Ok(items)
+            _slot: slot,
+        })
     }
 }
 
