@@ -411,43 +411,41 @@ fn fingerprint(text: &str) -> String {
     format!("{hash:016x}")
 }
 
-/// `T` of `Stream<T>` (any path ending in `Stream` with one type argument).
-fn stream_item(ty: &Type) -> Option<Type> {
+/// The type arguments of a path type whose last segment is `name`
+/// (`Result<T, E>` → `[T, E]`).
+fn type_args(ty: &Type, name: &str) -> Option<Vec<Type>> {
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last()?;
-    if last.ident != "Stream" {
+    if last.ident != name {
         return None;
     }
     let PathArguments::AngleBracketed(generic) = &last.arguments else {
         return None;
     };
-    let mut types = generic.args.iter().filter_map(|arg| match arg {
+    let types = generic.args.iter().filter_map(|arg| match arg {
         GenericArgument::Type(ty) => Some(ty.clone()),
         _ => None,
     });
-    let item = types.next()?;
-    types.next().is_none().then_some(item)
+    Some(types.collect())
+}
+
+/// `T` of `Stream<T>` (any path ending in `Stream` with one type argument).
+fn stream_item(ty: &Type) -> Option<Type> {
+    match <[Type; 1]>::try_from(type_args(ty, "Stream")?) {
+        Ok([item]) => Some(item),
+        Err(_) => None,
+    }
 }
 
 /// `Result<T, E>` (any path ending in `Result` with two type arguments).
 fn result_parts(ty: &Type) -> Option<(Type, Type)> {
-    let Type::Path(path) = ty else { return None };
-    if path.qself.is_some() {
+    if matches!(ty, Type::Path(path) if path.qself.is_some()) {
         return None;
     }
-    let last = path.path.segments.last()?;
-    if last.ident != "Result" {
-        return None;
+    match <[Type; 2]>::try_from(type_args(ty, "Result")?) {
+        Ok([ok, err]) => Some((ok, err)),
+        Err(_) => None,
     }
-    let PathArguments::AngleBracketed(generic) = &last.arguments else {
-        return None;
-    };
-    let mut types = generic.args.iter().filter_map(|arg| match arg {
-        GenericArgument::Type(ty) => Some(ty.clone()),
-        _ => None,
-    });
-    let (ok, err) = (types.next()?, types.next()?);
-    types.next().is_none().then_some((ok, err))
 }
 
 /// Rejects what cannot be sent by value: references, `impl Trait`, trait

@@ -24,13 +24,12 @@ pub fn render(service: &Service) -> TokenStream {
             .filter(|a| !a.path().is_ident("must_use"));
         let name = &method.ident;
         let wire = &method.wire_name;
-        let params = method.args.iter().map(|arg| {
-            let (ident, ty) = (&arg.ident, &arg.ty);
-            quote!(#ident: #ty)
-        });
-        let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-        let field_types = method.args.iter().map(|arg| &arg.ty);
-        let args_struct = format_ident!("__{}Args", trait_ident);
+        let ArgTokens {
+            params,
+            fields,
+            field_types,
+            args_struct,
+        } = ArgTokens::of(method, trait_ident);
         let (output, call) = match &method.output {
             Output::Unit => (quote!(()), quote!(call_qos::<_, ()>)),
             Output::Plain(ty) => (quote!(#ty), quote!(call_qos::<_, #ty>)),
@@ -75,13 +74,12 @@ pub fn render(service: &Service) -> TokenStream {
         .map(|method| {
             let name = &method.ident;
             let wire = &method.wire_name;
-            let params = method.args.iter().map(|arg| {
-                let (ident, ty) = (&arg.ident, &arg.ty);
-                quote!(#ident: #ty)
-            });
-            let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-            let field_types = method.args.iter().map(|arg| &arg.ty);
-            let args_struct = format_ident!("__{}Args", trait_ident);
+            let ArgTokens {
+                params,
+                fields,
+                field_types,
+                args_struct,
+            } = ArgTokens::of(method, trait_ident);
             let (output, decode) = match &method.output {
                 Output::Unit => (quote!(()), quote!(::mqrpc::Response::into_value::<()>)),
                 Output::Plain(ty) => (quote!(#ty), quote!(::mqrpc::Response::into_value::<#ty>)),
@@ -201,5 +199,32 @@ fn qos_tokens(qos: Option<u8>) -> TokenStream {
         Some(0) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtMostOnce)),
         Some(1) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtLeastOnce)),
         Some(_) => quote!(::core::option::Option::Some(::mqrpc::QoS::ExactlyOnce)),
+    }
+}
+
+/// What a client method needs of its arguments: its parameter list and the
+/// struct they travel in.
+struct ArgTokens<'a> {
+    params: Vec<TokenStream>,
+    fields: Vec<&'a syn::Ident>,
+    field_types: Vec<&'a syn::Type>,
+    args_struct: syn::Ident,
+}
+
+impl<'a> ArgTokens<'a> {
+    fn of(method: &'a crate::model::Method, trait_ident: &syn::Ident) -> ArgTokens<'a> {
+        ArgTokens {
+            params: method
+                .args
+                .iter()
+                .map(|arg| {
+                    let (ident, ty) = (&arg.ident, &arg.ty);
+                    quote!(#ident: #ty)
+                })
+                .collect(),
+            fields: method.args.iter().map(|arg| &arg.ident).collect(),
+            field_types: method.args.iter().map(|arg| &arg.ty).collect(),
+            args_struct: format_ident!("__{}Args", trait_ident),
+        }
     }
 }

@@ -231,6 +231,20 @@ impl Caller {
         waiter.finish(Response::from_publish(publish, properties));
     }
 
+    /// A new call waiting for its answer(s): its correlation id, unless
+    /// the connection already has its maximum of calls pending.
+    fn register(&self, waiter: Waiter) -> Result<u64, Error> {
+        let mut pending = self.lock();
+        if pending.len() >= self.max_pending {
+            return Err(Error::TooManyPending {
+                limit: self.max_pending,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        pending.insert(id, waiter);
+        Ok(id)
+    }
+
     /// True while call `id` waits for its answer.
     pub(crate) fn is_pending(&self, id: u64) -> bool {
         self.lock().contains_key(&id)
@@ -570,17 +584,8 @@ impl Client {
         let payload = self.options.codec.encode(args)?;
         self.check_size(&topic, payload.len())?;
         let caller = self.caller.clone();
-        let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        {
-            let mut pending = caller.lock();
-            if pending.len() >= caller.max_pending {
-                return Err(Error::TooManyPending {
-                    limit: caller.max_pending,
-                });
-            }
-            pending.insert(id, Waiter::Many(tx));
-        }
+        let id = caller.register(Waiter::Many(tx))?;
         // Made before publishing, so a failed publish clears the entry.
         let slot = BroadcastSlot {
             caller: caller.clone(),
@@ -679,17 +684,8 @@ impl Client {
         let topic = [&*self.topic_base, method].concat();
         self.check_size(&topic, payload.len())?;
         let timeout = self.options.timeout;
-        let id = caller.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = caller.lock();
-            if pending.len() >= caller.max_pending {
-                return Err(Error::TooManyPending {
-                    limit: caller.max_pending,
-                });
-            }
-            pending.insert(id, Waiter::Once(tx));
-        }
+        let id = caller.register(Waiter::Once(tx))?;
         let slot = PendingSlot {
             client: self,
             id,
