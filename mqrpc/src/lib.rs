@@ -41,6 +41,11 @@
 
 #![warn(missing_docs)]
 
+// The README's quickstart runs as a doctest, so it cannot rot.
+#[cfg(all(doctest, feature = "embedded-broker"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Turns a trait into a typed MQTT v5 service: a client stub and a server
 /// dispatcher.
 ///
