@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::Caller;
 use crate::protocol::BROKER_ENV;
+use crate::tls::TlsSettings;
 use crate::{Error, QoS};
 
 /// Where and how to connect.
@@ -43,6 +44,7 @@ pub struct ConnectOptions {
     session_expiry: Option<Duration>,
     reply_prefix: String,
     assumed_response_information: Option<String>,
+    tls: Option<TlsSettings>,
 }
 
 impl ConnectOptions {
@@ -63,20 +65,30 @@ impl ConnectOptions {
             session_expiry: None,
             reply_prefix: crate::protocol::DEFAULT_PREFIX.to_string(),
             assumed_response_information: None,
+            tls: None,
         }
     }
 
     /// Parses `mqtt://[user[:password]@]host[:port][?client_id=ID]`
-    /// (`tcp://` is accepted too; the port defaults to 1883).
+    /// (`tcp://` is accepted too; the port defaults to 1883) and, with the
+    /// `tls` feature, `mqtts://…` (also `ssl://`; port 8883 by default)
+    /// with the query parameters `ca=<PEM file>` (trust only these CAs
+    /// instead of the system's roots) and `cert=<PEM file>&key=<PEM file>`
+    /// (a client certificate). User and password are percent-decoded.
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
         let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        if !matches!(parsed.scheme(), "mqtt" | "tcp") {
+        let tls = match parsed.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => return Err(invalid("the scheme must be mqtt:// or mqtts://")),
+        };
+        if tls && !cfg!(feature = "tls") {
             return Err(invalid(
-                "the scheme must be mqtt:// (TLS is not supported yet)",
+                "mqtts:// needs the `tls` feature of mqrpc (cargo add mqrpc -F tls)",
             ));
         }
         let host = parsed
@@ -85,17 +97,35 @@ impl ConnectOptions {
             .ok_or_else(|| invalid("no host"))?;
         // Url keeps the brackets of IPv6 literals; the socket layer wants them off.
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let mut opts = ConnectOptions::new(host, parsed.port().unwrap_or(1883));
+        let default_port = if tls { 8883 } else { 1883 };
+        let mut opts = ConnectOptions::new(host, parsed.port().unwrap_or(default_port));
         if !parsed.username().is_empty() {
             let user = decode_component(parsed.username());
             let password = decode_component(parsed.password().unwrap_or(""));
             opts.credentials = Some((user, password));
         }
-        for (key, value) in parsed.query_pairs() {
-            match key.as_ref() {
+        let mut settings = TlsSettings::default();
+        let (mut cert, mut key) = (None, None);
+        for (key_name, value) in parsed.query_pairs() {
+            let file = || crate::tls::Pem::File(value.as_ref().into());
+            match key_name.as_ref() {
                 "client_id" => opts.client_id = Some(value.into_owned()),
+                "ca" if tls => settings.roots = crate::tls::Roots::Ca(file()),
+                "cert" if tls => cert = Some(file()),
+                "key" if tls => key = Some(file()),
+                "ca" | "cert" | "key" => {
+                    return Err(invalid(&format!("`{key_name}` needs mqtts://")))
+                }
                 other => return Err(invalid(&format!("unknown query parameter `{other}`"))),
             }
+        }
+        settings.client_cert = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(invalid("`cert` and `key` go together")),
+        };
+        if tls {
+            opts.tls = Some(settings);
         }
         Ok(opts)
     }
@@ -118,6 +148,81 @@ impl ConnectOptions {
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some((username.into(), password.into()));
         self
+    }
+
+    /// Connects over TLS, trusting the system's root certificates (the
+    /// `tls_ca_*` methods narrow this to given CAs).
+    ///
+    /// ```
+    /// use mqrpc_runtime::ConnectOptions;
+    /// let opts = ConnectOptions::new("broker.example.com", 8883)
+    ///     .tls()
+    ///     .credentials("billing", "s3cret");
+    /// assert!(opts.is_tls());
+    /// // The same from a URL (also what MQRPC_BROKER takes):
+    /// let url = ConnectOptions::from_url("mqtts://billing:s3cret@broker.example.com?ca=/etc/mqtt/ca.pem").unwrap();
+    /// assert!(url.is_tls());
+    /// assert_eq!(url.broker_address(), "broker.example.com:8883");
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self) -> Self {
+        self.tls.get_or_insert_with(TlsSettings::default);
+        self
+    }
+
+    /// Connects over TLS, trusting only the CA certificates in this PEM
+    /// file (read when connecting).
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.get_or_insert_with(TlsSettings::default).roots =
+            crate::tls::Roots::Ca(crate::tls::Pem::File(path.into()));
+        self
+    }
+
+    /// Connects over TLS, trusting only the CA certificates in this PEM text.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(TlsSettings::default).roots =
+            crate::tls::Roots::Ca(crate::tls::Pem::Bytes(pem.into()));
+        self
+    }
+
+    /// Connects over TLS and presents this client certificate (PEM chain
+    /// file and PEM private key file, read when connecting).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert_files(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls
+            .get_or_insert_with(TlsSettings::default)
+            .client_cert = Some((
+            crate::tls::Pem::File(cert.into()),
+            crate::tls::Pem::File(key.into()),
+        ));
+        self
+    }
+
+    /// Connects over TLS and presents this client certificate (PEM texts).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls
+            .get_or_insert_with(TlsSettings::default)
+            .client_cert = Some((
+            crate::tls::Pem::Bytes(cert.into()),
+            crate::tls::Pem::Bytes(key.into()),
+        ));
+        self
+    }
+
+    /// True when this connection uses TLS (`mqtts://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Sets the MQTT keep-alive interval (default 30 s).
@@ -204,7 +309,7 @@ impl ConnectOptions {
         self.client_id.as_deref()
     }
 
-    fn mqtt_options(&self, client_id: &str) -> MqttOptions {
+    fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, Error> {
         let mut mqtt = MqttOptions::new(client_id, self.host.clone(), self.port);
         mqtt.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
         match self.session_expiry {
@@ -229,7 +334,14 @@ impl ConnectOptions {
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(self.tcp_nodelay);
         mqtt.set_network_options(network);
-        mqtt
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let config = tls.client_config()?;
+            mqtt.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+            ));
+        }
+        Ok(mqtt)
     }
 }
 
@@ -428,7 +540,7 @@ impl Connection {
             .clone()
             .unwrap_or_else(|| format!("mqrpc-{:016x}", random_u64()));
         let (client, eventloop) = AsyncClient::new(
-            options.mqtt_options(&client_id),
+            options.mqtt_options(&client_id)?,
             options.request_channel_capacity,
         );
         let broker = options.broker_address();
@@ -458,7 +570,7 @@ impl Connection {
         *shared.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(driver);
         match connected_rx.await {
             Ok(Ok(())) => Ok(Connection { shared }),
-            Ok(Err(reason)) => Err(Error::Connect { broker, reason }),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Connect {
                 broker,
                 reason: "the connection task ended".into(),
@@ -476,9 +588,15 @@ impl Connection {
         &self.shared.client_id
     }
 
-    /// `mqtt://host:port` of the broker (without credentials).
+    /// `mqtt://host:port` (or `mqtts://`) of the broker, without
+    /// credentials or TLS files.
     pub fn broker_url(&self) -> String {
-        format!("mqtt://{}", self.shared.broker)
+        let scheme = if self.shared.options.is_tls() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
+        format!("{scheme}://{}", self.shared.broker)
     }
 
     /// The options this connection was made with.
@@ -1085,7 +1203,7 @@ enum AckKind {
 async fn drive(
     shared: Weak<Shared>,
     mut eventloop: EventLoop,
-    connected: oneshot::Sender<Result<(), String>>,
+    connected: oneshot::Sender<Result<(), Error>>,
 ) {
     let mut connected = Some(connected);
     let mut backoff = Duration::from_millis(100);
@@ -1135,7 +1253,7 @@ async fn drive(
                     return;
                 }
                 if let Some(first) = connected.take() {
-                    let _ = first.send(Err(error.to_string()));
+                    let _ = first.send(Err(connect_error(&conn.shared.broker, error)));
                     return;
                 }
                 let was_ready = conn.shared.ready.load(Ordering::Acquire);
@@ -1150,6 +1268,33 @@ async fn drive(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Why the first connection failed, as the caller should see it: refused
+/// credentials apart from everything else.
+fn connect_error(broker: &str, error: rumqttc::v5::ConnectionError) -> Error {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+    use rumqttc::v5::ConnectionError;
+    match error {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
+            Error::AuthFailed {
+                broker: broker.to_string(),
+                reason: "bad user name or password (CONNACK reason 0x86)".into(),
+            }
+        }
+        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => Error::AuthFailed {
+            broker: broker.to_string(),
+            reason: "not authorized (CONNACK reason 0x87)".into(),
+        },
+        ConnectionError::ConnectionRefused(code) => Error::Connect {
+            broker: broker.to_string(),
+            reason: format!("the broker refused the connection: {code:?}"),
+        },
+        other => Error::Connect {
+            broker: broker.to_string(),
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -41,6 +41,25 @@ pub enum Error {
         /// Why the connection failed.
         reason: String,
     },
+    /// The broker refused this client's credentials at connect time
+    /// (CONNACK reason 0x86 "Bad User Name or Password" or 0x87 "Not
+    /// authorized"). Retrying with the same credentials will not help.
+    #[error("the MQTT broker at {broker} refused the credentials: {reason}")]
+    AuthFailed {
+        /// `host:port` of the broker.
+        broker: String,
+        /// The broker's reason code.
+        reason: String,
+    },
+    /// The TLS settings are unusable (unreadable or malformed CA file,
+    /// certificate or key), or `mqtts://` was asked for without mqrpc's
+    /// `tls` feature. Handshake failures with the broker (e.g. an
+    /// untrusted certificate) are [`Error::Connect`].
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
     /// The connection to the broker is down; the call was not sent or its
     /// answer can no longer arrive. The connection reconnects by itself.
     #[error("not connected to the MQTT broker")]

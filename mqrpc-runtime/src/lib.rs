@@ -19,6 +19,7 @@ mod error;
 pub mod protocol;
 mod server;
 mod stream;
+mod tls;
 mod topic;
 
 #[cfg(feature = "embedded-broker")]

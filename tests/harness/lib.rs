@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod raw;
+pub mod security;
 
 /// Set to `1` (CI does) to fail instead of skipping when Mosquitto is missing.
 pub const REQUIRE_MOSQUITTO_ENV: &str = "MQRPC_REQUIRE_MOSQUITTO";
@@ -65,12 +66,7 @@ pub async fn embedded() -> TestBroker {
 /// Mosquitto on a free port, or `None` (with a notice) when the binary is
 /// missing. Panics instead when `MQRPC_REQUIRE_MOSQUITTO=1`.
 pub fn mosquitto() -> Option<TestBroker> {
-    init_tracing();
-    if !mosquitto_installed() {
-        if std::env::var(REQUIRE_MOSQUITTO_ENV).as_deref() == Ok("1") {
-            panic!("mosquitto is not on PATH and {REQUIRE_MOSQUITTO_ENV}=1: install it (apt-get install mosquitto mosquitto-clients)");
-        }
-        eprintln!("NOTICE: mosquitto is not installed; skipping this Mosquitto case (set {REQUIRE_MOSQUITTO_ENV}=1 to fail instead)");
+    if !mosquitto_available() {
         return None;
     }
     let mosquitto = Mosquitto::start(&[]).expect("start mosquitto");
@@ -81,6 +77,21 @@ pub fn mosquitto() -> Option<TestBroker> {
         _mosquitto: Some(mosquitto),
         _embedded: None,
     })
+}
+
+/// True when Mosquitto is installed; false (with a notice) when it is
+/// missing, so the caller skips its case. Panics instead when
+/// `MQRPC_REQUIRE_MOSQUITTO=1`.
+pub fn mosquitto_available() -> bool {
+    init_tracing();
+    if !mosquitto_installed() {
+        if std::env::var(REQUIRE_MOSQUITTO_ENV).as_deref() == Ok("1") {
+            panic!("mosquitto is not on PATH and {REQUIRE_MOSQUITTO_ENV}=1: install it (apt-get install mosquitto mosquitto-clients)");
+        }
+        eprintln!("NOTICE: mosquitto is not installed; skipping this Mosquitto case (set {REQUIRE_MOSQUITTO_ENV}=1 to fail instead)");
+        return false;
+    }
+    true
 }
 
 fn mosquitto_installed() -> bool {
@@ -143,9 +154,19 @@ impl Mosquitto {
             .stderr(log)
             .spawn()?;
         let mut mosquitto = Mosquitto { child, port, dir };
+        // Every listener, the extra ones (e.g. TLS) included, must be open.
+        let ports: Vec<u16> = std::iter::once(port)
+            .chain(extra_config.iter().filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some("listener")).then(|| words.next()?.parse().ok())?
+            }))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+            {
                 return Ok(mosquitto);
             }
             if let Some(status) = mosquitto.child.try_wait()? {
