@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::connection::{Connection, Sink};
 use crate::protocol::{
@@ -20,7 +20,7 @@ use crate::protocol::{
     SCHEMA_PARAMETER, SEQ_PROPERTY, STATS_METHOD, STATUS_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::stream::{Control, Items};
-use crate::{topic, Codec, Error, QoS};
+use crate::{observe, topic, Codec, Error, QoS};
 
 /// Default time a call waits for its answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -691,8 +691,12 @@ impl Client {
             id,
             sent: AtomicBool::new(false),
         };
-        let properties =
+        let span = observe::client_span(&self.service, method, id);
+        let mut properties =
             request_properties(&caller.reply_topic, id, self.options.codec, schema, timeout);
+        observe::inject(&span, &mut properties.user_properties);
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let exchange = async {
             self.conn
                 .publish(topic, qos, Bytes::from(payload), properties, Some(id))
@@ -700,7 +704,10 @@ impl Client {
             slot.sent.store(true, Ordering::Relaxed);
             rx.await.unwrap_or(Err(Error::Disconnected))
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange)
+            .instrument(span.clone())
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 method: method.to_string(),
@@ -708,7 +715,7 @@ impl Client {
             }),
         };
         drop(slot);
-        match result {
+        let result = match result {
             Err(Error::NoResponder { .. }) => Err(Error::NoResponder {
                 method: method.to_string(),
             }),
@@ -721,7 +728,12 @@ impl Client {
                 timeout,
             }),
             other => other,
-        }
+        };
+        let status = observe::outcome_label(&result);
+        observe::record_status(&span, status);
+        #[cfg(feature = "metrics")]
+        observe::client_call(&self.service, method, status, started.elapsed());
+        result
     }
 
     /// Refuses a request the broker would not take: rumqttc drops the whole

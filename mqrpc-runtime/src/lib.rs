@@ -16,6 +16,7 @@ mod connection;
 pub mod context;
 mod discovery;
 mod error;
+mod observe;
 pub mod protocol;
 mod server;
 mod stream;

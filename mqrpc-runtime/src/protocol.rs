@@ -54,6 +54,14 @@ pub const CREDIT_METHOD: &str = "_credit";
 /// User property on stream credits: how many more items the caller takes.
 pub const CREDIT_PROPERTY: &str = "mqrpc-credit";
 
+/// User property on requests: the caller's W3C Trace Context
+/// `traceparent` (`00-<trace id>-<span id>-<flags>`); the server's span
+/// is its child.
+pub const TRACEPARENT_PROPERTY: &str = "traceparent";
+/// User property on requests: the W3C Trace Context `tracestate`, when
+/// the caller's trace has one.
+pub const TRACESTATE_PROPERTY: &str = "tracestate";
+
 /// Share group servers join by default: `$share/mqrpc/<prefix>/<service>/+`.
 pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 

@@ -14,11 +14,12 @@ use futures_util::{FutureExt, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
+use crate::observe::{self, TraceContext};
 use crate::protocol::{
     Status, ANY_SERVICE, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY,
     CREDIT_METHOD, CREDIT_PROPERTY, DEFAULT_PREFIX, DEFAULT_SHARE_GROUP, INSTANCE_PROPERTY,
@@ -487,6 +488,8 @@ pub(crate) struct Request {
     pub discovery: bool,
     /// Set on the answers of a stream: the item's position.
     pub seq: Option<u64>,
+    /// The caller's W3C trace context (`traceparent`, `tracestate`).
+    pub trace: Option<TraceContext>,
 }
 
 impl Request {
@@ -542,6 +545,7 @@ impl Request {
         }
         .and_then(|d| now.checked_add(d));
         Request {
+            trace: TraceContext::from_user_properties(&properties.user_properties),
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             method,
@@ -966,12 +970,20 @@ impl<S: Service> Dispatcher<S> {
             let payload = Bytes::from(reply.payload);
             return send_reply(conn, request, reply.status, content_type, payload).await;
         }
-        let work = CallContext::new(request.deadline).scope(respond(
-            &self.service,
+        let span = observe::server_span(
+            S::NAME,
             &request.method,
-            request.content_type.as_deref(),
-            &request.payload,
-        ));
+            request.correlation.as_deref(),
+            request.trace.as_ref(),
+        );
+        let work = CallContext::new(request.deadline)
+            .scope(respond(
+                &self.service,
+                &request.method,
+                request.content_type.as_deref(),
+                &request.payload,
+            ))
+            .instrument(span.clone());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {
             reply = async {
@@ -1000,9 +1012,18 @@ impl<S: Service> Dispatcher<S> {
             Some(codec) => codec.content_type(),
             None => TEXT_CONTENT_TYPE,
         };
-        if let Some(index) = S::METHODS.iter().position(|m| *m == request.method) {
+        let method = S::METHODS.iter().position(|m| *m == request.method);
+        if let Some(index) = method {
             self.counters[index].record(started.elapsed(), reply.status);
         }
+        observe::record_status(&span, reply.status.as_str());
+        #[cfg(feature = "metrics")]
+        observe::server_request(
+            S::NAME,
+            method.map(|index| S::METHODS[index]),
+            reply.status,
+            started.elapsed(),
+        );
         if let Some(items) = reply.stream.clone() {
             return self
                 .stream_items(conn, request, key, items, content_type, stop_rx)
