@@ -127,6 +127,7 @@ pub(crate) fn outcome_label(outcome: &Result<crate::Response, Error>) -> &'stati
 /// Counts one finished client call and its latency.
 #[cfg(feature = "metrics")]
 pub(crate) fn client_call(service: &str, method: &str, status: &'static str, elapsed: Duration) {
+    describe();
     {
         let labels = [
             ("service", service.to_string()),
@@ -148,6 +149,7 @@ pub(crate) fn server_request(
     status: Status,
     elapsed: Duration,
 ) {
+    describe();
     {
         let labels = [
             ("service", service),
@@ -157,6 +159,30 @@ pub(crate) fn server_request(
         metrics::counter!(SERVER_REQUESTS, &labels).increment(1);
         metrics::histogram!(SERVER_DURATION, &labels[..2]).record(elapsed.as_secs_f64());
     }
+}
+
+/// Gives the metrics their help text and unit, once per process (a
+/// recorder installed later misses it, which only costs the help text).
+#[cfg(feature = "metrics")]
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use metrics::{describe_counter, describe_histogram, Unit};
+        describe_counter!(
+            CLIENT_CALLS,
+            "Calls made, by service, method and how they ended"
+        );
+        describe_histogram!(
+            CLIENT_DURATION,
+            Unit::Seconds,
+            "Call latency seen by the caller"
+        );
+        describe_counter!(
+            SERVER_REQUESTS,
+            "Requests handled, by service, method and status"
+        );
+        describe_histogram!(SERVER_DURATION, Unit::Seconds, "Time the handler ran");
+    });
 }
 
 /// Metric names (README, "Metrics").
