@@ -151,7 +151,8 @@ impl ConnectOptions {
     }
 
     /// Connects over TLS, trusting the system's root certificates (the
-    /// `tls_ca_*` methods narrow this to given CAs).
+    /// `tls_ca_*` methods narrow this to given CAs). Feature `tls`, like
+    /// the other `tls_*` methods.
     ///
     /// ```
     /// use mqrpc_runtime::ConnectOptions;

@@ -203,7 +203,7 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// W3C Trace Context (https://www.w3.org/TR/trace-context/) to and from
+/// W3C Trace Context (<https://www.w3.org/TR/trace-context/>) to and from
 /// OpenTelemetry span contexts: `00-<trace id>-<parent id>-<flags>`.
 #[cfg(feature = "opentelemetry")]
 mod otel {
