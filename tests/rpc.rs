@@ -450,54 +450,6 @@ async fn broker_restart_fails_fast_then_recovers() {
     assert_eq!(answer, Some(42));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_are_sent_and_checked() {
-    let Some(_) = mqrpc_tests::mosquitto() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let passwords = dir.path().join("passwords");
-    let status = std::process::Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwords)
-        .args(["billing", "s3cret/with:odd@chars+plus"])
-        .status()
-        .expect("mosquitto_passwd (package mosquitto)");
-    assert!(status.success());
-    let password_line = format!("password_file {}", passwords.display());
-    let mosquitto =
-        mqrpc_tests::Mosquitto::start(&["allow_anonymous false", &password_line]).unwrap();
-    let port = mosquitto.port;
-
-    // Anonymous and wrong passwords are refused with a clear error.
-    for url in [
-        format!("mqtt://127.0.0.1:{port}"),
-        format!("mqtt://billing:wrong@127.0.0.1:{port}"),
-    ] {
-        match Connection::connect_url(&url).await.unwrap_err() {
-            Error::Connect { reason, .. } => assert!(
-                reason.contains("refused") || reason.contains("Refused"),
-                "{reason}"
-            ),
-            other => panic!("expected Connect, got {other:?}"),
-        }
-    }
-    // Right password, percent-encoded in the URL, and the builder form.
-    let url = format!("mqtt://billing:s3cret%2Fwith%3Aodd%40chars+plus@127.0.0.1:{port}");
-    let conn = Connection::connect_url(&url).await.unwrap();
-    let _server = CalculatorServer::new(Calc::default())
-        .serve(&conn)
-        .await
-        .unwrap();
-    let other = Connection::connect(
-        ConnectOptions::new("127.0.0.1", port).credentials("billing", "s3cret/with:odd@chars+plus"),
-    )
-    .await
-    .unwrap();
-    let client = CalculatorClient::new(&other).await.unwrap();
-    assert_eq!(client.add(1, 2).await.unwrap(), 3);
-}
-
 /// The same service name built from another version of the trait: `add`
 /// takes `u64` now, which postcard would decode from the old `i64`
 /// arguments without complaint. The fingerprints differ, so the call fails

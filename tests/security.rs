@@ -164,7 +164,10 @@ fn password_broker(dir: &tempfile::TempDir, pki: &Pki) -> Option<(Mosquitto, u16
     if !mqrpc_tests::mosquitto_available() {
         return None;
     }
-    write_password_file(&passwords, &[("billing", "pa:ss/w@rd"), ("audit", "other")]);
+    write_password_file(
+        &passwords,
+        &[("billing", "pa:ss/w@rd+plus"), ("audit", "other")],
+    );
     tls_broker(
         pki,
         false,
@@ -184,9 +187,10 @@ async fn credentials_are_checked_at_connect_time() {
     };
     let plain = mosquitto.port;
 
-    // Good credentials: in the URL (percent-encoded) and through the builder.
+    // Good credentials: in the URL (percent-encoded; `+` stays `+`) and
+    // through the builder.
     let server = connect_url(&format!(
-        "mqtt://billing:pa%3Ass%2Fw%40rd@127.0.0.1:{plain}"
+        "mqtt://billing:pa%3Ass%2Fw%40rd+plus@127.0.0.1:{plain}"
     ))
     .await
     .unwrap();
