@@ -185,6 +185,46 @@ async fn the_request_carries_the_call_span(broker: TestBroker) {
     assert_eq!(attribute(&client, "rpc.status").as_deref(), Some("timeout"));
 }
 
+/// A stream request has no call span: the server joins the span it was
+/// made in.
+async fn a_stream_joins_the_callers_trace(broker: TestBroker) {
+    use futures_util::StreamExt;
+    let conn = broker.connect().await;
+    let _server = CalculatorServer::new(Calc::default())
+        .serve(&conn)
+        .await
+        .unwrap();
+    let calc = CalculatorClient::new(&conn).await.unwrap();
+    let root = tracing::info_span!("stream-root");
+    let trace = root.context().span().span_context().trace_id();
+    let root_id = root.context().span().span_context().span_id();
+    let items: Vec<u64> = async {
+        let items = calc.count_up(3).await.unwrap();
+        items.map(Result::unwrap).collect().await
+    }
+    .instrument(root.clone())
+    .await;
+    assert_eq!(items, vec![0, 1, 2]);
+    drop(root);
+    let spans = spans_of(trace, has(SpanKind::Server)).await;
+    let server = find(&spans, SpanKind::Server, "Calculator/count_up");
+    assert_eq!(server.parent_span_id, root_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_trace_embedded() {
+    exporter(); // before the harness installs its own subscriber
+    a_stream_joins_the_callers_trace(mqrpc_tests::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_trace_mosquitto() {
+    exporter(); // before the harness installs its own subscriber
+    if let Some(broker) = mqrpc_tests::mosquitto() {
+        a_stream_joins_the_callers_trace(broker).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parentage_embedded() {
     exporter(); // before the harness installs its own subscriber

@@ -591,13 +591,16 @@ impl Client {
             caller: caller.clone(),
             id,
         };
-        let properties = request_properties(
+        let mut properties = request_properties(
             &caller.reply_topic,
             id,
             self.options.codec,
             schema,
             self.options.timeout,
         );
+        // No call span of its own (the answers outlive this function): the
+        // servers join the caller's current trace.
+        observe::inject(&tracing::Span::current(), &mut properties.user_properties);
         self.conn
             .publish(topic, qos, Bytes::from(payload), properties, Some(id))
             .await?;
