@@ -220,7 +220,7 @@ pub mod codegen {
 
     use serde_json::{json, Value};
 
-    pub use super::AsyncApiOptions;
+    pub use super::{document, AsyncApiOptions};
     pub use crate::QoS;
 
     /// A service as the macro saw it.
@@ -890,20 +890,13 @@ fn request_message(method: &MethodDoc, codec: Codec) -> Value {
     let payload = match codec {
         Codec::Json => json!({
             "description": "The arguments, as an object whose fields are the argument names, or as an array of the arguments in declaration order.",
-            "oneOf": [
-                object,
-                {
-                    "type": "array",
-                    "description": "The arguments in declaration order.",
-                    "items": items,
-                    "additionalItems": false,
-                    "minItems": method.args.len(),
-                    "maxItems": method.args.len(),
-                },
-            ],
+            "oneOf": [object, in_order(items)],
         }),
         Codec::Postcard => {
             let mut object = object;
+            // Positional: every field is there (`None` is a 0 byte).
+            let all: Vec<&str> = method.args.iter().map(|arg| arg.name).collect();
+            object["required"] = json!(all);
             object["description"] = json!(
                 "The arguments as one struct: in postcard, the fields concatenated in declaration order (no names). A method without arguments takes an empty payload."
             );
@@ -948,6 +941,23 @@ fn request_message(method: &MethodDoc, codec: Codec) -> Value {
         message["correlationId"] = correlation_id();
     }
     message
+}
+
+/// The arguments as a JSON array, in declaration order.
+fn in_order(items: Vec<Value>) -> Value {
+    let len = items.len();
+    let mut schema = json!({
+        "type": "array",
+        "description": "The arguments in declaration order.",
+        "minItems": len,
+        "maxItems": len,
+    });
+    // AsyncAPI (like draft 07's meta-schema) wants a non-empty `items` array.
+    if !items.is_empty() {
+        schema["items"] = json!(items);
+        schema["additionalItems"] = json!(false);
+    }
+    schema
 }
 
 #[derive(Clone, Copy, PartialEq)]

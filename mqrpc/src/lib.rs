@@ -148,7 +148,7 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
+    asyncapi, context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
     ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, QoS, Reply, Response,
     ServerHandle, ServerOptions, Service, ServiceInfo, ServiceStats, Status, Stream,
     DEFAULT_TIMEOUT, STREAM_WINDOW,
@@ -157,5 +157,6 @@ pub use mqrpc_runtime::{
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use mqrpc_runtime::asyncapi::codegen as asyncapi;
     pub use serde;
 }
