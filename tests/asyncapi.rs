@@ -82,7 +82,9 @@ pub trait Shop {
 /// a notice) otherwise, or a panic when [`REQUIRE_ENV`] is `1`.
 fn validator() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("asyncapi");
-    let installed = dir.join("node_modules/@asyncapi/parser/package.json").is_file();
+    let installed = dir
+        .join("node_modules/@asyncapi/parser/package.json")
+        .is_file();
     let node = Command::new("node").arg("--version").output().is_ok();
     if installed && node {
         return Some(dir.join("validate.mjs"));
@@ -208,7 +210,10 @@ fn document_describes_the_protocol() {
         pointer(&doc, "/channels/stock-levels/address"),
         "mqrpc/shop/stock-levels"
     );
-    assert_eq!(pointer(&doc, "/channels/_cancel/address"), "mqrpc/shop/_cancel");
+    assert_eq!(
+        pointer(&doc, "/channels/_cancel/address"),
+        "mqrpc/shop/_cancel"
+    );
     assert!(pointer(&doc, "/channels/_replies/address").is_null());
 
     // The server receives requests and replies on the Response Topic.
@@ -266,7 +271,10 @@ fn document_describes_the_protocol() {
     assert_eq!(ok["payload"]["type"], "integer");
     assert_eq!(ok["payload"]["maximum"], u64::MAX);
     let error = by_name("place_error", "application/json");
-    assert_eq!(error["headers"]["required"], serde_json::json!(["mqrpc-status"]));
+    assert_eq!(
+        error["headers"]["required"],
+        serde_json::json!(["mqrpc-status"])
+    );
     assert_eq!(
         error["headers"]["properties"]["mqrpc-status"]["const"],
         "error"
@@ -356,14 +364,20 @@ fn json_schema_types_get_their_full_schema() {
     assert_eq!(order["properties"]["lines"]["type"], "array");
     let line = resolve(&doc, &order["properties"]["lines"]["items"]);
     assert_eq!(line["properties"]["sku"]["type"], "string");
-    assert_eq!(line["properties"]["sku"]["description"], "Stock keeping unit.");
+    assert_eq!(
+        line["properties"]["sku"]["description"],
+        "Stock keeping unit."
+    );
     // Inside std containers too.
     let orders = pointer(
         &doc,
         "/channels/_replies/messages/misc_result_json/payload/anyOf/0/items",
     );
     assert_eq!(orders["$ref"], order_arg["$ref"]);
-    assert_eq!(resolve(&doc, orders)["properties"]["note"]["type"], serde_json::json!(["string", "null"]));
+    assert_eq!(
+        resolve(&doc, orders)["properties"]["note"]["type"],
+        serde_json::json!(["string", "null"])
+    );
 }
 
 /// The documented addresses are where a real server listens: a raw MQTT
@@ -416,7 +430,10 @@ async fn documented_topics_and_payloads_reach_a_real_server() {
         assert_eq!(&answer.payload[..], b"42");
         assert_eq!(correlation_of(&answer).as_deref(), Some(&correlation[..]));
         let result = pointer(&doc, "/channels/_replies/messages/add_result_json");
-        assert_eq!(content_type_of(&answer).as_deref(), result["contentType"].as_str());
+        assert_eq!(
+            content_type_of(&answer).as_deref(),
+            result["contentType"].as_str()
+        );
     }
 
     // The typed error: status `error`, payload as the error message says.

@@ -38,9 +38,13 @@ pub fn render(service: &Service) -> TokenStream {
             }
         });
         let output = match &method.output {
-            Output::Unit if method.oneway => quote!(::mqrpc::__private::asyncapi::OutputDoc::Oneway),
+            Output::Unit if method.oneway => {
+                quote!(::mqrpc::__private::asyncapi::OutputDoc::Oneway)
+            }
             Output::Unit => {
-                quote!(::mqrpc::__private::asyncapi::OutputDoc::Value(::mqrpc::__private::asyncapi::unit()))
+                quote!(::mqrpc::__private::asyncapi::OutputDoc::Value(
+                    ::mqrpc::__private::asyncapi::unit()
+                ))
             }
             Output::Plain(ty) => {
                 let schema = schema(ty);
@@ -114,7 +118,12 @@ fn docs(attrs: &[Attribute]) -> String {
             }) => Some(text.value()),
             _ => None,
         })
-        .map(|line| line.strip_prefix(' ').unwrap_or(&line).trim_end().to_string())
+        .map(|line| {
+            line.strip_prefix(' ')
+                .unwrap_or(&line)
+                .trim_end()
+                .to_string()
+        })
         .collect();
     lines.join("\n").trim().to_string()
 }
@@ -145,15 +154,49 @@ fn shape(ty: &Type) -> Option<(&'static str, Vec<&Type>)> {
         PathArguments::Parenthesized(_) => return None,
     };
     let name = last.ident.to_string();
-    KNOWN.iter().find(|known| **known == name).map(|known| (*known, args))
+    KNOWN
+        .iter()
+        .find(|known| **known == name)
+        .map(|known| (*known, args))
 }
 
 /// Names of the std types given a structural schema.
 const KNOWN: &[&str] = &[
-    "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize", "f32",
-    "f64", "bool", "char", "String", "str", "PathBuf", "Path", "Box", "Rc", "Arc", "Cow", "Vec",
-    "VecDeque", "LinkedList", "BinaryHeap", "HashSet", "BTreeSet", "HashMap", "BTreeMap",
-    "Option", "Result", "Duration",
+    "i8",
+    "i16",
+    "i32",
+    "i64",
+    "i128",
+    "isize",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "u128",
+    "usize",
+    "f32",
+    "f64",
+    "bool",
+    "char",
+    "String",
+    "str",
+    "PathBuf",
+    "Path",
+    "Box",
+    "Rc",
+    "Arc",
+    "Cow",
+    "Vec",
+    "VecDeque",
+    "LinkedList",
+    "BinaryHeap",
+    "HashSet",
+    "BTreeSet",
+    "HashMap",
+    "BTreeMap",
+    "Option",
+    "Result",
+    "Duration",
 ];
 
 const HELPERS: &str = "::mqrpc::__private::asyncapi";
@@ -243,8 +286,8 @@ fn known(name: &str, args: &[&Type]) -> Option<TokenStream> {
                     "string".to_string()
                 }
                 Some((
-                    "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32"
-                    | "u64" | "u128" | "usize",
+                    "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
+                    | "u128" | "usize",
                     _,
                 )) => "integer".to_string(),
                 _ => type_name(key),
@@ -308,7 +351,10 @@ mod tests {
     #[test]
     fn type_names_read_like_rust() {
         assert_eq!(type_name(&ty("my::Order")), "my::Order");
-        assert_eq!(type_name(&ty("Wrapper < u8 , String >")), "Wrapper<u8, String>");
+        assert_eq!(
+            type_name(&ty("Wrapper < u8 , String >")),
+            "Wrapper<u8, String>"
+        );
     }
 
     #[test]

@@ -786,9 +786,7 @@ fn operation_description(method: &MethodDoc) -> String {
             "One-way (`#[mqrpc(oneway)]`): requests carry no Response Topic and nothing is sent \
              back. "
         }
-        OutputDoc::Value(_) => {
-            "Answers once: the value with status `ok`, or a framework failure. "
-        }
+        OutputDoc::Value(_) => "Answers once: the value with status `ok`, or a framework failure. ",
         OutputDoc::Fallible { .. } => {
             "Answers once: the `Ok` value with status `ok`, the `Err` value with status `error` \
              (the typed error, in the request's codec), or a framework failure. "
@@ -1023,9 +1021,7 @@ fn value_message(method: &MethodDoc, codec: Codec, schema: &Value, kind: ValueKi
         "bindingVersion": MQTT_BINDING_VERSION,
     });
     if codec == Codec::Postcard {
-        binding
-            .as_object_mut()
-            .map(|b| b.remove("contentType"));
+        binding.as_object_mut().map(|b| b.remove("contentType"));
     }
     json!({
         "name": format!("{}_{name}", method.name),
@@ -1199,7 +1195,11 @@ mod tests {
 
     #[test]
     fn channels_operations_and_replies_reference_each_other() {
-        let doc = document(service(vec![add()]), Schemas::new(), &AsyncApiOptions::new());
+        let doc = document(
+            service(vec![add()]),
+            Schemas::new(),
+            &AsyncApiOptions::new(),
+        );
         assert_eq!(doc["channels"]["add"]["address"], "mqrpc/Calc/add");
         let op = &doc["operations"]["add"];
         assert_eq!(op["action"], "receive");
