@@ -41,10 +41,19 @@ use crate::{topic, Codec, ConnectOptions, Error, QoS};
 /// A JSON value: what `asyncapi()` returns (`serde_json::Value`).
 pub use serde_json::Value;
 
-/// The AsyncAPI version of the documents.
+/// The AsyncAPI version of the documents (their `asyncapi` field).
+///
+/// ```
+/// assert_eq!(mqrpc_runtime::asyncapi::ASYNCAPI_VERSION, "3.0.0");
+/// ```
 pub const ASYNCAPI_VERSION: &str = "3.0.0";
 
-/// Version of the AsyncAPI MQTT bindings the documents use.
+/// Version of the AsyncAPI MQTT bindings the documents use (their
+/// `bindingVersion`).
+///
+/// ```
+/// assert_eq!(mqrpc_runtime::asyncapi::MQTT_BINDING_VERSION, "0.2.0");
+/// ```
 pub const MQTT_BINDING_VERSION: &str = "0.2.0";
 
 /// What a generated document says beyond the trait: title, version, broker,
