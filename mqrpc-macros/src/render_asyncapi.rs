@@ -196,8 +196,9 @@ const KNOWN: &[&str] = &[
     "BTreeMap",
     "Option",
     "Result",
-    "Duration",
 ];
+// Not `Duration`: std's, chrono's and time's share the name and not the
+// encoding; it is probed like any other type.
 
 const HELPERS: &str = "::mqrpc::__private::asyncapi";
 
@@ -265,10 +266,6 @@ fn known(name: &str, args: &[&Type]) -> Option<TokenStream> {
         }
         ("String" | "str" | "PathBuf" | "Path", []) => {
             let f = helper("string");
-            quote!(#f())
-        }
-        ("Duration", []) => {
-            let f = helper("duration");
             quote!(#f())
         }
         ("Box" | "Rc" | "Arc" | "Cow", [inner]) => schema(inner),

@@ -403,19 +403,6 @@ pub mod codegen {
         json!({ "type": "null", "description": "`()`: null in JSON, no bytes in postcard" })
     }
 
-    /// `std::time::Duration` as serde writes it.
-    pub fn duration() -> Value {
-        json!({
-            "type": "object",
-            "description": "`Duration`",
-            "properties": {
-                "secs": integer("u64", 0, u128::from(u64::MAX)),
-                "nanos": integer("u32", 0, 999_999_999),
-            },
-            "required": ["secs", "nanos"],
-        })
-    }
-
     /// A sequence (`Vec<T>`, slices, `VecDeque`; sets with `unique`).
     pub fn array(items: Value, unique: bool) -> Value {
         let mut schema = json!({ "type": "array", "items": items });
