@@ -3,9 +3,11 @@
 //! [`mqrpc::service`](https://docs.rs/mqrpc/latest/mqrpc/attr.service.html).
 //!
 //! Layout: `model` parses and checks the trait; `render_trait`,
-//! `render_client` and `render_server` each produce one part of the output.
+//! `render_client`, `render_server` and `render_asyncapi` each produce one
+//! part of the output.
 
 mod model;
+mod render_asyncapi;
 mod render_client;
 mod render_server;
 mod render_trait;
@@ -22,6 +24,7 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
             let mut out = render_trait::render(&service);
             out.extend(render_client::render(&service));
             out.extend(render_server::render(&service));
+            out.extend(render_asyncapi::render(&service));
             out.into()
         }
         Err(error) => {

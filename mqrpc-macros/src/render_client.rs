@@ -193,7 +193,7 @@ pub fn render(service: &Service) -> TokenStream {
 }
 
 /// `Option<mqrpc::QoS>` of a method's `#[mqrpc(qos = N)]`.
-fn qos_tokens(qos: Option<u8>) -> TokenStream {
+pub(crate) fn qos_tokens(qos: Option<u8>) -> TokenStream {
     match qos {
         None => quote!(::core::option::Option::None),
         Some(0) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtMostOnce)),

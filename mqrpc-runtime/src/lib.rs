@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod asyncapi;
 #[cfg(feature = "embedded-broker")]
 mod broker;
 mod calls;

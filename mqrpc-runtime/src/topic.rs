@@ -11,6 +11,12 @@ pub(crate) fn service_filter(prefix: &str, service: &str) -> String {
     format!("{prefix}/{service}/+")
 }
 
+/// Topic of a request: `<prefix>/<service>/<method>`, which
+/// [`service_filter`] matches.
+pub(crate) fn request_topic(prefix: &str, service: &str, method: &str) -> String {
+    format!("{prefix}/{service}/{method}")
+}
+
 /// The one stable response topic of a client.
 pub(crate) fn reply_topic(prefix: &str, client_id: &str) -> String {
     format!("{prefix}/{REPLY_LEVEL}/{}", as_level(client_id))
@@ -225,5 +231,13 @@ mod tests {
         assert_eq!(reply_topic("p", "a/b+c"), "p/_reply/a_b_c");
         assert!(!is_publishable("a/#"));
         assert!(is_publishable("a/b"));
+    }
+
+    #[test]
+    fn request_topics_match_the_service_filter() {
+        let filter = Filter::new(&format!("$share/g/{}", service_filter("acme/rpc", "Calc")));
+        assert!(filter.matches(&request_topic("acme/rpc", "Calc", "add")));
+        assert!(filter.matches(&request_topic("acme/rpc", "Calc", "_cancel")));
+        assert!(!filter.matches(&request_topic("acme/rpc", "Other", "add")));
     }
 }

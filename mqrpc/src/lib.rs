@@ -37,7 +37,15 @@
 //! ```
 //!
 //! The wire protocol, enough to call or serve from any MQTT v5 client, is in
-//! `PROTOCOL.md` at the repository root.
+//! `PROTOCOL.md` at the repository root; every server type also describes
+//! its service as an [AsyncAPI 3.0](asyncapi) document.
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `embedded-broker` | on | `EmbeddedBroker` and `Connection::from_env_or_embedded`: a real MQTT v5 broker in-process |
+//! | `schemars` | off | AsyncAPI documents carry the full JSON schema of argument and result types that implement `schemars::JsonSchema` (schemars 1.x); other types keep the structural schema. Nothing requires the trait |
 
 #![warn(missing_docs)]
 
@@ -65,6 +73,7 @@ struct ReadmeDoctests;
 /// | `CalculatorClient` | `Clone + Send + Sync`; `new(&conn)`, `with_options(&conn, ClientOptions)`, `with_timeout(Duration)`, `to_instance(id)`, `client()`, and one `async fn` per method |
 /// | `CalculatorBroadcast` | from `client.broadcast(max_answers)`: the same methods, each calling every server at once and returning [`Answers`], a stream of `(instance, outcome)` |
 /// | `CalculatorServer<S>` | `new(impl)`, then `serve(&conn)` or `serve_with(&conn, ServerOptions)`, returning a [`ServerHandle`] |
+/// | `CalculatorServer::asyncapi(&AsyncApiOptions)` | the service's [AsyncAPI 3.0](https://www.asyncapi.com/docs/reference/specification/v3.0.0) document, see [`asyncapi`] |
 ///
 /// Client methods take the same arguments as the trait and return the
 /// declared type wrapped in the framework result:
@@ -98,6 +107,34 @@ struct ReadmeDoctests;
 ///
 /// Method and service names starting with `_` are reserved for mqrpc's own
 /// topics (e.g. `_cancel`).
+///
+/// # AsyncAPI
+///
+/// `CalculatorServer::asyncapi(&options)` returns the service's AsyncAPI
+/// 3.0 document (see [`asyncapi`]): a channel per method at its topic, the
+/// request and reply messages of each content type, MQTT bindings and a
+/// JSON schema per argument and result, taken from the doc comments and
+/// types of the trait.
+///
+/// ```
+/// use mqrpc::asyncapi::AsyncApiOptions;
+///
+/// #[mqrpc::service]
+/// pub trait Calculator {
+///     /// Adds two numbers.
+///     async fn add(&self, a: i64, b: i64) -> i64;
+///     #[mqrpc(oneway)]
+///     async fn reset(&self);
+/// }
+///
+/// let doc = CalculatorServer::asyncapi(&AsyncApiOptions::new().prefix("acme"));
+/// assert_eq!(doc["asyncapi"], "3.0.0");
+/// assert_eq!(doc["channels"]["add"]["address"], "acme/Calculator/add");
+/// assert_eq!(doc["operations"]["add"]["summary"], "Adds two numbers.");
+/// assert!(doc["operations"]["reset"].get("reply").is_none()); // one-way
+/// let args = &doc["channels"]["add"]["messages"]["request_json"]["payload"]["oneOf"][0];
+/// assert_eq!(args["properties"]["a"]["type"], "integer");
+/// ```
 ///
 /// Anything else is a compile error, as are non-`async` methods, generics,
 /// `&mut self` or a missing `&self`, by-reference arguments, `impl Trait`,
@@ -153,7 +190,7 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
+    asyncapi, context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
     ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, QoS, Reply, Response,
     ServerHandle, ServerOptions, Service, ServiceInfo, ServiceStats, Status, Stream,
     DEFAULT_TIMEOUT, STREAM_WINDOW,
@@ -162,5 +199,6 @@ pub use mqrpc_runtime::{
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use mqrpc_runtime::asyncapi::codegen as asyncapi;
     pub use serde;
 }

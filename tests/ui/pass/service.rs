@@ -73,6 +73,10 @@ fn main() {
     assert_clone_send_sync::<ShopClient>();
     assert_eq!(ShopClient::SERVICE_NAME, "shop");
     assert_eq!(<ShopServer<Memory> as mqrpc::Service>::METHODS, &["ping", "get", "put", "stock-levels", "label", "with_mut_binding"]);
+    // The AsyncAPI document: every method, aliases and Cow included.
+    let doc = ShopServer::asyncapi(&mqrpc::asyncapi::AsyncApiOptions::new());
+    assert_eq!(doc["channels"]["stock-levels"]["address"], "mqrpc/shop/stock-levels");
+    assert_eq!(doc["operations"].as_object().map(|ops| ops.len()), Some(7)); // 6 methods + cancel
     let _ = use_client;
     let _ = use_server;
 }
