@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
-use tracing::{debug, Instrument};
+use tracing::debug;
 
 use crate::connection::{Connection, Sink};
 use crate::protocol::{
@@ -707,10 +707,7 @@ impl Client {
             slot.sent.store(true, Ordering::Relaxed);
             rx.await.unwrap_or(Err(Error::Disconnected))
         };
-        let result = match tokio::time::timeout(timeout, exchange)
-            .instrument(span.clone())
-            .await
-        {
+        let result = match observe::in_span(&span, tokio::time::timeout(timeout, exchange)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 method: method.to_string(),

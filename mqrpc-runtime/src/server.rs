@@ -14,7 +14,7 @@ use futures_util::{FutureExt, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
 use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
@@ -976,14 +976,15 @@ impl<S: Service> Dispatcher<S> {
             request.correlation.as_deref(),
             request.trace.as_ref(),
         );
-        let work = CallContext::new(request.deadline)
-            .scope(respond(
+        let work = observe::in_span(
+            &span,
+            CallContext::new(request.deadline).scope(respond(
                 &self.service,
                 &request.method,
                 request.content_type.as_deref(),
                 &request.payload,
-            ))
-            .instrument(span.clone());
+            )),
+        );
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {
             reply = async {
