@@ -67,6 +67,24 @@ async fn calls_move_the_counters(broker: TestBroker, snapshotter: &Snapshotter) 
         untyped.call::<_, ()>("nope", &()).await,
         Err(Error::UnknownMethod { .. })
     ));
+    // A request refused on arrival (its deadline already passed) is
+    // counted by the server too.
+    let mut peer = mqrpc_tests::raw::RawPeer::connect(broker.port(), &["replies/metrics"]).await;
+    let mut properties =
+        mqrpc_tests::raw::request_properties("replies/metrics", b"m1", Some("application/json"));
+    properties
+        .user_properties
+        .push(("mqrpc-timeout-ms".into(), "0".into()));
+    peer.publish("mqrpc/Calculator/count", "{}", properties)
+        .await;
+    let refused = peer
+        .next_publish(std::time::Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        mqrpc_tests::raw::status_of(&refused).as_deref(),
+        Some("deadline-exceeded")
+    );
     // The server counts after it answered: wait for its last count.
     let server_key =
         "mqrpc_server_requests_total{method=_unknown,service=Calculator,status=unknown-method}";
@@ -118,6 +136,7 @@ async fn calls_move_the_counters(broker: TestBroker, snapshotter: &Snapshotter) 
     assert_eq!(served("add", "ok"), 3, "{kind}: {metrics:#?}");
     assert_eq!(served("divide", "error"), 1, "{kind}");
     assert_eq!(served("explode", "internal"), 1, "{kind}");
+    assert_eq!(served("count", "deadline-exceeded"), 1, "{kind}");
     assert_eq!(
         served("_unknown", "unknown-method"),
         1,

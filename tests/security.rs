@@ -38,12 +38,20 @@ fn tls_broker(pki: &Pki, require_client_cert: bool, extra: &[String]) -> Option<
     if !mqrpc_tests::mosquitto_available() {
         return None;
     }
-    let tls_port = mqrpc_tests::free_port().unwrap();
-    let mut lines = pki.mosquitto_listener(tls_port, require_client_cert);
-    lines.extend(extra.iter().cloned());
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let mosquitto = Mosquitto::start(&lines).unwrap();
-    Some((mosquitto, tls_port))
+    // Another process may take the TLS port before Mosquitto binds it: a
+    // new port each attempt.
+    let mut last_error = None;
+    for _ in 0..5 {
+        let tls_port = mqrpc_tests::free_port().unwrap();
+        let mut lines = pki.mosquitto_listener(tls_port, require_client_cert);
+        lines.extend(extra.iter().cloned());
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        match Mosquitto::start(&lines) {
+            Ok(mosquitto) => return Some((mosquitto, tls_port)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    panic!("mosquitto with a TLS listener did not start: {last_error:?}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +107,23 @@ async fn an_untrusted_broker_certificate_is_a_connect_error() {
     ))
     .unwrap();
     assert!(matches!(connect(plain).await, Err(Error::Connect { .. })));
+}
+
+/// The broker's certificate must name the host connected to: here it
+/// names only `localhost`, and the client connects to 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_name_is_refused() {
+    let pki = Pki::generate_for("names", &["localhost"]);
+    let Some((_mosquitto, port)) = tls_broker(&pki, false, &[]) else {
+        return;
+    };
+    let options = ConnectOptions::new("127.0.0.1", port).tls_ca_file(pki.file("ca.pem"));
+    match connect(options).await {
+        Err(error @ Error::Connect { .. }) => {
+            assert!(error.to_string().contains("not valid for name"), "{error}")
+        }
+        other => panic!("expected Error::Connect, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,18 +140,39 @@ impl AsyncApiOptions {
         self
     }
 
-    /// The broker, as in `MQRPC_BROKER` (`mqtt://host[:port]`): becomes the
-    /// document's one server entry. Credentials and the client id in the
-    /// URL are left out of the document.
+    /// The broker, as in `MQRPC_BROKER` (`mqtt://host[:port]`, or
+    /// `mqtts://` for protocol `secure-mqtt`): becomes the document's one
+    /// server entry. Credentials, the client id and TLS files in the URL
+    /// are left out of the document. Describing a TLS broker needs no `tls`
+    /// feature.
     ///
     /// ```
     /// use mqrpc_runtime::asyncapi::AsyncApiOptions;
     /// assert!(AsyncApiOptions::new().broker("mqtt://user:secret@10.0.0.5").is_ok());
+    /// assert!(AsyncApiOptions::new().broker("mqtts://broker.example.com").is_ok());
     /// assert!(AsyncApiOptions::new().broker("http://10.0.0.5").is_err());
     /// ```
     pub fn broker(mut self, url: &str) -> Result<Self, Error> {
-        let parsed = ConnectOptions::from_url(url)?;
-        self.broker = Some((parsed.broker_address(), "mqtt"));
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let (protocol, default_port) = match parsed.scheme() {
+            "mqtt" | "tcp" => ("mqtt", 1883),
+            "mqtts" | "ssl" => ("secure-mqtt", 8883),
+            _ => return Err(invalid("the scheme must be mqtt:// or mqtts://")),
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("no host"))?;
+        let host = ConnectOptions::new(
+            host.trim_start_matches('[').trim_end_matches(']'),
+            parsed.port().unwrap_or(default_port),
+        )
+        .broker_address();
+        self.broker = Some((host, protocol));
         Ok(self)
     }
 

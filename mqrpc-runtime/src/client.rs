@@ -582,7 +582,6 @@ impl Client {
         let qos = qos.unwrap_or(self.options.qos);
         self.conn.check_qos(qos)?;
         let payload = self.options.codec.encode(args)?;
-        self.check_size(&topic, payload.len())?;
         let caller = self.caller.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let id = caller.register(Waiter::Many(tx))?;
@@ -601,6 +600,7 @@ impl Client {
         // No call span of its own (the answers outlive this function): the
         // servers join the caller's current trace.
         observe::inject(&tracing::Span::current(), &mut properties.user_properties);
+        self.check_size(&topic, payload.len(), &properties)?;
         self.conn
             .publish(topic, qos, Bytes::from(payload), properties, Some(id))
             .await?;
@@ -645,12 +645,13 @@ impl Client {
         self.conn.check_qos(qos)?;
         let payload = self.options.codec.encode(args)?;
         let topic = [&*self.topic_base, method].concat();
-        self.check_size(&topic, payload.len())?;
-        let properties = PublishProperties {
+        let mut properties = PublishProperties {
             content_type: content_type(self.options.codec, schema),
             message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
             ..PublishProperties::default()
         };
+        observe::inject(&tracing::Span::current(), &mut properties.user_properties);
+        self.check_size(&topic, payload.len(), &properties)?;
         self.conn
             .publish(topic, qos, Bytes::from(payload), properties, None)
             .await
@@ -681,11 +682,30 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let result = self.exchange(method, qos, schema, payload).await;
+        #[cfg(feature = "metrics")]
+        observe::client_call(
+            &self.service,
+            method,
+            observe::outcome_label(&result),
+            started.elapsed(),
+        );
+        result
+    }
+
+    /// One request and its answer; every way it can end comes back here.
+    async fn exchange(
+        &self,
+        method: &str,
+        qos: QoS,
+        schema: Option<&'static str>,
+        payload: Vec<u8>,
+    ) -> Result<Response, Error> {
         self.conn.ensure_open()?;
         self.conn.check_qos(qos)?;
         let caller = &*self.caller;
-        let topic = [&*self.topic_base, method].concat();
-        self.check_size(&topic, payload.len())?;
         let timeout = self.options.timeout;
         let (tx, rx) = oneshot::channel();
         let id = caller.register(Waiter::Once(tx))?;
@@ -698,8 +718,8 @@ impl Client {
         let mut properties =
             request_properties(&caller.reply_topic, id, self.options.codec, schema, timeout);
         observe::inject(&span, &mut properties.user_properties);
-        #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
+        let topic = [&*self.topic_base, method].concat();
+        self.check_size(&topic, payload.len(), &properties)?;
         let exchange = async {
             self.conn
                 .publish(topic, qos, Bytes::from(payload), properties, Some(id))
@@ -729,22 +749,22 @@ impl Client {
             }),
             other => other,
         };
-        let status = observe::outcome_label(&result);
-        observe::record_status(&span, status);
-        #[cfg(feature = "metrics")]
-        observe::client_call(&self.service, method, status, started.elapsed());
+        observe::record_status(&span, observe::outcome_label(&result));
         result
     }
 
     /// Refuses a request the broker would not take: rumqttc drops the whole
     /// connection on a packet over the broker's Maximum Packet Size.
-    fn check_size(&self, topic: &str, payload_len: usize) -> Result<(), Error> {
+    fn check_size(
+        &self,
+        topic: &str,
+        payload_len: usize,
+        properties: &PublishProperties,
+    ) -> Result<(), Error> {
         let Some(limit) = self.conn.broker_max_packet_size() else {
             return Ok(());
         };
-        // Fixed header, topic, packet id, properties: generous upper bound.
-        let overhead = 64 + topic.len() + self.caller.reply_topic.len();
-        let size = payload_len + overhead;
+        let size = crate::connection::publish_size(topic, payload_len, properties);
         if size > limit as usize {
             return Err(Error::TooLarge {
                 message: format!(

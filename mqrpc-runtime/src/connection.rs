@@ -29,7 +29,7 @@ use crate::{Error, QoS};
 /// assert_eq!(opts.get_client_id(), Some("billing-1"));
 /// assert!(ConnectOptions::from_url("http://x").is_err());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     host: String,
     port: u16,
@@ -45,6 +45,29 @@ pub struct ConnectOptions {
     reply_prefix: String,
     assumed_response_information: Option<String>,
     tls: Option<TlsSettings>,
+}
+
+// By hand: the password and an inline client key must not reach logs.
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("broker", &self.broker_address())
+            .field("client_id", &self.client_id)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("tls", &self.tls.as_ref().map(TlsSettings::redacted))
+            .field("keep_alive", &self.keep_alive)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("tcp_nodelay", &self.tcp_nodelay)
+            .field("max_pending_calls", &self.max_pending_calls)
+            .field("session_expiry", &self.session_expiry)
+            .field("reply_prefix", &self.reply_prefix)
+            .field(
+                "assumed_response_information",
+                &self.assumed_response_information,
+            )
+            .finish()
+    }
 }
 
 impl ConnectOptions {
@@ -74,7 +97,8 @@ impl ConnectOptions {
     /// `tls` feature, `mqtts://…` (also `ssl://`; port 8883 by default)
     /// with the query parameters `ca=<PEM file>` (trust only these CAs
     /// instead of the system's roots) and `cert=<PEM file>&key=<PEM file>`
-    /// (a client certificate). User and password are percent-decoded.
+    /// (a client certificate). User, password and query values are
+    /// percent-decoded (`+` stays `+`).
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidUrl {
             url: url.to_string(),
@@ -106,10 +130,19 @@ impl ConnectOptions {
         }
         let mut settings = TlsSettings::default();
         let (mut cert, mut key) = (None, None);
-        for (key_name, value) in parsed.query_pairs() {
-            let file = || crate::tls::Pem::File(value.as_ref().into());
-            match key_name.as_ref() {
-                "client_id" => opts.client_id = Some(value.into_owned()),
+        // Percent-decoding only: form decoding would turn `+` in a file
+        // name into a space.
+        let pairs = parsed
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty());
+        for pair in pairs {
+            let (key_name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (key_name, value) = (decode_component(key_name), decode_component(value));
+            let file = || crate::tls::Pem::File(value.as_str().into());
+            match key_name.as_str() {
+                "client_id" => opts.client_id = Some(value.clone()),
                 "ca" if tls => settings.roots = crate::tls::Roots::Ca(file()),
                 "cert" if tls => cert = Some(file()),
                 "key" if tls => key = Some(file()),
@@ -1299,6 +1332,36 @@ fn connect_error(broker: &str, error: rumqttc::v5::ConnectionError) -> Error {
     }
 }
 
+/// An upper bound of the encoded size of a PUBLISH packet (MQTT v5
+/// §3.3): each property is an id byte and its value, strings and binary
+/// data with 2 length bytes.
+pub(crate) fn publish_size(
+    topic: &str,
+    payload_len: usize,
+    properties: &PublishProperties,
+) -> usize {
+    let string = |s: &Option<String>| s.as_ref().map_or(0, |s| 3 + s.len());
+    let user: usize = properties
+        .user_properties
+        .iter()
+        .map(|(k, v)| 5 + k.len() + v.len())
+        .sum();
+    // Fixed header (≤ 5), topic length (2), packet id (2), properties
+    // length (≤ 4), Payload Format, Message Expiry, Topic Alias (≤ 10).
+    const FIXED: usize = 23;
+    FIXED
+        + topic.len()
+        + payload_len
+        + string(&properties.response_topic)
+        + properties
+            .correlation_data
+            .as_ref()
+            .map_or(0, |c| 3 + c.len())
+        + string(&properties.content_type)
+        + user
+        + 5 * properties.subscription_identifiers.len()
+}
+
 /// 64 random bits from the standard library's per-process hasher seed,
 /// the time and a counter: unique client ids without a `rand` dependency.
 pub(crate) fn random_u64() -> u64 {
@@ -1314,4 +1377,45 @@ pub(crate) fn random_u64() -> u64 {
     );
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_query_values_are_percent_decoded_only() {
+        let opts =
+            ConnectOptions::from_url("mqtt://u:p%2Bq+r@127.0.0.1?client_id=a+b%20c").unwrap();
+        assert_eq!(opts.get_client_id(), Some("a+b c"));
+        assert_eq!(
+            opts.credentials,
+            Some(("u".to_string(), "p+q+r".to_string()))
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let shown = format!(
+            "{:?}",
+            ConnectOptions::new("broker", 1883).credentials("svc", "hunter2")
+        );
+        assert!(shown.contains("svc"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_query_parameters_keep_plus_signs_and_hide_inline_keys() {
+        let opts = ConnectOptions::from_url("mqtts://host?ca=/etc/c++/ca.pem").unwrap();
+        assert_eq!(
+            opts.tls.as_ref().unwrap().roots,
+            crate::tls::Roots::Ca(crate::tls::Pem::File("/etc/c++/ca.pem".into()))
+        );
+        let inline = ConnectOptions::new("host", 8883)
+            .tls_client_cert_pem("CERT", "-----BEGIN PRIVATE KEY----- secret");
+        let shown = format!("{inline:?}");
+        assert!(shown.contains("<inline PEM>"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
 }

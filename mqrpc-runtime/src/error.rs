@@ -51,10 +51,11 @@ pub enum Error {
         /// The broker's reason code.
         reason: String,
     },
-    /// The TLS settings are unusable (unreadable or malformed CA file,
-    /// certificate or key), or `mqtts://` was asked for without mqrpc's
-    /// `tls` feature. Handshake failures with the broker (e.g. an
-    /// untrusted certificate) are [`Error::Connect`].
+    /// The TLS settings are unusable: an unreadable or malformed CA file,
+    /// certificate or key, or no usable system roots. Handshake failures
+    /// with the broker (e.g. an untrusted certificate) are
+    /// [`Error::Connect`]; `mqtts://` without mqrpc's `tls` feature is
+    /// [`Error::InvalidUrl`].
     #[error("TLS: {reason}")]
     Tls {
         /// What is wrong.

@@ -51,6 +51,10 @@ pub(crate) fn client_span(service: &str, method: &str, correlation: u64) -> Span
     )
 }
 
+/// The method label and span name of requests for methods the service
+/// does not have.
+pub(crate) const UNKNOWN_METHOD: &str = "_unknown";
+
 /// The span of one handled request (`otel.kind = server`), a child of the
 /// caller's span when the request carries a trace context.
 pub(crate) fn server_span(
@@ -77,8 +81,10 @@ pub(crate) fn server_span(
         span.record("correlation_id", hex(correlation).as_str());
     }
     if let Some(trace) = trace {
-        if let Some(traceparent) = &trace.traceparent {
-            span.record("traceparent", traceparent.as_str());
+        // Version 00 is 55 characters; later versions may add fields, but
+        // a caller must not fill the logs.
+        if let Some(traceparent) = trace.traceparent.as_deref().filter(|t| t.len() <= 256) {
+            span.record("traceparent", traceparent);
         }
         #[cfg(feature = "opentelemetry")]
         otel::set_remote_parent(&span, trace);
@@ -107,8 +113,12 @@ pub(crate) fn in_span<F: std::future::Future>(
 /// properties. Only with the `opentelemetry` feature, and only when the
 /// span belongs to a valid OpenTelemetry trace.
 pub(crate) fn inject(span: &Span, user_properties: &mut Vec<(String, String)>) {
+    // mqrpc's own spans are at INFO; where a filter turns them off, the
+    // request still joins the trace the caller is in.
     #[cfg(feature = "opentelemetry")]
-    if !span.is_disabled() {
+    if span.is_disabled() {
+        otel::inject(&Span::current(), user_properties);
+    } else {
         otel::inject(span, user_properties);
     }
     #[cfg(not(feature = "opentelemetry"))]
@@ -170,7 +180,7 @@ pub(crate) fn server_request(
     {
         let labels = [
             ("service", service),
-            ("method", method.unwrap_or("_unknown")),
+            ("method", method.unwrap_or(UNKNOWN_METHOD)),
             ("status", status.as_str()),
         ];
         metrics::counter!(SERVER_REQUESTS, &labels).increment(1);

@@ -719,6 +719,13 @@ impl<S: Service> Dispatcher<S> {
             if let Some(key) = &key {
                 self.calls().forget(key);
             }
+            #[cfg(feature = "metrics")]
+            observe::server_request(
+                S::NAME,
+                known_method::<S>(&request.method),
+                status,
+                Duration::ZERO,
+            );
             let payload = Bytes::from(message);
             tokio::spawn(send_reply(
                 conn.clone(),
@@ -944,6 +951,13 @@ impl<S: Service> Dispatcher<S> {
                 "`{}` waited past its deadline for a free handler",
                 request.method
             );
+            #[cfg(feature = "metrics")]
+            observe::server_request(
+                S::NAME,
+                known_method::<S>(&request.method),
+                Status::DeadlineExceeded,
+                Duration::ZERO,
+            );
             let payload = Bytes::from(message);
             return send_reply(
                 conn,
@@ -970,9 +984,12 @@ impl<S: Service> Dispatcher<S> {
             let payload = Bytes::from(reply.payload);
             return send_reply(conn, request, reply.status, content_type, payload).await;
         }
+        let method = S::METHODS.iter().position(|m| *m == request.method);
         let span = observe::server_span(
             S::NAME,
-            &request.method,
+            // Names the service lacks share one span name: a caller must
+            // not create span names without bound in the trace backend.
+            known_method::<S>(&request.method).unwrap_or(observe::UNKNOWN_METHOD),
             request.correlation.as_deref(),
             request.trace.as_ref(),
         );
@@ -1013,7 +1030,6 @@ impl<S: Service> Dispatcher<S> {
             Some(codec) => codec.content_type(),
             None => TEXT_CONTENT_TYPE,
         };
-        let method = S::METHODS.iter().position(|m| *m == request.method);
         if let Some(index) = method {
             self.counters[index].record(started.elapsed(), reply.status);
         }
@@ -1021,7 +1037,7 @@ impl<S: Service> Dispatcher<S> {
         #[cfg(feature = "metrics")]
         observe::server_request(
             S::NAME,
-            method.map(|index| S::METHODS[index]),
+            known_method::<S>(&request.method),
             reply.status,
             started.elapsed(),
         );
@@ -1049,16 +1065,44 @@ impl<S: Service> Dispatcher<S> {
     }
 }
 
+/// The wire name of `name` if the service has such a method: a label or
+/// span name that callers cannot multiply.
+fn known_method<S: Service>(name: &str) -> Option<&'static str> {
+    S::METHODS.iter().copied().find(|m| *m == name)
+}
+
+/// The properties of an answer. Defaults are left out (absent status =
+/// `ok`, absent Content Type = postcard): each property costs allocations
+/// on both sides.
+fn reply_properties(request: &Request, status: Status, content_type: &str) -> PublishProperties {
+    let mut user = Vec::new();
+    if status != Status::Ok {
+        user.push((STATUS_PROPERTY.to_string(), status.as_str().to_string()));
+    }
+    if let Some(instance) = &request.instance {
+        user.push((INSTANCE_PROPERTY.to_string(), instance.to_string()));
+    }
+    if let Some(seq) = request.seq {
+        user.push((SEQ_PROPERTY.to_string(), seq.to_string()));
+    }
+    PublishProperties {
+        correlation_data: request.correlation.clone(),
+        content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),
+        user_properties: user,
+        ..PublishProperties::default()
+    }
+}
+
 /// Publishes the answer to `request`, if it asked for one.
 async fn send_reply(
     conn: Connection,
-    request: Request,
+    mut request: Request,
     status: Status,
     content_type: &'static str,
     payload: Bytes,
 ) {
     let method = &request.method;
-    let Some(response_topic) = request.response_topic else {
+    let Some(response_topic) = request.response_topic.take() else {
         debug!(%method, "request without Response Topic: not answered");
         return;
     };
@@ -1069,46 +1113,29 @@ async fn send_reply(
     if request.correlation.is_none() {
         debug!(%method, "request without Correlation Data: answering without it");
     }
+    let mut properties = reply_properties(&request, status, content_type);
+    let mut payload = payload;
     // rumqttc drops the whole connection on a packet over the broker's
     // Maximum Packet Size: answer `too-large` instead.
-    let (mut status, mut content_type, mut payload) = (status, content_type, payload);
     if let Some(limit) = conn.broker_max_packet_size() {
-        let overhead =
-            64 + response_topic.len() + request.correlation.as_ref().map_or(0, |c| c.len());
-        if payload.len() + overhead > limit as usize {
+        let fits = |properties: &PublishProperties, payload: &Bytes| {
+            crate::connection::publish_size(&response_topic, payload.len(), properties)
+                <= limit as usize
+        };
+        if !fits(&properties, &payload) {
             warn!(%method, size = payload.len(), limit, "answer over the broker's Maximum Packet Size");
             let message = format!(
                 "the answer to `{method}` has {} bytes, over the broker's Maximum Packet Size of {limit}",
                 payload.len()
             );
-            (status, content_type, payload) =
-                (Status::TooLarge, TEXT_CONTENT_TYPE, Bytes::from(message));
-            if payload.len() + overhead > limit as usize {
+            payload = Bytes::from(message);
+            properties = reply_properties(&request, Status::TooLarge, TEXT_CONTENT_TYPE);
+            if !fits(&properties, &payload) {
                 warn!(%method, "not even the error fits the broker's packet size: not answered");
                 return;
             }
         }
     }
-    // Defaults are left out (absent status = `ok`, absent Content Type =
-    // postcard): each property costs allocations on both sides.
-    let properties = PublishProperties {
-        correlation_data: request.correlation,
-        content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),
-        user_properties: {
-            let mut user = Vec::new();
-            if status != Status::Ok {
-                user.push((STATUS_PROPERTY.to_string(), status.as_str().to_string()));
-            }
-            if let Some(instance) = &request.instance {
-                user.push((INSTANCE_PROPERTY.to_string(), instance.to_string()));
-            }
-            if let Some(seq) = request.seq {
-                user.push((SEQ_PROPERTY.to_string(), seq.to_string()));
-            }
-            user
-        },
-        ..PublishProperties::default()
-    };
     if let Err(e) = conn
         .publish(response_topic, request.qos, payload, properties, None)
         .await

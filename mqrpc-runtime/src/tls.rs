@@ -17,6 +17,24 @@ pub(crate) struct TlsSettings {
     pub(crate) client_cert: Option<(Pem, Pem)>,
 }
 
+impl TlsSettings {
+    /// For `Debug` output: file names, never inline PEM (a private key).
+    pub(crate) fn redacted(&self) -> String {
+        let pem = |pem: &Pem| match pem {
+            Pem::File(path) => path.display().to_string(),
+            Pem::Bytes(_) => "<inline PEM>".to_string(),
+        };
+        let roots = match &self.roots {
+            Roots::System => "system roots".to_string(),
+            Roots::Ca(ca) => format!("CA {}", pem(ca)),
+        };
+        match &self.client_cert {
+            None => roots,
+            Some((cert, key)) => format!("{roots}, client cert {}, key {}", pem(cert), pem(key)),
+        }
+    }
+}
+
 /// Certificates trusted to sign the broker's certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) enum Roots {

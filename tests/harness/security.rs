@@ -18,6 +18,12 @@ impl Pki {
     /// `localhost` (`server.pem`, `server.key`) and a client certificate
     /// (`client.pem`, `client.key`).
     pub fn generate(name: &str) -> Pki {
+        Pki::generate_for(name, &["127.0.0.1", "localhost"])
+    }
+
+    /// [`generate`](Self::generate), with a broker certificate for these
+    /// names (DNS names or IP addresses) only.
+    pub fn generate_for(name: &str, server_names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -31,7 +37,7 @@ impl Pki {
         for (file, names, usage) in [
             (
                 "server",
-                vec!["127.0.0.1".to_string(), "localhost".to_string()],
+                server_names.iter().map(|n| n.to_string()).collect(),
                 ExtendedKeyUsagePurpose::ServerAuth,
             ),
             (
