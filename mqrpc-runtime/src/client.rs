@@ -675,6 +675,8 @@ impl Client {
         self.send(method, self.options.qos, None, payload).await
     }
 
+    /// One request and its answer. A single `async fn` on purpose: its
+    /// future is what every call in flight costs in memory.
     async fn send(
         &self,
         method: &str,
@@ -684,56 +686,38 @@ impl Client {
     ) -> Result<Response, Error> {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let result = self.exchange(method, qos, schema, payload).await;
-        #[cfg(feature = "metrics")]
-        observe::client_call(
-            &self.service,
-            method,
-            observe::outcome_label(&result),
-            started.elapsed(),
-        );
-        result
-    }
-
-    /// One request and its answer; every way it can end comes back here.
-    async fn exchange(
-        &self,
-        method: &str,
-        qos: QoS,
-        schema: Option<&'static str>,
-        payload: Vec<u8>,
-    ) -> Result<Response, Error> {
-        self.conn.ensure_open()?;
-        self.conn.check_qos(qos)?;
-        let caller = &*self.caller;
+        // Bound by `let`, not matched in place: a match scrutinee would stay
+        // in the future across the await, 250 bytes per call in flight.
+        let (slot, span, topic, properties, rx) =
+            match self.prepare(method, qos, schema, payload.len()) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    #[cfg(feature = "metrics")]
+                    observe::client_call(
+                        &self.service,
+                        method,
+                        observe::error_label(&error),
+                        started.elapsed(),
+                    );
+                    return Err(error);
+                }
+            };
         let timeout = self.options.timeout;
-        let (tx, rx) = oneshot::channel();
-        let id = caller.register(Waiter::Once(tx))?;
-        let slot = PendingSlot {
-            client: self,
-            id,
-            sent: AtomicBool::new(false),
-        };
-        let span = observe::client_span(&self.service, method, id);
-        let mut properties =
-            request_properties(&caller.reply_topic, id, self.options.codec, schema, timeout);
-        observe::inject(&span, &mut properties.user_properties);
-        let topic = [&*self.topic_base, method].concat();
-        self.check_size(&topic, payload.len(), &properties)?;
         let exchange = async {
             self.conn
-                .publish(topic, qos, Bytes::from(payload), properties, Some(id))
+                .publish(topic, qos, Bytes::from(payload), properties, Some(slot.id))
                 .await?;
             slot.sent.store(true, Ordering::Relaxed);
             rx.await.unwrap_or(Err(Error::Disconnected))
         };
-        let result = match observe::in_span(&span, tokio::time::timeout(timeout, exchange)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                method: method.to_string(),
-                timeout,
-            }),
-        };
+        let result =
+            match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    method: method.to_string(),
+                    timeout,
+                }),
+            };
         drop(slot);
         let result = match result {
             Err(Error::NoResponder { .. }) => Err(Error::NoResponder {
@@ -749,8 +733,54 @@ impl Client {
             }),
             other => other,
         };
-        observe::record_status(&span, observe::outcome_label(&result));
+        let status = observe::outcome_label(&result);
+        observe::record_status(&span, status);
+        #[cfg(feature = "metrics")]
+        observe::client_call(&self.service, method, status, started.elapsed());
         result
+    }
+
+    /// Everything before a request goes out: checks, the pending slot, the
+    /// span and the properties.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        method: &str,
+        qos: QoS,
+        schema: Option<&'static str>,
+        payload_len: usize,
+    ) -> Result<
+        (
+            PendingSlot<'_>,
+            tracing::Span,
+            String,
+            PublishProperties,
+            oneshot::Receiver<Result<Response, Error>>,
+        ),
+        Error,
+    > {
+        self.conn.ensure_open()?;
+        self.conn.check_qos(qos)?;
+        let caller = &*self.caller;
+        let (tx, rx) = oneshot::channel();
+        let id = caller.register(Waiter::Once(tx))?;
+        let slot = PendingSlot {
+            client: self,
+            id,
+            sent: AtomicBool::new(false),
+        };
+        let span = observe::client_span(&self.service, method, id);
+        let mut properties = request_properties(
+            &caller.reply_topic,
+            id,
+            self.options.codec,
+            schema,
+            self.options.timeout,
+        );
+        observe::inject(&span, &mut properties.user_properties);
+        let topic = [&*self.topic_base, method].concat();
+        self.check_size(&topic, payload_len, &properties)?;
+        Ok((slot, span, topic, properties, rx))
     }
 
     /// Refuses a request the broker would not take: rumqttc drops the whole

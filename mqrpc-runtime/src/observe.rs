@@ -92,20 +92,38 @@ pub(crate) fn server_span(
     span
 }
 
-/// `future` inside `span`, or as it is when the span is disabled: entering
-/// and leaving even a disabled span on every poll has a cost, about 3 % of
-/// a call's instructions when tracing's `log` feature is on (some crates
-/// turn it on; it asks the `log` crate's level each time).
-pub(crate) fn in_span<F: std::future::Future>(
-    span: &Span,
-    future: F,
-) -> futures_util::future::Either<tracing::instrument::Instrumented<F>, F> {
-    use futures_util::future::Either;
-    use tracing::Instrument;
-    if span.is_disabled() {
-        Either::Right(future)
-    } else {
-        Either::Left(future.instrument(span.clone()))
+pin_project_lite::pin_project! {
+    /// A future run inside a span it borrows: tracing's `Instrumented`
+    /// owns a clone of the span (more memory per call in flight), and
+    /// enters it on every poll even when it is disabled, which costs
+    /// instructions (many more with tracing's `log` feature on, which asks
+    /// the `log` crate for its level each time).
+    pub(crate) struct InSpan<'a, F> {
+        span: &'a Span,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<'a, F> InSpan<'a, F> {
+    pub(crate) fn new(span: &'a Span, future: F) -> Self {
+        InSpan { span, future }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        if this.span.is_disabled() {
+            return this.future.poll(cx);
+        }
+        let _entered = this.span.enter();
+        this.future.poll(cx)
     }
 }
 
@@ -137,17 +155,22 @@ pub(crate) fn record_status(span: &Span, status: &str) {
 pub(crate) fn outcome_label(outcome: &Result<crate::Response, Error>) -> &'static str {
     match outcome {
         Ok(response) => response.status.as_str(),
-        Err(error) => match error {
-            Error::Timeout { .. } => "timeout",
-            Error::NoResponder { .. } => "no-responder",
-            Error::NotAuthorized { .. } => "not-authorized",
-            Error::Disconnected | Error::Closed => "disconnected",
-            Error::TooLarge { .. } => "too-large",
-            Error::TooManyPending { .. } => "too-many-pending",
-            Error::Encode { .. } => "encode",
-            Error::Decode { .. } | Error::Protocol { .. } => "bad-response",
-            _ => "failed",
-        },
+        Err(error) => error_label(error),
+    }
+}
+
+/// [`outcome_label`] of a call that failed before or without an answer.
+pub(crate) fn error_label(error: &Error) -> &'static str {
+    match error {
+        Error::Timeout { .. } => "timeout",
+        Error::NoResponder { .. } => "no-responder",
+        Error::NotAuthorized { .. } => "not-authorized",
+        Error::Disconnected | Error::Closed => "disconnected",
+        Error::TooLarge { .. } => "too-large",
+        Error::TooManyPending { .. } => "too-many-pending",
+        Error::Encode { .. } => "encode",
+        Error::Decode { .. } | Error::Protocol { .. } => "bad-response",
+        _ => "failed",
     }
 }
 

@@ -993,7 +993,7 @@ impl<S: Service> Dispatcher<S> {
             request.correlation.as_deref(),
             request.trace.as_ref(),
         );
-        let work = observe::in_span(
+        let work = observe::InSpan::new(
             &span,
             CallContext::new(request.deadline).scope(respond(
                 &self.service,
