@@ -67,6 +67,9 @@ async fn calls_move_the_counters(broker: TestBroker, snapshotter: &Snapshotter) 
         untyped.call::<_, ()>("nope", &()).await,
         Err(Error::UnknownMethod { .. })
     ));
+    // A call given up by its caller (future dropped) is `cancelled`.
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(100), calc.hang()).await;
+    assert!(abandoned.is_err(), "`hang` never answers");
     // A request refused on arrival (its deadline already passed) is
     // counted by the server too.
     let mut peer = mqrpc_tests::raw::RawPeer::connect(broker.port(), &["replies/metrics"]).await;
@@ -118,6 +121,7 @@ async fn calls_move_the_counters(broker: TestBroker, snapshotter: &Snapshotter) 
     );
     assert_eq!(client("explode", "internal"), 1, "{kind}");
     assert_eq!(client("nope", "unknown-method"), 1, "{kind}");
+    assert_eq!(client("hang", "cancelled"), 1, "{kind}: a dropped call");
     let add_latency = samples(
         &metrics,
         "mqrpc_client_call_duration_seconds{method=add,service=Calculator}",

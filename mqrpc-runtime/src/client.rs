@@ -685,7 +685,7 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
         #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
+        let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay
         // in the future across the await, 250 bytes per call in flight.
         let (slot, span, topic, properties, rx) =
@@ -693,12 +693,7 @@ impl Client {
                 Ok(prepared) => prepared,
                 Err(error) => {
                     #[cfg(feature = "metrics")]
-                    observe::client_call(
-                        &self.service,
-                        method,
-                        observe::error_label(&error),
-                        started.elapsed(),
-                    );
+                    meter.finish(observe::error_label(&error));
                     return Err(error);
                 }
             };
@@ -736,7 +731,7 @@ impl Client {
         let status = observe::outcome_label(&result);
         observe::record_status(&span, status);
         #[cfg(feature = "metrics")]
-        observe::client_call(&self.service, method, status, started.elapsed());
+        meter.finish(status);
         result
     }
 

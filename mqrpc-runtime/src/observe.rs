@@ -174,9 +174,51 @@ pub(crate) fn error_label(error: &Error) -> &'static str {
     }
 }
 
+/// Counts one client call when it ends: with the status given to
+/// [`finish`](Self::finish), or as `cancelled` when its future is dropped
+/// first.
+#[cfg(feature = "metrics")]
+pub(crate) struct CallMeter<'a> {
+    service: &'a str,
+    method: &'a str,
+    started: std::time::Instant,
+    finished: bool,
+}
+
+#[cfg(feature = "metrics")]
+impl<'a> CallMeter<'a> {
+    pub(crate) fn start(service: &'a str, method: &'a str) -> Self {
+        CallMeter {
+            service,
+            method,
+            started: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    pub(crate) fn finish(mut self, status: &'static str) {
+        self.finished = true;
+        client_call(self.service, self.method, status, self.started.elapsed());
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for CallMeter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            client_call(
+                self.service,
+                self.method,
+                "cancelled",
+                self.started.elapsed(),
+            );
+        }
+    }
+}
+
 /// Counts one finished client call and its latency.
 #[cfg(feature = "metrics")]
-pub(crate) fn client_call(service: &str, method: &str, status: &'static str, elapsed: Duration) {
+fn client_call(service: &str, method: &str, status: &'static str, elapsed: Duration) {
     describe();
     {
         let labels = [
