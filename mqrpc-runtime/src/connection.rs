@@ -45,6 +45,8 @@ pub struct ConnectOptions {
     reply_prefix: String,
     assumed_response_information: Option<String>,
     tls: Option<TlsSettings>,
+    /// MQTT over WebSocket: the HTTP path of the broker's endpoint.
+    websocket_path: Option<String>,
 }
 
 // By hand: the password and an inline client key must not reach logs.
@@ -55,6 +57,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("client_id", &self.client_id)
             .field("user", &self.credentials.as_ref().map(|(user, _)| user))
             .field("tls", &self.tls.as_ref().map(TlsSettings::redacted))
+            .field("websocket_path", &self.websocket_path)
             .field("keep_alive", &self.keep_alive)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_packet_size", &self.max_packet_size)
@@ -89,6 +92,7 @@ impl ConnectOptions {
             reply_prefix: crate::protocol::DEFAULT_PREFIX.to_string(),
             assumed_response_information: None,
             tls: None,
+            websocket_path: None,
         }
     }
 
@@ -97,7 +101,10 @@ impl ConnectOptions {
     /// `tls` feature, `mqtts://…` (also `ssl://`; port 8883 by default)
     /// with the query parameters `ca=<PEM file>` (trust only these CAs
     /// instead of the system's roots) and `cert=<PEM file>&key=<PEM file>`
-    /// (a client certificate). User, password and query values are
+    /// (a client certificate). With the `websocket` feature,
+    /// `ws://host[:port]/path` (port 80) and, with `tls` too,
+    /// `wss://host[:port]/path` (port 443, same query parameters) speak
+    /// MQTT over a WebSocket. User, password and query values are
     /// percent-decoded (`+` stays `+`).
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidUrl {
@@ -105,15 +112,28 @@ impl ConnectOptions {
             reason: reason.to_string(),
         };
         let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        let tls = match parsed.scheme() {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(invalid("the scheme must be mqtt:// or mqtts://")),
+        let (tls, websocket) = match parsed.scheme() {
+            "mqtt" | "tcp" => (false, false),
+            "mqtts" | "ssl" => (true, false),
+            "ws" => (false, true),
+            "wss" => (true, true),
+            _ => {
+                return Err(invalid(
+                    "the scheme must be mqtt://, mqtts://, ws:// or wss://",
+                ))
+            }
         };
         if tls && !cfg!(feature = "tls") {
-            return Err(invalid(
-                "mqtts:// needs the `tls` feature of mqrpc (cargo add mqrpc -F tls)",
-            ));
+            return Err(invalid(&format!(
+                "{}:// needs the `tls` feature of mqrpc (cargo add mqrpc -F tls)",
+                parsed.scheme()
+            )));
+        }
+        if websocket && !cfg!(feature = "websocket") {
+            return Err(invalid(&format!(
+                "{}:// needs the `websocket` feature of mqrpc (cargo add mqrpc -F websocket)",
+                parsed.scheme()
+            )));
         }
         let host = parsed
             .host_str()
@@ -121,8 +141,16 @@ impl ConnectOptions {
             .ok_or_else(|| invalid("no host"))?;
         // Url keeps the brackets of IPv6 literals; the socket layer wants them off.
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let default_port = if tls { 8883 } else { 1883 };
+        let default_port = match (tls, websocket) {
+            (false, false) => 1883,
+            (true, false) => 8883,
+            (false, true) => 80,
+            (true, true) => 443,
+        };
         let mut opts = ConnectOptions::new(host, parsed.port().unwrap_or(default_port));
+        if websocket {
+            opts.websocket_path = Some(parsed.path().to_string());
+        }
         if !parsed.username().is_empty() {
             let user = decode_component(parsed.username());
             let password = decode_component(parsed.password().unwrap_or(""));
@@ -147,7 +175,7 @@ impl ConnectOptions {
                 "cert" if tls => cert = Some(file()),
                 "key" if tls => key = Some(file()),
                 "ca" | "cert" | "key" => {
-                    return Err(invalid(&format!("`{key_name}` needs mqtts://")))
+                    return Err(invalid(&format!("`{key_name}` needs mqtts:// or wss://")))
                 }
                 other => return Err(invalid(&format!("unknown query parameter `{other}`"))),
             }
@@ -254,9 +282,37 @@ impl ConnectOptions {
         self
     }
 
-    /// True when this connection uses TLS (`mqtts://`).
+    /// True when this connection uses TLS (`mqtts://`, `wss://`).
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Speaks MQTT over a WebSocket to the broker's endpoint at `path`
+    /// (e.g. `/mqtt`), as `ws://host:port/path`, or `wss://` together
+    /// with the `tls*` settings. Feature `websocket`.
+    ///
+    /// ```
+    /// use mqrpc_runtime::ConnectOptions;
+    /// let opts = ConnectOptions::new("broker.example.com", 80).websocket("/mqtt");
+    /// assert!(opts.is_websocket());
+    /// let url = ConnectOptions::from_url("ws://broker.example.com/mqtt").unwrap();
+    /// assert!(url.is_websocket());
+    /// assert_eq!(url.broker_address(), "broker.example.com:80");
+    /// ```
+    #[cfg(feature = "websocket")]
+    pub fn websocket(mut self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.websocket_path = Some(if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        });
+        self
+    }
+
+    /// True when this connection speaks MQTT over a WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket_path.is_some()
     }
 
     /// Sets the MQTT keep-alive interval (default 30 s).
@@ -344,7 +400,15 @@ impl ConnectOptions {
     }
 
     fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, Error> {
-        let mut mqtt = MqttOptions::new(client_id, self.host.clone(), self.port);
+        // rumqttc takes a WebSocket endpoint's whole URL as its "host".
+        let host = match &self.websocket_path {
+            Some(path) => {
+                let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+                format!("{scheme}://{}{path}", self.broker_address())
+            }
+            None => self.host.clone(),
+        };
+        let mut mqtt = MqttOptions::new(client_id, host, self.port);
         mqtt.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
         match self.session_expiry {
             Some(expiry) => {
@@ -374,6 +438,14 @@ impl ConnectOptions {
             mqtt.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
             ));
+        }
+        #[cfg(feature = "websocket")]
+        if self.websocket_path.is_some() {
+            mqtt.set_transport(match mqtt.transport() {
+                #[cfg(feature = "tls")]
+                rumqttc::Transport::Tls(config) => rumqttc::Transport::Wss(config),
+                _ => rumqttc::Transport::Ws,
+            });
         }
         Ok(mqtt)
     }
@@ -622,15 +694,16 @@ impl Connection {
         &self.shared.client_id
     }
 
-    /// `mqtt://host:port` (or `mqtts://`) of the broker, without
-    /// credentials or TLS files.
+    /// `mqtt://host:port` (or `mqtts://`, `ws://host:port/path`,
+    /// `wss://`) of the broker, without credentials or TLS files.
     pub fn broker_url(&self) -> String {
-        let scheme = if self.shared.options.is_tls() {
-            "mqtts"
-        } else {
-            "mqtt"
-        };
-        format!("{scheme}://{}", self.shared.broker)
+        let options = &self.shared.options;
+        match (&options.websocket_path, options.is_tls()) {
+            (Some(path), true) => format!("wss://{}{path}", self.shared.broker),
+            (Some(path), false) => format!("ws://{}{path}", self.shared.broker),
+            (None, true) => format!("mqtts://{}", self.shared.broker),
+            (None, false) => format!("mqtt://{}", self.shared.broker),
+        }
     }
 
     /// The options this connection was made with.
