@@ -1,6 +1,7 @@
 //! MQTT over WebSocket (feature `websocket`), through the embedded broker's
-//! WebSocket endpoint: Debian's Mosquitto 2.0.11 here refuses to open a
-//! websockets listener, so it cannot take part.
+//! WebSocket endpoint and an `mqtt5` broker with a TLS WebSocket endpoint:
+//! Debian's Mosquitto 2.0.11 here refuses to open a websockets listener,
+//! so it cannot take part.
 
 use std::time::Duration;
 
@@ -71,4 +72,74 @@ async fn a_wrong_endpoint_is_a_connect_error() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+}
+
+/// `wss://` and `mqtts://` against an `mqtt5` broker with a TLS WebSocket
+/// endpoint and a TLS listener, its certificate from a CA made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_travel_over_secure_websocket() {
+    use mqtt5::broker::config::{
+        BrokerConfig, StorageBackend, StorageConfig, TlsConfig, WebSocketConfig,
+    };
+    mqrpc_tests::init_tracing();
+    let pki = mqrpc_tests::security::Pki::generate("wss");
+    let wss_port = mqrpc_tests::free_port().unwrap();
+    let config = BrokerConfig::default()
+        .with_bind_address(([127, 0, 0, 1], 0))
+        .with_storage(
+            StorageConfig::default()
+                .with_backend(StorageBackend::Memory)
+                .with_persistence(false),
+        )
+        .with_sys_topics_enabled(false)
+        .with_tls(
+            TlsConfig::new(pki.file("server.pem"), pki.file("server.key"))
+                .with_bind_address(([127, 0, 0, 1], 0)),
+        )
+        .with_websocket_tls(
+            WebSocketConfig::new()
+                .with_bind_address(([127, 0, 0, 1], wss_port))
+                .with_path("/mqtt")
+                .with_tls(true),
+        );
+    let mut broker = mqtt5::broker::MqttBroker::with_config(config)
+        .await
+        .expect("mqtt5 broker with TLS");
+    let tls_addr = broker.tls_local_addr().expect("a TLS listener");
+    let shutdown = broker.shutdown_handle();
+    tokio::spawn(async move { broker.run().await });
+
+    let ca = pki.file("ca.pem");
+    let wss = format!("wss://127.0.0.1:{wss_port}/mqtt?ca={}", ca.display());
+    let over_wss = connect(ConnectOptions::from_url(&wss).unwrap())
+        .await
+        .unwrap();
+    assert!(over_wss.options().is_websocket() && over_wss.options().is_tls());
+    assert_eq!(
+        over_wss.broker_url(),
+        format!("wss://127.0.0.1:{wss_port}/mqtt")
+    );
+    let over_tls = connect(
+        ConnectOptions::from_url(&format!("mqtts://{tls_addr}?ca={}", ca.display())).unwrap(),
+    )
+    .await
+    .unwrap();
+    let _serving = CalculatorServer::new(Calc::default())
+        .serve(&over_wss)
+        .await
+        .unwrap();
+    let client = CalculatorClient::new(&over_tls).await.unwrap();
+    assert_eq!(client.add(20, 22).await.unwrap(), 42);
+
+    // Another CA did not sign the broker's certificate.
+    let other = mqrpc_tests::security::Pki::generate("wss-other");
+    let untrusted = format!(
+        "wss://127.0.0.1:{wss_port}/mqtt?ca={}",
+        other.file("ca.pem").display()
+    );
+    let error = connect(ConnectOptions::from_url(&untrusted).unwrap())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+    shutdown.shutdown();
 }
