@@ -32,6 +32,7 @@
 
 use serde_json::{json, Map};
 
+use crate::connection::{host_and_port, Scheme};
 use crate::protocol::{
     Status, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, DEFAULT_PREFIX, INSTANCE_PROPERTY,
     SCHEMA_PARAMETER, SEQ_PROPERTY, STATUS_PROPERTY, TEXT_CONTENT_TYPE, TIMEOUT_PROPERTY,
@@ -158,21 +159,16 @@ impl AsyncApiOptions {
             reason: reason.to_string(),
         };
         let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        let (protocol, default_port) = match parsed.scheme() {
-            "mqtt" | "tcp" => ("mqtt", 1883),
-            "mqtts" | "ssl" => ("secure-mqtt", 8883),
-            _ => return Err(invalid("the scheme must be mqtt:// or mqtts://")),
+        let scheme = Scheme::parse(parsed.scheme())
+            .filter(|scheme| !scheme.is_websocket())
+            .ok_or_else(|| invalid("the scheme must be mqtt:// or mqtts://"))?;
+        let protocol = if scheme.is_tls() {
+            "secure-mqtt"
+        } else {
+            "mqtt"
         };
-        let host = parsed
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("no host"))?;
-        let host = ConnectOptions::new(
-            host.trim_start_matches('[').trim_end_matches(']'),
-            parsed.port().unwrap_or(default_port),
-        )
-        .broker_address();
-        self.broker = Some((host, protocol));
+        let (host, port) = host_and_port(&parsed, scheme).ok_or_else(|| invalid("no host"))?;
+        self.broker = Some((ConnectOptions::new(host, port).broker_address(), protocol));
         Ok(self)
     }
 

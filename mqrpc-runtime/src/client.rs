@@ -599,7 +599,7 @@ impl Client {
         );
         // No call span of its own (the answers outlive this function): the
         // servers join the caller's current trace.
-        observe::inject(&tracing::Span::current(), &mut properties.user_properties);
+        observe::inject_current(&mut properties.user_properties);
         self.check_size(&topic, payload.len(), &properties)?;
         self.conn
             .publish(topic, qos, Bytes::from(payload), properties, Some(id))
@@ -650,7 +650,7 @@ impl Client {
             message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
             ..PublishProperties::default()
         };
-        observe::inject(&tracing::Span::current(), &mut properties.user_properties);
+        observe::inject_current(&mut properties.user_properties);
         self.check_size(&topic, payload.len(), &properties)?;
         self.conn
             .publish(topic, qos, Bytes::from(payload), properties, None)

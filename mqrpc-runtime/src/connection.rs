@@ -112,17 +112,9 @@ impl ConnectOptions {
             reason: reason.to_string(),
         };
         let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        let (tls, websocket) = match parsed.scheme() {
-            "mqtt" | "tcp" => (false, false),
-            "mqtts" | "ssl" => (true, false),
-            "ws" => (false, true),
-            "wss" => (true, true),
-            _ => {
-                return Err(invalid(
-                    "the scheme must be mqtt://, mqtts://, ws:// or wss://",
-                ))
-            }
-        };
+        let scheme = Scheme::parse(parsed.scheme())
+            .ok_or_else(|| invalid("the scheme must be mqtt://, mqtts://, ws:// or wss://"))?;
+        let (tls, websocket) = (scheme.is_tls(), scheme.is_websocket());
         if tls && !cfg!(feature = "tls") {
             return Err(invalid(&format!(
                 "{}:// needs the `tls` feature of mqrpc (cargo add mqrpc -F tls)",
@@ -135,19 +127,8 @@ impl ConnectOptions {
                 parsed.scheme()
             )));
         }
-        let host = parsed
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| invalid("no host"))?;
-        // Url keeps the brackets of IPv6 literals; the socket layer wants them off.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let default_port = match (tls, websocket) {
-            (false, false) => 1883,
-            (true, false) => 8883,
-            (false, true) => 80,
-            (true, true) => 443,
-        };
-        let mut opts = ConnectOptions::new(host, parsed.port().unwrap_or(default_port));
+        let (host, port) = host_and_port(&parsed, scheme).ok_or_else(|| invalid("no host"))?;
+        let mut opts = ConnectOptions::new(host, port);
         if websocket {
             opts.websocket_path = Some(parsed.path().to_string());
         }
@@ -399,13 +380,30 @@ impl ConnectOptions {
         self.client_id.as_deref()
     }
 
+    /// How this connects: TLS or not, WebSocket or not.
+    fn scheme(&self) -> Scheme {
+        match (self.tls.is_some(), self.websocket_path.is_some()) {
+            (false, false) => Scheme::Mqtt,
+            (true, false) => Scheme::Mqtts,
+            (false, true) => Scheme::Ws,
+            (true, true) => Scheme::Wss,
+        }
+    }
+
+    /// `<scheme>://host:port[/path]`, without credentials or TLS files.
+    fn endpoint(&self) -> String {
+        let path = self.websocket_path.as_deref().unwrap_or("");
+        format!(
+            "{}://{}{path}",
+            self.scheme().as_str(),
+            self.broker_address()
+        )
+    }
+
     fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, Error> {
         // rumqttc takes a WebSocket endpoint's whole URL as its "host".
-        let host = match &self.websocket_path {
-            Some(path) => {
-                let scheme = if self.tls.is_some() { "wss" } else { "ws" };
-                format!("{scheme}://{}{path}", self.broker_address())
-            }
+        let host = match self.websocket_path {
+            Some(_) => self.endpoint(),
             None => self.host.clone(),
         };
         let mut mqtt = MqttOptions::new(client_id, host, self.port);
@@ -449,6 +447,65 @@ impl ConnectOptions {
         }
         Ok(mqtt)
     }
+}
+
+/// The URL schemes of a broker (`tcp://` and `ssl://` are aliases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Mqtt,
+    Mqtts,
+    Ws,
+    Wss,
+}
+
+impl Scheme {
+    pub(crate) fn parse(scheme: &str) -> Option<Scheme> {
+        match scheme {
+            "mqtt" | "tcp" => Some(Scheme::Mqtt),
+            "mqtts" | "ssl" => Some(Scheme::Mqtts),
+            "ws" => Some(Scheme::Ws),
+            "wss" => Some(Scheme::Wss),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Mqtt => "mqtt",
+            Scheme::Mqtts => "mqtts",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+        }
+    }
+
+    pub(crate) fn is_tls(self) -> bool {
+        matches!(self, Scheme::Mqtts | Scheme::Wss)
+    }
+
+    pub(crate) fn is_websocket(self) -> bool {
+        matches!(self, Scheme::Ws | Scheme::Wss)
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Mqtt => 1883,
+            Scheme::Mqtts => 8883,
+            Scheme::Ws => 80,
+            Scheme::Wss => 443,
+        }
+    }
+}
+
+/// Host (without the brackets `Url` keeps on IPv6 literals, which the
+/// socket layer does not want) and port of a broker URL, the scheme's
+/// default port when it names none; `None` without a host.
+pub(crate) fn host_and_port(parsed: &url::Url, scheme: Scheme) -> Option<(String, u16)> {
+    let host = parsed.host_str().filter(|h| !h.is_empty())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((
+        host.to_string(),
+        parsed.port().unwrap_or(scheme.default_port()),
+    ))
 }
 
 /// Undoes the URL's percent-encoding of user and password (`+` stays `+`).
@@ -697,13 +754,7 @@ impl Connection {
     /// `mqtt://host:port` (or `mqtts://`, `ws://host:port/path`,
     /// `wss://`) of the broker, without credentials or TLS files.
     pub fn broker_url(&self) -> String {
-        let options = &self.shared.options;
-        match (&options.websocket_path, options.is_tls()) {
-            (Some(path), true) => format!("wss://{}{path}", self.shared.broker),
-            (Some(path), false) => format!("ws://{}{path}", self.shared.broker),
-            (None, true) => format!("mqtts://{}", self.shared.broker),
-            (None, false) => format!("mqtt://{}", self.shared.broker),
-        }
+        self.shared.options.endpoint()
     }
 
     /// The options this connection was made with.

@@ -133,14 +133,22 @@ impl<F: std::future::Future> std::future::Future for InSpan<'_, F> {
 pub(crate) fn inject(span: &Span, user_properties: &mut Vec<(String, String)>) {
     // mqrpc's own spans are at INFO; where a filter turns them off, the
     // request still joins the trace the caller is in.
-    #[cfg(feature = "opentelemetry")]
     if span.is_disabled() {
-        otel::inject(&Span::current(), user_properties);
+        inject_current(user_properties);
     } else {
+        #[cfg(feature = "opentelemetry")]
         otel::inject(span, user_properties);
     }
+}
+
+/// Adds the trace context of the span the caller is in, for requests
+/// without a call span of their own (broadcasts, streams, one-way).
+/// Nothing at all without the `opentelemetry` feature.
+pub(crate) fn inject_current(user_properties: &mut Vec<(String, String)>) {
+    #[cfg(feature = "opentelemetry")]
+    otel::inject(&Span::current(), user_properties);
     #[cfg(not(feature = "opentelemetry"))]
-    let _ = (span, user_properties);
+    let _ = user_properties;
 }
 
 /// Notes how a call ended on its span.

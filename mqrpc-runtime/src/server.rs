@@ -984,12 +984,14 @@ impl<S: Service> Dispatcher<S> {
             let payload = Bytes::from(reply.payload);
             return send_reply(conn, request, reply.status, content_type, payload).await;
         }
-        let method = S::METHODS.iter().position(|m| *m == request.method);
+        // One lookup for the statistics, the span and the metrics.
+        let index = S::METHODS.iter().position(|m| *m == request.method);
+        let method = index.map(|index| S::METHODS[index]);
         let span = observe::server_span(
             S::NAME,
             // Names the service lacks share one span name: a caller must
             // not create span names without bound in the trace backend.
-            known_method::<S>(&request.method).unwrap_or(observe::UNKNOWN_METHOD),
+            method.unwrap_or(observe::UNKNOWN_METHOD),
             request.correlation.as_deref(),
             request.trace.as_ref(),
         );
@@ -1030,17 +1032,12 @@ impl<S: Service> Dispatcher<S> {
             Some(codec) => codec.content_type(),
             None => TEXT_CONTENT_TYPE,
         };
-        if let Some(index) = method {
+        if let Some(index) = index {
             self.counters[index].record(started.elapsed(), reply.status);
         }
         observe::record_status(&span, reply.status.as_str());
         #[cfg(feature = "metrics")]
-        observe::server_request(
-            S::NAME,
-            known_method::<S>(&request.method),
-            reply.status,
-            started.elapsed(),
-        );
+        observe::server_request(S::NAME, method, reply.status, started.elapsed());
         if let Some(items) = reply.stream.clone() {
             return self
                 .stream_items(conn, request, key, items, content_type, stop_rx)
@@ -1065,8 +1062,9 @@ impl<S: Service> Dispatcher<S> {
     }
 }
 
-/// The wire name of `name` if the service has such a method: a label or
-/// span name that callers cannot multiply.
+/// The wire name of `name` if the service has such a method: a label
+/// callers cannot multiply.
+#[cfg(feature = "metrics")]
 fn known_method<S: Service>(name: &str) -> Option<&'static str> {
     S::METHODS.iter().copied().find(|m| *m == name)
 }
