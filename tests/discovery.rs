@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mqrpc::{ClientOptions, ServerOptions};
+use mqrpc::ServerOptions;
 use mqrpc_tests::raw::{request_properties, status_of, RawPeer};
-use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
+use mqrpc_tests::{Calc, CalculatorServer, TestBroker};
 
 mqrpc_tests::on_both_brokers!(
     every_server_answers_ping_info_and_stats,
@@ -30,20 +30,12 @@ impl Greeter for English {
 async fn every_server_answers_ping_info_and_stats(broker: TestBroker) {
     let mut conns = Vec::new();
     for name in ["a", "b"] {
-        let conn = broker.connect().await;
-        let _handle = CalculatorServer::new(Calc::default())
-            .serve_with(&conn, ServerOptions::default().instance(name))
-            .await
-            .unwrap();
+        let (conn, _) = broker
+            .serve_calc_with(ServerOptions::default().instance(name))
+            .await;
         conns.push(conn);
     }
-    let client_conn = broker.connect().await;
-    let calc = CalculatorClient::with_options(
-        &client_conn,
-        ClientOptions::default().timeout(Duration::from_millis(700)),
-    )
-    .await
-    .unwrap();
+    let calc = broker.client(Duration::from_millis(700)).await;
     calc.client().ping().await.unwrap();
     for i in 0..6 {
         calc.add(i, 1).await.unwrap();
@@ -124,12 +116,7 @@ async fn discover_finds_every_service(broker: TestBroker) {
 }
 
 async fn discovery_topic_serves_only_builtins(broker: TestBroker) {
-    let conn = broker.connect().await;
-    let calc = Calc::default();
-    let _server = CalculatorServer::new(calc.clone())
-        .serve(&conn)
-        .await
-        .unwrap();
+    let (_conn, calc) = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &["replies/discovery"]).await;
     let properties = request_properties("replies/discovery", b"d1", Some("application/json"));
     peer.publish("mqrpc/_all/_all/count", "{}", properties)

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqrpc::{ClientOptions, Codec, Connection};
+use mqrpc::{ClientOptions, Codec};
 use mqrpc_tests::raw::{content_type_of, correlation_of, request_properties, status_of, RawPeer};
-use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
+use mqrpc_tests::{CalculatorClient, TestBroker};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 mqrpc_tests::on_both_brokers!(
@@ -24,18 +24,8 @@ mqrpc_tests::on_both_brokers!(
 const WAIT: Duration = Duration::from_secs(5);
 const REPLY: &str = "raw/replies";
 
-async fn serve(broker: &TestBroker) -> (Connection, Calc) {
-    let conn = broker.connect().await;
-    let calc = Calc::default();
-    let _ = CalculatorServer::new(calc.clone())
-        .serve(&conn)
-        .await
-        .unwrap();
-    (conn, calc)
-}
-
 async fn json_request_from_raw_client_gets_json_answer(broker: TestBroker) {
-    let _server = serve(&broker).await;
+    let _server = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
     peer.publish(
         "mqrpc/Calculator/add",
@@ -67,7 +57,7 @@ async fn json_request_from_raw_client_gets_json_answer(broker: TestBroker) {
 }
 
 async fn malformed_payload_gets_bad_request(broker: TestBroker) {
-    let _server = serve(&broker).await;
+    let _server = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
     // Postcard (no Content Type): one byte where two varints are expected.
     peer.publish(
@@ -99,7 +89,7 @@ async fn malformed_payload_gets_bad_request(broker: TestBroker) {
 }
 
 async fn unsupported_content_type_is_answered(broker: TestBroker) {
-    let _server = serve(&broker).await;
+    let _server = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
     peer.publish(
         "mqrpc/Calculator/add",
@@ -117,7 +107,7 @@ async fn unsupported_content_type_is_answered(broker: TestBroker) {
 }
 
 async fn unknown_method_from_raw_client(broker: TestBroker) {
-    let _server = serve(&broker).await;
+    let _server = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
     peer.publish(
         "mqrpc/Calculator/sqrt",
@@ -131,7 +121,7 @@ async fn unknown_method_from_raw_client(broker: TestBroker) {
 }
 
 async fn request_without_response_topic_is_not_answered(broker: TestBroker) {
-    let (_conn, calc) = serve(&broker).await;
+    let (_conn, calc) = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY, "mqrpc/_reply/#"]).await;
     let no_reply_topic = PublishProperties {
         correlation_data: Some(Bytes::from_static(b"one-way")),
@@ -165,7 +155,7 @@ async fn request_without_response_topic_is_not_answered(broker: TestBroker) {
 }
 
 async fn request_without_correlation_data_is_answered_without_it(broker: TestBroker) {
-    let _server = serve(&broker).await;
+    let _server = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
     let properties = PublishProperties {
         response_topic: Some(REPLY.into()),
@@ -180,7 +170,7 @@ async fn request_without_correlation_data_is_answered_without_it(broker: TestBro
 }
 
 async fn invalid_response_topic_is_ignored_and_server_survives(broker: TestBroker) {
-    let (conn, _) = serve(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let peer = RawPeer::connect(broker.port(), &[]).await;
     // Publishing to a wildcard topic would get the server disconnected.
     peer.publish(
@@ -283,7 +273,7 @@ async fn mosquitto_rr_calls_a_service() {
         eprintln!("NOTICE: mosquitto_rr is not installed; skipping");
         return;
     }
-    let _server = serve(&broker).await;
+    let _server = broker.serve_calc().await;
     let port = broker.port().to_string();
     let run = |topic: &'static str, message: &'static str| {
         let port = port.clone();

@@ -24,22 +24,12 @@ mqrpc_tests::on_both_brokers!(
     shutdown_finishes_running_calls,
 );
 
-async fn serve_with(broker: &TestBroker, options: ServerOptions) -> (Connection, Calc) {
-    let conn = broker.connect().await;
-    let calc = Calc::default();
-    let _handle = CalculatorServer::new(calc.clone())
-        .serve_with(&conn, options)
-        .await
-        .unwrap();
-    (conn, calc)
-}
-
 fn client_options(timeout_ms: u64) -> ClientOptions {
     ClientOptions::default().timeout(Duration::from_millis(timeout_ms))
 }
 
 async fn handler_reads_its_deadline(broker: TestBroker) {
-    let (conn, _) = serve_with(&broker, ServerOptions::default()).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = CalculatorClient::with_options(&conn, client_options(5_000))
         .await
         .unwrap();
@@ -81,7 +71,7 @@ async fn request_carries_expiry_and_budget(broker: TestBroker) {
 }
 
 async fn expired_request_is_answered_but_not_run(broker: TestBroker) {
-    let (_conn, calc) = serve_with(&broker, ServerOptions::default()).await;
+    let (_conn, calc) = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &["replies/expired"]).await;
     let mut properties = request_properties("replies/expired", b"c1", Some("application/json"));
     properties
@@ -102,7 +92,9 @@ async fn expired_request_is_answered_but_not_run(broker: TestBroker) {
 }
 
 async fn request_that_waited_past_its_deadline_is_not_run(broker: TestBroker) {
-    let (conn, calc) = serve_with(&broker, ServerOptions::default().max_concurrent(1)).await;
+    let (conn, calc) = broker
+        .serve_calc_with(ServerOptions::default().max_concurrent(1))
+        .await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let busy = tokio::spawn({
         let client = client.clone();
@@ -127,7 +119,7 @@ async fn request_that_waited_past_its_deadline_is_not_run(broker: TestBroker) {
 }
 
 async fn dropping_a_call_stops_its_handler(broker: TestBroker) {
-    let (conn, calc) = serve_with(&broker, ServerOptions::default()).await;
+    let (conn, calc) = broker.serve_calc().await;
     let client = CalculatorClient::with_options(&conn, client_options(60_000))
         .await
         .unwrap();
@@ -147,7 +139,7 @@ async fn dropping_a_call_stops_its_handler(broker: TestBroker) {
 }
 
 async fn handler_is_stopped_at_the_deadline(broker: TestBroker) {
-    let (conn, calc) = serve_with(&broker, ServerOptions::default()).await;
+    let (conn, calc) = broker.serve_calc().await;
     let client = CalculatorClient::with_options(&conn, client_options(300))
         .await
         .unwrap();
@@ -162,7 +154,7 @@ async fn handler_is_stopped_at_the_deadline(broker: TestBroker) {
 /// A QoS 1 redelivery (same Response Topic, same Correlation Data) gets the
 /// first answer again; the handler runs once.
 async fn redelivered_request_runs_once(broker: TestBroker) {
-    let (_conn, calc) = serve_with(&broker, ServerOptions::default()).await;
+    let (_conn, calc) = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &["replies/dup"]).await;
     let publisher = RawPeer::connect(broker.port(), &[]).await;
     let send = |id: &'static [u8]| {
@@ -234,7 +226,9 @@ async fn method_qos_attribute_sets_the_request_qos(broker: TestBroker) {
 }
 
 async fn concurrency_limit_is_respected(broker: TestBroker) {
-    let (conn, calc) = serve_with(&broker, ServerOptions::default().max_concurrent(2)).await;
+    let (conn, calc) = broker
+        .serve_calc_with(ServerOptions::default().max_concurrent(2))
+        .await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let calls: Vec<_> = (0..8)
         .map(|_| {
@@ -251,7 +245,7 @@ async fn concurrency_limit_is_respected(broker: TestBroker) {
 
 async fn full_queue_is_refused_with_overloaded(broker: TestBroker) {
     let options = ServerOptions::default().max_concurrent(1).max_queued(1);
-    let (conn, calc) = serve_with(&broker, options).await;
+    let (conn, calc) = broker.serve_calc_with(options).await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let first = tokio::spawn({
         let client = client.clone();
@@ -273,7 +267,9 @@ async fn full_queue_is_refused_with_overloaded(broker: TestBroker) {
 }
 
 async fn oversized_request_is_refused(broker: TestBroker) {
-    let (conn, _) = serve_with(&broker, ServerOptions::default().max_request_size(1_000)).await;
+    let (conn, _) = broker
+        .serve_calc_with(ServerOptions::default().max_request_size(1_000))
+        .await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let err = client.echo("x".repeat(2_000)).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
@@ -361,7 +357,7 @@ async fn qos2_is_refused_on_a_persistent_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_before_request_keeps_it_from_running() {
     let broker = mqrpc_tests::embedded().await;
-    let (_conn, calc) = serve_with(&broker, ServerOptions::default()).await;
+    let (_conn, calc) = broker.serve_calc().await;
     let mut peer = RawPeer::connect(broker.port(), &["replies/cancel"]).await;
     let mut cancel = mqrpc_tests::raw::request_properties("ignored", b"early", None);
     cancel.response_topic = None;

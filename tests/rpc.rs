@@ -26,18 +26,8 @@ mqrpc_tests::on_both_brokers!(
     changed_signature_is_a_schema_mismatch_not_garbage,
 );
 
-async fn serve_calc(broker: &TestBroker) -> (Connection, Calc) {
-    let conn = broker.connect().await;
-    let calc = Calc::default();
-    let _handle = CalculatorServer::new(calc.clone())
-        .serve(&conn)
-        .await
-        .unwrap();
-    (conn, calc)
-}
-
 async fn add_and_echo(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     assert_eq!(client.add(40, 2).await.unwrap(), 42);
     assert_eq!(client.add(i64::MAX, 1).await.unwrap(), i64::MIN);
@@ -47,7 +37,7 @@ async fn add_and_echo(broker: TestBroker) {
 }
 
 async fn concurrent_calls_from_many_tasks_and_two_clients(broker: TestBroker) {
-    let (server_conn, _) = serve_calc(&broker).await;
+    let (server_conn, _) = broker.serve_calc().await;
     // Two clients on their own connections, each with 8 tasks of 200 calls.
     let mut tasks = Vec::new();
     for client_index in 0..2i64 {
@@ -97,7 +87,7 @@ async fn concurrent_calls_from_many_tasks_and_two_clients(broker: TestBroker) {
 }
 
 async fn typed_error_round_trip(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     assert_eq!(client.divide(1.0, 4.0).await.unwrap(), Ok(0.25));
     assert_eq!(
@@ -113,7 +103,7 @@ async fn typed_error_round_trip(broker: TestBroker) {
 }
 
 async fn unknown_method_is_a_clear_error(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = Client::new(&conn, "Calculator", ClientOptions::default())
         .await
         .unwrap();
@@ -130,7 +120,7 @@ async fn unknown_method_is_a_clear_error(broker: TestBroker) {
 }
 
 async fn wrong_argument_types_are_a_bad_request(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = Client::new(&conn, "Calculator", ClientOptions::default())
         .await
         .unwrap();
@@ -152,7 +142,7 @@ async fn wrong_argument_types_are_a_bad_request(broker: TestBroker) {
 }
 
 async fn handler_that_never_answers_times_out(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = CalculatorClient::with_options(
         &conn,
         ClientOptions::default().timeout(Duration::from_millis(200)),
@@ -205,7 +195,7 @@ async fn call_without_any_server_times_out(broker: TestBroker) {
 }
 
 async fn late_response_is_dropped_and_next_call_is_right(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let err = client
         .with_timeout(Duration::from_millis(50))
@@ -220,7 +210,7 @@ async fn late_response_is_dropped_and_next_call_is_right(broker: TestBroker) {
 }
 
 async fn panicking_handler_gives_internal_error_and_server_keeps_serving(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     match client.explode("boom 17".into()).await.unwrap_err() {
         Error::Internal { message } => assert!(message.contains("boom 17"), "{message}"),
@@ -230,7 +220,7 @@ async fn panicking_handler_gives_internal_error_and_server_keeps_serving(broker:
 }
 
 async fn dropped_call_frees_its_pending_slot(broker: TestBroker) {
-    let server_conn = serve_calc(&broker).await.0;
+    let server_conn = broker.serve_calc().await.0;
     let conn = Connection::connect(
         ConnectOptions::from_url(broker.url())
             .unwrap()
@@ -249,7 +239,7 @@ async fn dropped_call_frees_its_pending_slot(broker: TestBroker) {
 }
 
 async fn pending_calls_are_bounded(broker: TestBroker) {
-    let _server = serve_calc(&broker).await;
+    let _server = broker.serve_calc().await;
     let conn = Connection::connect(
         ConnectOptions::from_url(broker.url())
             .unwrap()
@@ -341,7 +331,7 @@ async fn stopped_server_no_longer_answers(broker: TestBroker) {
 }
 
 async fn json_codec_client_round_trip(broker: TestBroker) {
-    let (conn, _) = serve_calc(&broker).await;
+    let (conn, _) = broker.serve_calc().await;
     let client =
         CalculatorClient::with_options(&conn, ClientOptions::default().codec(mqrpc::Codec::Json))
             .await
@@ -354,7 +344,7 @@ async fn json_codec_client_round_trip(broker: TestBroker) {
 }
 
 async fn closed_connection_fails_calls(broker: TestBroker) {
-    let (_server, _) = serve_calc(&broker).await;
+    let (_server, _) = broker.serve_calc().await;
     let conn = broker.connect().await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let hanging = tokio::spawn({
@@ -460,12 +450,7 @@ trait CalculatorV2 {
 }
 
 async fn changed_signature_is_a_schema_mismatch_not_garbage(broker: TestBroker) {
-    let conn = broker.connect().await;
-    let calc = Calc::default();
-    let _server = CalculatorServer::new(calc.clone())
-        .serve(&conn)
-        .await
-        .unwrap();
+    let (conn, _) = broker.serve_calc().await;
     let v2 = CalculatorV2Client::new(&conn).await.unwrap();
     match v2.add(1, 2).await.unwrap_err() {
         Error::SchemaMismatch {

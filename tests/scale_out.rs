@@ -115,13 +115,7 @@ async fn cancel_reaches_the_instance_running_the_call(broker: TestBroker) {
         conns.push(conn);
         calcs.push(calc);
     }
-    let client_conn = broker.connect().await;
-    let client = CalculatorClient::with_options(
-        &client_conn,
-        ClientOptions::default().timeout(Duration::from_secs(60)),
-    )
-    .await
-    .unwrap();
+    let client = broker.client(Duration::from_secs(60)).await;
     let stat = |calcs: &[Calc], f: fn(&mqrpc_tests::Stats) -> &std::sync::atomic::AtomicU64| {
         calcs
             .iter()
@@ -212,20 +206,12 @@ async fn broadcast_gets_one_typed_answer_per_instance(broker: TestBroker) {
     use futures_util::StreamExt;
     let mut conns = Vec::new();
     for name in ["a", "b", "c"] {
-        let conn = broker.connect().await;
-        let _handle = CalculatorServer::new(Calc::default())
-            .serve_with(&conn, ServerOptions::default().instance(name))
-            .await
-            .unwrap();
+        let (conn, _) = broker
+            .serve_calc_with(ServerOptions::default().instance(name))
+            .await;
         conns.push(conn);
     }
-    let client_conn = broker.connect().await;
-    let client = CalculatorClient::with_options(
-        &client_conn,
-        ClientOptions::default().timeout(Duration::from_millis(700)),
-    )
-    .await
-    .unwrap();
+    let client = broker.client(Duration::from_millis(700)).await;
     // Until the deadline: every instance answers once.
     let mut answers: Vec<(String, i64)> = client
         .broadcast(None)

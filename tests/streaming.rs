@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mqrpc::ClientOptions;
-use mqrpc_tests::{eventually, Calc, CalculatorClient, CalculatorServer, TestBroker};
+use mqrpc_tests::{eventually, Calc, CalculatorClient, TestBroker};
 
 mqrpc_tests::on_both_brokers!(
     items_arrive_in_order_then_the_stream_ends,
@@ -16,19 +15,8 @@ mqrpc_tests::on_both_brokers!(
 );
 
 async fn serve(broker: &TestBroker) -> (mqrpc::Connection, Calc, CalculatorClient) {
-    let conn = broker.connect().await;
-    let calc = Calc::default();
-    let _server = CalculatorServer::new(calc.clone())
-        .serve(&conn)
-        .await
-        .unwrap();
-    let client_conn = broker.connect().await;
-    let client = CalculatorClient::with_options(
-        &client_conn,
-        ClientOptions::default().timeout(Duration::from_secs(30)),
-    )
-    .await
-    .unwrap();
+    let (conn, calc) = broker.serve_calc().await;
+    let client = broker.client(Duration::from_secs(30)).await;
     (conn, calc, client)
 }
 

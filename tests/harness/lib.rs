@@ -46,6 +46,35 @@ impl TestBroker {
             .await
             .unwrap_or_else(|e| panic!("connect to {} broker: {e}", self.kind))
     }
+
+    /// A fresh [`Calc`] served on a new connection, with the connection
+    /// (dropping the handle leaves it serving while the connection lives)
+    /// and the `Calc` whose counters the server moves.
+    pub async fn serve_calc(&self) -> (mqrpc::Connection, Calc) {
+        self.serve_calc_with(mqrpc::ServerOptions::default()).await
+    }
+
+    /// A calculator client on a new connection, with this call timeout.
+    pub async fn client(&self, timeout: Duration) -> CalculatorClient {
+        let conn = self.connect().await;
+        CalculatorClient::with_options(&conn, mqrpc::ClientOptions::default().timeout(timeout))
+            .await
+            .unwrap()
+    }
+
+    /// [`serve_calc`](Self::serve_calc) with these server options.
+    pub async fn serve_calc_with(
+        &self,
+        options: mqrpc::ServerOptions,
+    ) -> (mqrpc::Connection, Calc) {
+        let conn = self.connect().await;
+        let calc = Calc::default();
+        let _handle = CalculatorServer::new(calc.clone())
+            .serve_with(&conn, options)
+            .await
+            .unwrap();
+        (conn, calc)
+    }
 }
 
 /// The embedded broker, always available.
