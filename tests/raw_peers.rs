@@ -19,6 +19,7 @@ mqrpc_tests::on_both_brokers!(
     invalid_response_topic_is_ignored_and_server_survives,
     raw_json_server_serves_a_rust_client,
     garbage_response_gives_clear_client_error,
+    reused_correlation_data_with_another_request_is_a_new_call,
 );
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -54,6 +55,40 @@ async fn json_request_from_raw_client_gets_json_answer(broker: TestBroker) {
     assert_eq!(status_of(&answer).as_deref(), Some("error"));
     assert_eq!(&answer.payload[..], br#""DivideByZero""#);
     assert_eq!(correlation_of(&answer).as_deref(), Some(&b"req-2"[..]));
+}
+
+/// A foreign client whose Correlation Data repeats (a counter restarted, a
+/// fixed value) gets each request's own answer; a byte-identical copy is
+/// still a duplicate, answered from memory.
+async fn reused_correlation_data_with_another_request_is_a_new_call(broker: TestBroker) {
+    let (_server, calc) = broker.serve_calc().await;
+    let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
+    let same_key = || request_properties(REPLY, b"fixed-1", Some("application/json"));
+    for (method, payload, expected) in [
+        ("add", r#"{"a": 1, "b": 2}"#, "3"),
+        ("add", r#"{"a": 100, "b": 200}"#, "300"),
+        // Another method with the same key is a new call too.
+        ("linger", r#"{"ms": 1}"#, "1"),
+        ("linger", r#"{"ms": 2}"#, "2"),
+        // A byte-identical copy is a duplicate: answered, not run again.
+        ("linger", r#"{"ms": 2}"#, "2"),
+    ] {
+        let topic = format!("mqrpc/Calculator/{method}");
+        peer.publish(&topic, payload, same_key()).await;
+        let answer = peer.next_publish(WAIT).await.expect("an answer");
+        assert_eq!(status_of(&answer).as_deref(), Some("ok"));
+        assert_eq!(
+            std::str::from_utf8(&answer.payload).unwrap(),
+            expected,
+            "{method} {payload}"
+        );
+        assert_eq!(correlation_of(&answer).as_deref(), Some(&b"fixed-1"[..]));
+    }
+    assert_eq!(
+        calc.stats.started.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the repeated copy was answered from memory, not run again"
+    );
 }
 
 async fn malformed_payload_gets_bad_request(broker: TestBroker) {

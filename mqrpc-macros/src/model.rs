@@ -27,6 +27,9 @@ pub struct Service {
     pub supertraits: syn::punctuated::Punctuated<TypeParamBound, Token![+]>,
     pub wire_name: String,
     pub methods: Vec<Method>,
+    /// Path of the `mqrpc` crate in generated code: `::mqrpc`, or what
+    /// `#[mqrpc::service(crate = "...")]` names (a renamed dependency).
+    pub krate: syn::Path,
 }
 
 pub struct Method {
@@ -96,7 +99,8 @@ impl Errors {
 impl Service {
     pub fn parse(args: TokenStream, item: ItemTrait) -> Result<Service, syn::Error> {
         let mut errors = Errors::default();
-        let (wire_name, name_span) = match parse_service_args(args, &mut errors) {
+        let ServiceArgs { name, krate } = parse_service_args(args, &mut errors);
+        let (wire_name, name_span) = match name {
             Some(name) => (name.value(), name.span()),
             None => (item.ident.to_string(), item.ident.span()),
         };
@@ -144,7 +148,15 @@ impl Service {
             supertraits: item.supertraits,
             wire_name,
             methods,
+            krate: krate.unwrap_or_else(|| syn::parse_quote!(::mqrpc)),
         })
+    }
+
+    /// The `crate = "..."` string serde's derive takes for its own path.
+    pub fn serde_crate(&self) -> LitStr {
+        let krate = &self.krate;
+        let path = quote::quote!(#krate::__private::serde).to_string();
+        LitStr::new(&path.replace(' ', ""), Span::call_site())
     }
 
     pub fn client_ident(&self) -> Ident {
@@ -160,21 +172,38 @@ impl Service {
     }
 }
 
-/// `#[mqrpc::service(name = "calc")]` → `Some("calc")`.
-fn parse_service_args(args: TokenStream, errors: &mut Errors) -> Option<LitStr> {
-    let mut name = None;
+/// What `#[mqrpc::service(name = "calc", crate = "path")]` says.
+#[derive(Default)]
+struct ServiceArgs {
+    name: Option<LitStr>,
+    krate: Option<syn::Path>,
+}
+
+fn parse_service_args(args: TokenStream, errors: &mut Errors) -> ServiceArgs {
+    let mut parsed = ServiceArgs::default();
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
-            name = Some(meta.value()?.parse::<LitStr>()?);
+            parsed.name = Some(meta.value()?.parse::<LitStr>()?);
+            Ok(())
+        } else if meta.path.is_ident("crate") {
+            let path = meta.value()?.parse::<LitStr>()?;
+            parsed.krate = Some(path.parse::<syn::Path>().map_err(|_| {
+                syn::Error::new_spanned(
+                    &path,
+                    "`crate` takes the path of the mqrpc crate, e.g. `crate = \"::my_mqrpc\"`",
+                )
+            })?);
             Ok(())
         } else {
-            Err(meta.error("unsupported #[mqrpc::service] argument; supported: `name = \"...\"`"))
+            Err(meta.error(
+                "unsupported #[mqrpc::service] argument; supported: `name = \"...\"`, `crate = \"path\"`",
+            ))
         }
     });
     if let Err(e) = syn::parse::Parser::parse2(parser, args) {
         errors.push_error(e);
     }
-    name
+    parsed
 }
 
 /// What `#[mqrpc(...)]` says of a method.

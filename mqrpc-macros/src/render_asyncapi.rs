@@ -16,6 +16,7 @@ use crate::model::{Output, Service};
 use crate::render_client::qos_tokens;
 
 pub fn render(service: &Service) -> TokenStream {
+    let krate = &service.krate;
     let server = service.server_ident();
     let wire_name = &service.wire_name;
     let service_docs = docs(&service.attrs);
@@ -23,14 +24,14 @@ pub fn render(service: &Service) -> TokenStream {
         let wire = &method.wire_name;
         let ident = method.ident.to_string();
         let method_docs = docs(&method.attrs);
-        let qos = qos_tokens(method.qos);
+        let qos = qos_tokens(krate, method.qos);
         let fingerprint = &method.schema;
         let args = method.args.iter().map(|arg| {
             let name = arg.ident.unraw().to_string();
             let schema = schema(&arg.ty);
             let optional = is_option(&arg.ty);
             quote! {
-                ::mqrpc::__private::asyncapi::ArgDoc {
+                #krate::__private::asyncapi::ArgDoc {
                     name: #name,
                     schema: #schema,
                     optional: #optional,
@@ -39,28 +40,28 @@ pub fn render(service: &Service) -> TokenStream {
         });
         let output = match &method.output {
             Output::Unit if method.oneway => {
-                quote!(::mqrpc::__private::asyncapi::OutputDoc::Oneway)
+                quote!(#krate::__private::asyncapi::OutputDoc::Oneway)
             }
             Output::Unit => {
-                quote!(::mqrpc::__private::asyncapi::OutputDoc::Value(
-                    ::mqrpc::__private::asyncapi::unit()
+                quote!(#krate::__private::asyncapi::OutputDoc::Value(
+                    #krate::__private::asyncapi::unit()
                 ))
             }
             Output::Plain(ty) => {
                 let schema = schema(ty);
-                quote!(::mqrpc::__private::asyncapi::OutputDoc::Value(#schema))
+                quote!(#krate::__private::asyncapi::OutputDoc::Value(#schema))
             }
             Output::Fallible { ok, err, .. } => {
                 let (ok, err) = (schema(ok), schema(err));
-                quote!(::mqrpc::__private::asyncapi::OutputDoc::Fallible { ok: #ok, err: #err })
+                quote!(#krate::__private::asyncapi::OutputDoc::Fallible { ok: #ok, err: #err })
             }
             Output::Stream { item, .. } => {
                 let item = schema(item);
-                quote!(::mqrpc::__private::asyncapi::OutputDoc::Stream(#item))
+                quote!(#krate::__private::asyncapi::OutputDoc::Stream(#item))
             }
         };
         quote! {
-            __methods.push(::mqrpc::__private::asyncapi::MethodDoc {
+            __methods.push(#krate::__private::asyncapi::MethodDoc {
                 name: #wire,
                 ident: #ident,
                 docs: #method_docs,
@@ -82,13 +83,15 @@ pub fn render(service: &Service) -> TokenStream {
         impl #server<()> {
             #[doc = #doc]
             pub fn asyncapi(
-                options: &::mqrpc::asyncapi::AsyncApiOptions,
-            ) -> ::mqrpc::asyncapi::Value {
-                let mut __schemas = ::mqrpc::__private::asyncapi::Schemas::new();
+                options: &#krate::asyncapi::AsyncApiOptions,
+            ) -> #krate::asyncapi::Value {
+                // Schema helpers below name their items through this path.
+                use #krate::__private::asyncapi as __mqrpc_asyncapi;
+                let mut __schemas = #krate::__private::asyncapi::Schemas::new();
                 let mut __methods = ::std::vec::Vec::new();
                 #(#methods)*
-                ::mqrpc::__private::asyncapi::document(
-                    ::mqrpc::__private::asyncapi::ServiceDoc {
+                #krate::__private::asyncapi::document(
+                    #krate::__private::asyncapi::ServiceDoc {
                         name: #wire_name,
                         docs: #service_docs,
                         version: ::core::env!("CARGO_PKG_VERSION"),
@@ -200,7 +203,7 @@ const KNOWN: &[&str] = &[
 // Not `Duration`: std's, chrono's and time's share the name and not the
 // encoding; it is probed like any other type.
 
-const HELPERS: &str = "::mqrpc::__private::asyncapi";
+const HELPERS: &str = "__mqrpc_asyncapi";
 
 fn helper(name: &str) -> TokenStream {
     format!("{HELPERS}::{name}").parse().expect("a valid path")
@@ -311,8 +314,8 @@ fn probe(ty: &Type) -> TokenStream {
     quote! {
         {
             #[allow(unused_imports)]
-            use ::mqrpc::__private::asyncapi::{ViaFallback as _, ViaJsonSchema as _};
-            (&&::mqrpc::__private::asyncapi::Probe::<#ty>::new()).schema(&mut __schemas, #name)
+            use __mqrpc_asyncapi::{ViaFallback as _, ViaJsonSchema as _};
+            (&&__mqrpc_asyncapi::Probe::<#ty>::new()).schema(&mut __schemas, #name)
         }
     }
 }

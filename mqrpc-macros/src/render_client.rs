@@ -3,11 +3,14 @@
 //! awaits the typed answer.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::model::{Output, Service};
+use crate::render_server::hidden;
 
 pub fn render(service: &Service) -> TokenStream {
+    let krate = &service.krate;
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let client = service.client_ident();
@@ -27,9 +30,9 @@ pub fn render(service: &Service) -> TokenStream {
         let ArgTokens {
             params,
             fields,
-            field_types,
             args_struct,
-        } = ArgTokens::of(method, trait_ident);
+            definition,
+        } = ArgTokens::of(method, trait_ident, krate);
         let (output, call) = match &method.output {
             Output::Unit => (quote!(()), quote!(call_qos::<_, ()>)),
             Output::Plain(ty) => (quote!(#ty), quote!(call_qos::<_, #ty>)),
@@ -37,11 +40,11 @@ pub fn render(service: &Service) -> TokenStream {
                 (quote!(#declared), quote!(call_fallible_qos::<_, #ok, #err>))
             }
             Output::Stream { item, .. } => (
-                quote!(::mqrpc::Items<#item>),
+                quote!(#krate::Items<#item>),
                 quote!(stream_qos::<_, #item>),
             ),
         };
-        let qos = qos_tokens(method.qos);
+        let qos = qos_tokens(krate, method.qos);
         let schema = &method.schema;
         let schema = quote!(::core::option::Option::Some(#schema));
         let send = if method.oneway {
@@ -52,11 +55,9 @@ pub fn render(service: &Service) -> TokenStream {
         quote! {
             #(#attrs)*
             pub async fn #name(&self, #(#params),*)
-                -> ::core::result::Result<#output, ::mqrpc::Error>
+                -> ::core::result::Result<#output, #krate::Error>
             {
-                #[derive(::mqrpc::__private::serde::Serialize)]
-                #[serde(crate = "::mqrpc::__private::serde")]
-                struct #args_struct { #(#fields: #field_types),* }
+                #definition
                 #send
             }
         }
@@ -77,29 +78,27 @@ pub fn render(service: &Service) -> TokenStream {
             let ArgTokens {
                 params,
                 fields,
-                field_types,
                 args_struct,
-            } = ArgTokens::of(method, trait_ident);
+                definition,
+            } = ArgTokens::of(method, trait_ident, krate);
             let (output, decode) = match &method.output {
-                Output::Unit => (quote!(()), quote!(::mqrpc::Response::into_value::<()>)),
-                Output::Plain(ty) => (quote!(#ty), quote!(::mqrpc::Response::into_value::<#ty>)),
+                Output::Unit => (quote!(()), quote!(#krate::Response::into_value::<()>)),
+                Output::Plain(ty) => (quote!(#ty), quote!(#krate::Response::into_value::<#ty>)),
                 Output::Fallible { declared, ok, err } => (
                     quote!(#declared),
-                    quote!(::mqrpc::Response::into_result::<#ok, #err>),
+                    quote!(#krate::Response::into_result::<#ok, #err>),
                 ),
                 Output::Stream { .. } => unreachable!("streams are filtered out above"),
             };
-            let qos = qos_tokens(method.qos);
+            let qos = qos_tokens(krate, method.qos);
             let schema = &method.schema;
             let doc = format!("`{wire}` on every server of the service.");
             quote! {
                 #[doc = #doc]
                 pub async fn #name(&self, #(#params),*)
-                    -> ::core::result::Result<::mqrpc::Answers<#output>, ::mqrpc::Error>
+                    -> ::core::result::Result<#krate::Answers<#output>, #krate::Error>
                 {
-                    #[derive(::mqrpc::__private::serde::Serialize)]
-                    #[serde(crate = "::mqrpc::__private::serde")]
-                    struct #args_struct { #(#fields: #field_types),* }
+                    #definition
                     self.client
                         .broadcast_qos(
                             #wire,
@@ -117,7 +116,7 @@ pub fn render(service: &Service) -> TokenStream {
         #[doc = #broadcast_doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #broadcast {
-            client: ::mqrpc::Client,
+            client: #krate::Client,
             max_answers: ::core::option::Option<usize>,
         }
 
@@ -128,7 +127,7 @@ pub fn render(service: &Service) -> TokenStream {
         #[doc = #doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #client {
-            client: ::mqrpc::Client,
+            client: #krate::Client,
         }
 
         impl #client {
@@ -139,23 +138,23 @@ pub fn render(service: &Service) -> TokenStream {
             /// postcard). The first client of a connection subscribes its
             /// response topic and waits for the broker's SUBACK.
             pub async fn new(
-                connection: &::mqrpc::Connection,
-            ) -> ::core::result::Result<Self, ::mqrpc::Error> {
-                Self::with_options(connection, ::mqrpc::ClientOptions::default()).await
+                connection: &#krate::Connection,
+            ) -> ::core::result::Result<Self, #krate::Error> {
+                Self::with_options(connection, #krate::ClientOptions::default()).await
             }
 
             /// A client with explicit options.
             pub async fn with_options(
-                connection: &::mqrpc::Connection,
-                options: ::mqrpc::ClientOptions,
-            ) -> ::core::result::Result<Self, ::mqrpc::Error> {
-                ::mqrpc::Client::new(connection, #wire_name, options)
+                connection: &#krate::Connection,
+                options: #krate::ClientOptions,
+            ) -> ::core::result::Result<Self, #krate::Error> {
+                #krate::Client::new(connection, #wire_name, options)
                     .await
                     .map(Self::from_client)
             }
 
             /// Wraps an untyped client (its service name is not checked).
-            pub fn from_client(client: ::mqrpc::Client) -> Self {
+            pub fn from_client(client: #krate::Client) -> Self {
                 Self { client }
             }
 
@@ -170,7 +169,7 @@ pub fn render(service: &Service) -> TokenStream {
             pub fn to_instance(
                 &self,
                 instance: &str,
-            ) -> ::core::result::Result<Self, ::mqrpc::Error> {
+            ) -> ::core::result::Result<Self, #krate::Error> {
                 self.client.to_instance(instance).map(Self::from_client)
             }
 
@@ -183,7 +182,7 @@ pub fn render(service: &Service) -> TokenStream {
             }
 
             /// The untyped client underneath.
-            pub fn client(&self) -> &::mqrpc::Client {
+            pub fn client(&self) -> &#krate::Client {
                 &self.client
             }
 
@@ -193,26 +192,62 @@ pub fn render(service: &Service) -> TokenStream {
 }
 
 /// `Option<mqrpc::QoS>` of a method's `#[mqrpc(qos = N)]`.
-pub(crate) fn qos_tokens(qos: Option<u8>) -> TokenStream {
+pub(crate) fn qos_tokens(krate: &syn::Path, qos: Option<u8>) -> TokenStream {
     match qos {
         None => quote!(::core::option::Option::None),
-        Some(0) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtMostOnce)),
-        Some(1) => quote!(::core::option::Option::Some(::mqrpc::QoS::AtLeastOnce)),
-        Some(_) => quote!(::core::option::Option::Some(::mqrpc::QoS::ExactlyOnce)),
+        Some(0) => quote!(::core::option::Option::Some(#krate::QoS::AtMostOnce)),
+        Some(1) => quote!(::core::option::Option::Some(#krate::QoS::AtLeastOnce)),
+        Some(_) => quote!(::core::option::Option::Some(#krate::QoS::ExactlyOnce)),
     }
 }
 
 /// What a client method needs of its arguments: its parameter list and the
-/// struct they travel in.
+/// struct they travel in, with its `Serialize` impl.
 struct ArgTokens<'a> {
     params: Vec<TokenStream>,
     fields: Vec<&'a syn::Ident>,
-    field_types: Vec<&'a syn::Type>,
     args_struct: syn::Ident,
+    definition: TokenStream,
 }
 
 impl<'a> ArgTokens<'a> {
-    fn of(method: &'a crate::model::Method, trait_ident: &syn::Ident) -> ArgTokens<'a> {
+    fn of(
+        method: &'a crate::model::Method,
+        trait_ident: &syn::Ident,
+        krate: &syn::Path,
+    ) -> ArgTokens<'a> {
+        let args_struct = format_ident!("__{}Args", trait_ident);
+        let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
+        let field_types = method.args.iter().map(|arg| &arg.ty);
+        let serde = quote!(#krate::__private::serde);
+        let (serializer, state) = (hidden("serializer"), hidden("state"));
+        // What serde's derive writes, by hand: each field's `Serialize`
+        // bound is then checked at the argument's type, so a type that
+        // lacks it is reported there, not on the attribute.
+        let serialize_fields = method.args.iter().map(|arg| {
+            let (ident, span) = (&arg.ident, arg.ty.span());
+            let name = syn::ext::IdentExt::unraw(ident).to_string();
+            let (serde, mut field) = (respan(serde.clone(), span), ident.clone());
+            field.set_span(span);
+            quote_spanned! {span=>
+                #serde::ser::SerializeStruct::serialize_field(&mut #state, #name, &self.#field)?;
+            }
+        });
+        let count = method.args.len();
+        let struct_name = args_struct.to_string();
+        let definition = quote! {
+            struct #args_struct { #(#fields: #field_types),* }
+            impl #serde::Serialize for #args_struct {
+                fn serialize<__MqrpcSerializer: #serde::Serializer>(
+                    &self,
+                    #serializer: __MqrpcSerializer,
+                ) -> ::core::result::Result<__MqrpcSerializer::Ok, __MqrpcSerializer::Error> {
+                    let mut #state = #serde::Serializer::serialize_struct(#serializer, #struct_name, #count)?;
+                    #(#serialize_fields)*
+                    #serde::ser::SerializeStruct::end(#state)
+                }
+            }
+        };
         ArgTokens {
             params: method
                 .args
@@ -222,9 +257,27 @@ impl<'a> ArgTokens<'a> {
                     quote!(#ident: #ty)
                 })
                 .collect(),
-            fields: method.args.iter().map(|arg| &arg.ident).collect(),
-            field_types: method.args.iter().map(|arg| &arg.ty).collect(),
-            args_struct: format_ident!("__{}Args", trait_ident),
+            fields,
+            args_struct,
+            definition,
         }
     }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }

@@ -2,12 +2,27 @@
 //! user's implementation and encodes the outcome. Unknown methods and
 //! undecodable arguments become error replies, never panics.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
+use syn::Ident;
 
 use crate::model::{Output, Service};
 
+/// A name of the generated code that no user name can capture or shadow:
+/// reserved (`__mqrpc_` prefix) and, for locals, resolved at the macro's
+/// own site.
+pub(crate) fn hidden(name: &str) -> Ident {
+    Ident::new(&format!("__mqrpc_{name}"), Span::mixed_site())
+}
+
 pub fn render(service: &Service) -> TokenStream {
+    let krate = &service.krate;
+    let serde_crate = service.serde_crate();
+    // The generic of `<Trait>Server<S>`: a user type named `S` must stay
+    // nameable in the arguments.
+    let impl_type = Ident::new("__MqrpcImpl", Span::call_site());
+    let (codec, payload, method_var) = (hidden("codec"), hidden("payload"), hidden("method"));
+    let (value, error) = (hidden("value"), hidden("error"));
     let vis = &service.vis;
     let trait_ident = &service.ident;
     let server = service.server_ident();
@@ -28,44 +43,44 @@ pub fn render(service: &Service) -> TokenStream {
         let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
         let field_types = method.args.iter().map(|arg| &arg.ty);
         let args_struct = format_ident!("__{}Args", trait_ident);
-        let call = quote!(<S as #trait_ident>::#name(&self.service, #(#fields),*).await);
+        let call = quote!(<#impl_type as #trait_ident>::#name(&self.service, #(#fields),*).await);
         let reply = match &method.output {
-            Output::Unit | Output::Plain(_) => quote!(::mqrpc::Reply::ok(codec, &#call)),
-            Output::Stream { .. } => quote!(::mqrpc::Reply::stream(codec, #call)),
+            Output::Unit | Output::Plain(_) => quote!(#krate::Reply::ok(#codec, &#call)),
+            Output::Stream { .. } => quote!(#krate::Reply::stream(#codec, #call)),
             Output::Fallible { .. } => quote! {
                 match #call {
-                    ::core::result::Result::Ok(value) => ::mqrpc::Reply::ok(codec, &value),
-                    ::core::result::Result::Err(error) => ::mqrpc::Reply::app_error(codec, &error),
+                    ::core::result::Result::Ok(#value) => #krate::Reply::ok(#codec, &#value),
+                    ::core::result::Result::Err(#error) => #krate::Reply::app_error(#codec, &#error),
                 }
             },
         };
         quote! {
             #wire => {
-                #[derive(::mqrpc::__private::serde::Deserialize)]
-                #[serde(crate = "::mqrpc::__private::serde")]
+                #[derive(#krate::__private::serde::Deserialize)]
+                #[serde(crate = #serde_crate)]
                 struct #args_struct { #(#fields: #field_types),* }
-                match codec.decode::<#args_struct>(payload) {
+                match #codec.decode::<#args_struct>(#payload) {
                     ::core::result::Result::Ok(#args_struct { #(#fields),* }) => #reply,
-                    ::core::result::Result::Err(error) => ::mqrpc::Reply::bad_request(error),
+                    ::core::result::Result::Err(#error) => #krate::Reply::bad_request(#error),
                 }
             }
         }
     });
     quote! {
         #[doc = #doc]
-        #vis struct #server<S> {
-            service: S,
+        #vis struct #server<#impl_type> {
+            service: #impl_type,
         }
 
-        impl<S> #server<S>
+        impl<#impl_type> #server<#impl_type>
         where
-            S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
+            #impl_type: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
         {
             /// Wire name of the service: the topic level after the prefix.
             pub const SERVICE_NAME: &'static str = #wire_name;
 
             /// Wraps the implementation.
-            pub fn new(service: S) -> Self {
+            pub fn new(service: #impl_type) -> Self {
                 Self { service }
             }
 
@@ -73,24 +88,24 @@ pub fn render(service: &Service) -> TokenStream {
             /// the broker acknowledged the subscription.
             pub async fn serve(
                 self,
-                connection: &::mqrpc::Connection,
-            ) -> ::core::result::Result<::mqrpc::ServerHandle, ::mqrpc::Error> {
-                ::mqrpc::serve(connection, self, ::mqrpc::ServerOptions::default()).await
+                connection: &#krate::Connection,
+            ) -> ::core::result::Result<#krate::ServerHandle, #krate::Error> {
+                #krate::serve(connection, self, #krate::ServerOptions::default()).await
             }
 
             /// Serves with explicit options.
             pub async fn serve_with(
                 self,
-                connection: &::mqrpc::Connection,
-                options: ::mqrpc::ServerOptions,
-            ) -> ::core::result::Result<::mqrpc::ServerHandle, ::mqrpc::Error> {
-                ::mqrpc::serve(connection, self, options).await
+                connection: &#krate::Connection,
+                options: #krate::ServerOptions,
+            ) -> ::core::result::Result<#krate::ServerHandle, #krate::Error> {
+                #krate::serve(connection, self, options).await
             }
         }
 
-        impl<S> ::mqrpc::Service for #server<S>
+        impl<#impl_type> #krate::Service for #server<#impl_type>
         where
-            S: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
+            #impl_type: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
         {
             const NAME: &'static str = #wire_name;
             const METHODS: &'static [&'static str] = &[#(#method_names),*];
@@ -99,8 +114,8 @@ pub fn render(service: &Service) -> TokenStream {
                 ::core::env!("CARGO_PKG_VERSION")
             }
 
-            fn schema(method: &str) -> ::core::option::Option<&'static str> {
-                match method {
+            fn schema(#method_var: &str) -> ::core::option::Option<&'static str> {
+                match #method_var {
                     #(#schemas)*
                     _ => ::core::option::Option::None,
                 }
@@ -108,13 +123,13 @@ pub fn render(service: &Service) -> TokenStream {
 
             async fn call(
                 &self,
-                method: &str,
-                codec: ::mqrpc::Codec,
-                payload: &[u8],
-            ) -> ::mqrpc::Reply {
-                match method {
+                #method_var: &str,
+                #codec: #krate::Codec,
+                #payload: &[u8],
+            ) -> #krate::Reply {
+                match #method_var {
                     #(#arms)*
-                    _ => ::mqrpc::Reply::unknown_method(method),
+                    _ => #krate::Reply::unknown_method(#method_var),
                 }
             }
         }

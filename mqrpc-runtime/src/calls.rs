@@ -2,6 +2,11 @@
 //! running ones (so a cancel message can stop them) and, for a while after
 //! they end, their responses (so a QoS 1 redelivery of a request is
 //! answered from memory instead of running the handler twice).
+//!
+//! A redelivered copy is byte-identical; a foreign client that reuses its
+//! Correlation Data for another request is not. Each entry keeps a digest
+//! of the request (method, Content Type, payload), and a key hit with
+//! another digest is a new call, never answered with the old reply.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,6 +18,27 @@ use tokio::sync::oneshot;
 /// Identifies one call: where its answer goes and its Correlation Data.
 pub(crate) type CallKey = (String, Bytes);
 
+/// One admitted request: its key and the digest that tells a redelivered
+/// copy (same digest) from a new call that reuses the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallId {
+    pub key: CallKey,
+    pub digest: u64,
+}
+
+impl CallId {
+    /// The id of a request to `method` with this Content Type and payload.
+    pub fn new(key: CallKey, method: &str, content_type: Option<&str>, payload: &[u8]) -> CallId {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (method, content_type, payload).hash(&mut hasher);
+        CallId {
+            key,
+            digest: hasher.finish(),
+        }
+    }
+}
+
 /// A response kept for duplicates.
 #[derive(Debug)]
 pub(crate) struct CachedReply {
@@ -21,7 +47,14 @@ pub(crate) struct CachedReply {
     pub payload: Bytes,
 }
 
-enum Entry {
+struct Entry {
+    /// Digest of the request this entry is about (`None`: a cancel that
+    /// came before any request).
+    digest: Option<u64>,
+    state: State,
+}
+
+enum State {
     /// Handler queued or running; sending on the channel stops it.
     Running(Option<oneshot::Sender<()>>),
     /// Answered; duplicates get the reply again (`None`: it was too big to
@@ -29,6 +62,14 @@ enum Entry {
     Done(Option<Arc<CachedReply>>, Instant),
     /// Cancelled (possibly before the request arrived): never run it.
     Cancelled(Instant),
+}
+
+impl Entry {
+    /// True when this entry is about the request `id` (a cancel that came
+    /// first is about whichever request uses its key).
+    fn is_for(&self, id: &CallId) -> bool {
+        self.digest.is_none_or(|digest| digest == id.digest)
+    }
 }
 
 /// What to do with an arriving request.
@@ -74,14 +115,32 @@ impl CallTable {
     }
 
     /// Registers an arriving request, or says why it must not run.
-    pub fn admit(&mut self, key: &CallKey, now: Instant) -> Admission {
+    pub fn admit(&mut self, id: &CallId, now: Instant) -> Admission {
         self.expire(now);
-        match self.entries.get(key) {
-            Some(Entry::Running(_)) => Admission::AlreadyRunning,
-            Some(Entry::Done(reply, _)) => Admission::Answered(reply.clone()),
-            Some(Entry::Cancelled(_)) => Admission::Cancelled,
-            None => {
-                self.entries.insert(key.clone(), Entry::Running(None));
+        match self.entries.get(&id.key) {
+            Some(entry) if entry.is_for(id) => match &entry.state {
+                State::Running(_) => Admission::AlreadyRunning,
+                State::Done(reply, _) => Admission::Answered(reply.clone()),
+                State::Cancelled(_) => Admission::Cancelled,
+            },
+            found => {
+                if found.is_some() {
+                    tracing::debug!("Correlation Data reused for another request: a new call");
+                }
+                // A call the new one displaces keeps running, but its end no
+                // longer touches the entry (see `is_for`).
+                if let Some(Entry {
+                    state: State::Done(Some(reply), _),
+                    ..
+                }) = self.entries.insert(
+                    id.key.clone(),
+                    Entry {
+                        digest: Some(id.digest),
+                        state: State::Running(None),
+                    },
+                ) {
+                    self.cached_bytes -= reply.payload.len();
+                }
                 Admission::Run
             }
         }
@@ -89,9 +148,14 @@ impl CallTable {
 
     /// Gives a running call the channel that stops it. Returns false if it
     /// was cancelled meanwhile.
-    pub fn set_stopper(&mut self, key: &CallKey, stop: oneshot::Sender<()>) -> bool {
-        match self.entries.get_mut(key) {
-            Some(Entry::Running(slot)) => {
+    pub fn set_stopper(&mut self, id: &CallId, stop: oneshot::Sender<()>) -> bool {
+        match self.entries.get_mut(&id.key) {
+            // Displaced by a newer call with the same key: runs untracked.
+            Some(entry) if !entry.is_for(id) => true,
+            Some(Entry {
+                state: State::Running(slot),
+                ..
+            }) => {
                 *slot = Some(stop);
                 true
             }
@@ -104,9 +168,9 @@ impl CallTable {
     pub fn cancel(&mut self, key: CallKey, now: Instant) -> bool {
         let expires = now + self.limits.window;
         match self.entries.get_mut(&key) {
-            Some(entry @ Entry::Running(_)) => {
-                if let Entry::Running(Some(stop)) =
-                    std::mem::replace(entry, Entry::Cancelled(expires))
+            Some(Entry { state, .. }) if matches!(state, State::Running(_)) => {
+                if let State::Running(Some(stop)) =
+                    std::mem::replace(state, State::Cancelled(expires))
                 {
                     let _ = stop.send(());
                 }
@@ -116,7 +180,11 @@ impl CallTable {
             }
             Some(_) => false,
             None => {
-                self.entries.insert(key.clone(), Entry::Cancelled(expires));
+                let entry = Entry {
+                    digest: None,
+                    state: State::Cancelled(expires),
+                };
+                self.entries.insert(key.clone(), entry);
                 self.ended.push_back((expires, key));
                 self.evict();
                 false
@@ -125,12 +193,12 @@ impl CallTable {
     }
 
     /// The call ran and was answered with `reply`.
-    pub fn finish(&mut self, key: &CallKey, reply: CachedReply, expires: Instant) {
-        let Some(entry) = self.entries.get_mut(key) else {
+    pub fn finish(&mut self, id: &CallId, reply: CachedReply, expires: Instant) {
+        let Some(entry) = self.entries.get_mut(&id.key) else {
             return;
         };
-        if !matches!(entry, Entry::Running(_)) {
-            return; // cancelled meanwhile: keep that
+        if !entry.is_for(id) || !matches!(entry.state, State::Running(_)) {
+            return; // displaced or cancelled meanwhile: keep that
         }
         // One reply may take at most 1/16 of the budget, so one huge reply
         // cannot flush every other entry.
@@ -140,16 +208,18 @@ impl CallTable {
         } else {
             None
         };
-        *entry = Entry::Done(kept, expires);
-        self.ended.push_back((expires, key.clone()));
+        entry.state = State::Done(kept, expires);
+        self.ended.push_back((expires, id.key.clone()));
         self.evict();
     }
 
     /// The call did not run (refused for overload or size): forget it, so
     /// that a retry may run.
-    pub fn forget(&mut self, key: &CallKey) {
-        if matches!(self.entries.get(key), Some(Entry::Running(_))) {
-            self.entries.remove(key);
+    pub fn forget(&mut self, id: &CallId) {
+        if let Some(entry) = self.entries.get(&id.key) {
+            if entry.is_for(id) && matches!(entry.state, State::Running(_)) {
+                self.entries.remove(&id.key);
+            }
         }
     }
 
@@ -176,12 +246,16 @@ impl CallTable {
         let Some((expires, key)) = self.ended.pop_front() else {
             return false;
         };
-        let stale = match self.entries.get(&key) {
-            Some(Entry::Done(_, e)) | Some(Entry::Cancelled(e)) => *e == expires,
+        let stale = match self.entries.get(&key).map(|entry| &entry.state) {
+            Some(State::Done(_, e)) | Some(State::Cancelled(e)) => *e == expires,
             _ => false,
         };
         if stale {
-            if let Some(Entry::Done(Some(reply), _)) = self.entries.remove(&key) {
+            if let Some(Entry {
+                state: State::Done(Some(reply), _),
+                ..
+            }) = self.entries.remove(&key)
+            {
                 self.cached_bytes -= reply.payload.len();
             }
         }
@@ -216,8 +290,13 @@ mod tests {
         }
     }
 
-    fn key(n: u8) -> CallKey {
-        ("reply".to_string(), Bytes::from(vec![n]))
+    fn key(n: u8) -> CallId {
+        CallId::new(
+            ("reply".to_string(), Bytes::from(vec![n])),
+            "add",
+            None,
+            b"args",
+        )
     }
 
     fn reply(bytes: usize) -> CachedReply {
@@ -276,7 +355,7 @@ mod tests {
     fn cancel_before_arrival_blocks_the_request() {
         let now = Instant::now();
         let mut table = CallTable::new(limits());
-        assert!(!table.cancel(key(7), now));
+        assert!(!table.cancel(key(7).key, now));
         assert!(matches!(table.admit(&key(7), now), Admission::Cancelled));
     }
 
@@ -287,7 +366,51 @@ mod tests {
         table.admit(&key(1), now);
         let (tx, mut rx) = oneshot::channel();
         assert!(table.set_stopper(&key(1), tx));
-        assert!(table.cancel(key(1), now));
+        assert!(table.cancel(key(1).key, now));
         assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_reused_key_with_another_request_is_a_new_call() {
+        let now = Instant::now();
+        let expires = now + Duration::from_secs(5);
+        let mut table = CallTable::new(limits());
+        let first = key(1);
+        let second = CallId::new(first.key.clone(), "add", None, b"other args");
+        assert_ne!(first.digest, second.digest);
+        assert!(matches!(table.admit(&first, now), Admission::Run));
+        table.finish(&first, reply(3), expires);
+        assert!(matches!(table.admit(&second, now), Admission::Run));
+        assert_eq!(table.cached_bytes, 0, "the displaced reply is not kept");
+        assert!(matches!(
+            table.admit(&second, now),
+            Admission::AlreadyRunning
+        ));
+        table.finish(&second, reply(4), expires);
+        assert!(
+            matches!(table.admit(&second, now), Admission::Answered(Some(r)) if r.payload.len() == 4)
+        );
+        // While one call runs, another with its key displaces it; the first
+        // one's end no longer touches the entry.
+        let third = CallId::new(first.key.clone(), "add", None, b"third");
+        let fourth = CallId::new(first.key.clone(), "add", None, b"fourth");
+        let mut table = CallTable::new(limits());
+        table.admit(&third, now);
+        assert!(matches!(table.admit(&fourth, now), Admission::Run));
+        let (tx, _rx) = oneshot::channel();
+        assert!(
+            table.set_stopper(&third, tx),
+            "the displaced call still runs"
+        );
+        table.finish(&third, reply(7), expires);
+        assert!(matches!(
+            table.admit(&fourth, now),
+            Admission::AlreadyRunning
+        ));
+        table.forget(&third);
+        assert!(matches!(
+            table.admit(&fourth, now),
+            Admission::AlreadyRunning
+        ));
     }
 }

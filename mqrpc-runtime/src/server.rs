@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::calls::{Admission, CachedReply, CallKey, CallTable, Limits};
+use crate::calls::{Admission, CachedReply, CallId, CallKey, CallTable, Limits};
 use crate::connection::{Connection, Sink};
 use crate::context::CallContext;
 use crate::observe::{self, TraceContext};
@@ -563,8 +563,10 @@ impl Request {
         }
     }
 
-    fn key(&self) -> Option<CallKey> {
-        Some((self.response_topic.clone()?, self.correlation.clone()?))
+    fn key(&self) -> Option<CallId> {
+        let key = (self.response_topic.clone()?, self.correlation.clone()?);
+        let content_type = self.content_type.as_deref();
+        Some(CallId::new(key, &self.method, content_type, &self.payload))
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -831,7 +833,7 @@ impl<S: Service> Dispatcher<S> {
         &self,
         conn: Connection,
         mut request: Request,
-        key: Option<CallKey>,
+        key: Option<CallId>,
         items: Arc<crate::stream::EncodedItems>,
         content_type: &'static str,
         mut stop_rx: oneshot::Receiver<()>,
@@ -847,7 +849,7 @@ impl<S: Service> Dispatcher<S> {
         self.streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), credit_tx);
+            .insert(key.key.clone(), credit_tx);
         request.instance = Some(self.instance.clone());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let mut credit = crate::stream::WINDOW;
@@ -901,11 +903,11 @@ impl<S: Service> Dispatcher<S> {
         }
     }
 
-    fn end_stream(&self, key: &CallKey) {
+    fn end_stream(&self, key: &CallId) {
         self.streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+            .remove(&key.key);
         self.calls().forget(key);
     }
 
@@ -927,7 +929,7 @@ impl<S: Service> Dispatcher<S> {
         self: Arc<Self>,
         conn: Connection,
         request: Request,
-        key: Option<CallKey>,
+        key: Option<CallId>,
         permit: Option<OwnedSemaphorePermit>,
         _active: ActivityGuard,
     ) {
