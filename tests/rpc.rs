@@ -14,7 +14,8 @@ mqrpc_tests::on_both_brokers!(
     unknown_method_is_a_clear_error,
     wrong_argument_types_are_a_bad_request,
     handler_that_never_answers_times_out,
-    call_without_any_server_times_out,
+    call_without_any_server_is_unserved,
+    unserved_streams_and_broadcasts_name_their_method,
     late_response_is_dropped_and_next_call_is_right,
     panicking_handler_gives_internal_error_and_server_keeps_serving,
     dropped_call_frees_its_pending_slot,
@@ -177,13 +178,20 @@ async fn handler_that_never_answers_times_out(broker: TestBroker) {
 /// does not, so the call ends with its timeout.
 fn assert_unserved(broker: &TestBroker, err: Error) {
     if broker.kind() == "mosquitto" {
-        assert!(err.is_no_responder(), "{err:?}");
+        // The error names the method that was called.
+        assert!(
+            matches!(&err, Error::NoResponder { method } if method == "add"),
+            "{err:?}"
+        );
     } else {
-        assert!(err.is_timeout(), "{err:?}");
+        assert!(
+            matches!(&err, Error::Timeout { method, .. } if method == "add"),
+            "{err:?}"
+        );
     }
 }
 
-async fn call_without_any_server_times_out(broker: TestBroker) {
+async fn call_without_any_server_is_unserved(broker: TestBroker) {
     let conn = broker.connect().await;
     let client = CalculatorClient::new(&conn).await.unwrap();
     let err = client
@@ -192,6 +200,44 @@ async fn call_without_any_server_times_out(broker: TestBroker) {
         .await
         .unwrap_err();
     assert_unserved(&broker, err);
+}
+
+/// A stream or broadcast nobody serves ends with an error that names the
+/// method, like a call (`NoResponder` where the broker reports it).
+async fn unserved_streams_and_broadcasts_name_their_method(broker: TestBroker) {
+    use futures_util::StreamExt;
+    let client = broker.client(Duration::from_millis(200)).await;
+    let mut items = client.count_up(3).await.unwrap();
+    let err = items.next().await.expect("an error").unwrap_err();
+    let names_method = |err: &Error, name: &str| match err {
+        Error::NoResponder { method } | Error::Timeout { method, .. } => method == name,
+        _ => false,
+    };
+    assert!(names_method(&err, "count_up"), "{err:?}");
+    assert_eq!(
+        broker.kind() == "mosquitto",
+        err.is_no_responder(),
+        "{err:?}"
+    );
+    let answers: Vec<_> = client
+        .broadcast(None)
+        .count()
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    if broker.kind() == "mosquitto" {
+        let [(instance, Err(err))] = &answers[..] else {
+            panic!("one error, not {answers:?}")
+        };
+        assert_eq!(instance, "");
+        assert!(
+            err.is_no_responder() && names_method(err, "count"),
+            "{err:?}"
+        );
+    } else {
+        assert!(answers.is_empty(), "{answers:?}");
+    }
 }
 
 async fn late_response_is_dropped_and_next_call_is_right(broker: TestBroker) {
@@ -387,9 +433,9 @@ async fn invalid_urls_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_fails_fast_then_recovers() {
-    let Some(_) = mqrpc_tests::mosquitto() else {
+    if !mqrpc_tests::mosquitto_available() {
         return;
-    };
+    }
     let mut mosquitto = mqrpc_tests::Mosquitto::start(&[]).unwrap();
     let port = mosquitto.port;
     let url = format!("mqtt://127.0.0.1:{port}");

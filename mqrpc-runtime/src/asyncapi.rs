@@ -239,15 +239,20 @@ pub fn to_json_pretty(value: &Value) -> String {
 }
 
 /// Used by the code `#[mqrpc::service]` generates: the description of a
-/// service, schema helpers and the `schemars` probe. Not a public API.
-#[doc(hidden)]
-pub mod codegen {
+/// service, schema helpers and the `schemars` probe. Reached only through
+/// `mqrpc::__private` (hidden, not covered by semver).
+pub(crate) mod codegen {
     use std::marker::PhantomData;
 
     use serde_json::{json, Value};
 
-    pub use super::{document, AsyncApiOptions};
+    pub use super::AsyncApiOptions;
     pub use crate::QoS;
+
+    /// Builds the document. Called by the generated `<Trait>Server::asyncapi`.
+    pub fn document(service: ServiceDoc, schemas: Schemas, options: &AsyncApiOptions) -> Value {
+        super::Builder::new(&service, options).build(service.methods.iter(), schemas)
+    }
 
     /// A service as the macro saw it.
     pub struct ServiceDoc {
@@ -482,12 +487,6 @@ pub mod codegen {
 }
 
 use codegen::{MethodDoc, OutputDoc, Schemas, ServiceDoc};
-
-/// Builds the document. Called by the generated `<Trait>Server::asyncapi`.
-#[doc(hidden)]
-pub fn document(service: ServiceDoc, schemas: Schemas, options: &AsyncApiOptions) -> Value {
-    Builder::new(&service, options).build(service.methods.iter(), schemas)
-}
 
 /// Ids of channels and operations: AsyncAPI wants `[A-Za-z0-9_.-]`, wire
 /// names allow more; collisions get a numeric suffix.

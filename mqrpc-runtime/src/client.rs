@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::connection::{Connection, Sink};
+use crate::error::{Failure, Refusal};
 use crate::protocol::{
     Status, BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD,
     CREDIT_PROPERTY, DEFAULT_PREFIX, INFO_METHOD, INSTANCE_LEVEL, INSTANCE_PROPERTY, PING_METHOD,
@@ -151,13 +152,13 @@ impl Response {
 /// Where the answer(s) of a call go.
 pub(crate) enum Waiter {
     /// A call: one answer.
-    Once(oneshot::Sender<Result<Response, Error>>),
+    Once(oneshot::Sender<Result<Response, Failure>>),
     /// A broadcast: every answer, until the stream is dropped.
-    Many(tokio::sync::mpsc::Sender<Result<Response, Error>>),
+    Many(tokio::sync::mpsc::Sender<Result<Response, Failure>>),
 }
 
 impl Waiter {
-    fn finish(self, outcome: Result<Response, Error>) {
+    fn finish(self, outcome: Result<Response, Failure>) {
         match self {
             Waiter::Once(tx) => {
                 let _ = tx.send(outcome);
@@ -228,7 +229,7 @@ impl Caller {
             }
         };
         drop(pending);
-        waiter.finish(Response::from_publish(publish, properties));
+        waiter.finish(Response::from_publish(publish, properties).map_err(Failure::Error));
     }
 
     /// A new call waiting for its answer(s): its correlation id, unless
@@ -251,18 +252,18 @@ impl Caller {
     }
 
     /// The broker refused the call's request (no subscriber, not
-    /// authorized, ...): the call fills in its method name.
-    pub(crate) fn fail_call(&self, id: u64, error: Error) {
+    /// authorized, ...): the call names its method in the error.
+    pub(crate) fn fail_call(&self, id: u64, refusal: Refusal) {
         let waiter = self.lock().remove(&id);
         if let Some(waiter) = waiter {
-            waiter.finish(Err(error));
+            waiter.finish(Err(Failure::Refused(refusal)));
         }
     }
 
     pub(crate) fn fail_all(&self, error: &Error) {
         let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
         for waiter in waiters {
-            waiter.finish(Err(error.clone()));
+            waiter.finish(Err(Failure::Error(error.clone())));
         }
     }
 
@@ -476,6 +477,10 @@ impl Client {
 
     /// [`call`](Self::call) with the method's own QoS, if it declares one
     /// (`#[mqrpc(qos = ..)]`); used by generated clients.
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
     #[doc(hidden)]
     pub async fn call_qos<A, T>(
         &self,
@@ -509,6 +514,10 @@ impl Client {
     }
 
     /// [`call_fallible`](Self::call_fallible) with the method's own QoS.
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
     #[doc(hidden)]
     pub async fn call_fallible_qos<A, T, E>(
         &self,
@@ -532,6 +541,10 @@ impl Client {
     /// outcome)` that ends at this client's timeout or after `max_answers`.
     /// `decode` turns each answer into the method's type
     /// ([`Response::into_value`], [`Response::into_result`]).
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
     #[doc(hidden)]
     pub async fn broadcast_qos<A, T>(
         &self,
@@ -573,7 +586,7 @@ impl Client {
         capacity: usize,
     ) -> Result<
         (
-            tokio::sync::mpsc::Receiver<Result<Response, Error>>,
+            tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
             BroadcastSlot,
         ),
         Error,
@@ -612,6 +625,63 @@ impl Client {
         self.call::<_, ()>(PING_METHOD, &()).await
     }
 
+    /// Calls `method` on every server of the service at once (topic
+    /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
+    /// outcome)` that ends at this client's timeout or after `max_answers`
+    /// answers. For a method declared `-> Result<T, E>`, ask for
+    /// `Result<T, E>` as `T`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use futures_util::StreamExt;
+    /// use mqrpc_runtime::{Client, ClientOptions, Connection};
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
+    /// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
+    /// let short = client.with_timeout(std::time::Duration::from_millis(100));
+    /// let answers = short.broadcast::<_, u64>("count", &(), None).await?;
+    /// assert_eq!(answers.collect::<Vec<_>>().await.len(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast<A, T>(
+        &self,
+        method: &str,
+        args: &A,
+        max_answers: Option<usize>,
+    ) -> Result<Answers<T>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.broadcast_qos(method, None, None, args, max_answers, Response::into_value)
+            .await
+    }
+
+    /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
+    /// come (see [`Items`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use futures_util::StreamExt;
+    /// use mqrpc_runtime::{Client, ClientOptions, Connection, Error};
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
+    /// let short = client.with_timeout(std::time::Duration::from_millis(100));
+    /// let mut items = short.stream::<_, u64>("count_up", &3u64).await?;
+    /// // Nobody serves it: the stream ends with an error, no items.
+    /// assert!(matches!(items.next().await, Some(Err(Error::Timeout { .. } | Error::NoResponder { .. }))));
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream<A, T>(&self, method: &str, args: &A) -> Result<Items<T>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.stream_qos(method, None, None, args).await
+    }
+
     /// `_info` of every server of the service, until this client's timeout.
     pub async fn info(&self) -> Result<Answers<crate::ServiceInfo>, Error> {
         self.broadcast_qos(INFO_METHOD, None, None, &(), None, Response::into_value)
@@ -632,6 +702,10 @@ impl Client {
     }
 
     /// [`notify`](Self::notify) with the method's own QoS.
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
     #[doc(hidden)]
     pub async fn notify_qos<A: Serialize + ?Sized>(
         &self,
@@ -703,7 +777,10 @@ impl Client {
                 .publish(topic, qos, Bytes::from(payload), properties, Some(slot.id))
                 .await?;
             slot.sent.store(true, Ordering::Relaxed);
-            rx.await.unwrap_or(Err(Error::Disconnected))
+            match rx.await {
+                Ok(outcome) => outcome.map_err(|failure| failure.into_error(method)),
+                Err(_) => Err(Error::Disconnected),
+            }
         };
         let result =
             match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {
@@ -715,12 +792,6 @@ impl Client {
             };
         drop(slot);
         let result = match result {
-            Err(Error::NoResponder { .. }) => Err(Error::NoResponder {
-                method: method.to_string(),
-            }),
-            Err(Error::NotAuthorized { .. }) => Err(Error::NotAuthorized {
-                method: method.to_string(),
-            }),
             // The server's view of the same deadline.
             Ok(response) if response.status == Status::DeadlineExceeded => Err(Error::Timeout {
                 method: method.to_string(),
@@ -750,7 +821,7 @@ impl Client {
             tracing::Span,
             String,
             PublishProperties,
-            oneshot::Receiver<Result<Response, Error>>,
+            oneshot::Receiver<Result<Response, Failure>>,
         ),
         Error,
     > {
@@ -851,6 +922,10 @@ impl Client {
 
     /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
     /// come (see [`Items`]).
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
     #[doc(hidden)]
     pub async fn stream_qos<A, T>(
         &self,
@@ -907,18 +982,16 @@ impl Drop for BroadcastSlot {
 /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
 /// use futures_util::StreamExt;
 /// use std::time::Duration;
-/// use mqrpc_runtime::{Client, ClientOptions, Connection, Response};
+/// use mqrpc_runtime::{Client, ClientOptions, Connection};
 /// let conn = Connection::from_env_or_embedded().await?;
 /// let client = Client::new(&conn, "Nobody", ClientOptions::default().timeout(Duration::from_millis(100))).await?;
-/// let answers = client
-///     .broadcast_qos("ping", None, None, &(), None, Response::into_value::<()>)
-///     .await?;
+/// let answers = client.broadcast::<_, ()>("ping", &(), None).await?;
 /// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
 /// assert_eq!(answers.collect::<Vec<_>>().await.len(), 0);
 /// # Ok(()) }
 /// ```
 pub struct Answers<T> {
-    rx: tokio::sync::mpsc::Receiver<Result<Response, Error>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     left: Option<usize>,
     decode: fn(Response, &str) -> Result<T, Error>,
@@ -946,14 +1019,9 @@ impl<T> futures_util::Stream for Answers<T> {
                 let outcome = (self.decode)(response, &self.method);
                 Poll::Ready(Some((instance, outcome)))
             }
-            Poll::Ready(Some(Err(error))) => {
+            Poll::Ready(Some(Err(failure))) => {
                 self.left = Some(0); // not from a server: nothing more will come
-                let error = match error {
-                    Error::NoResponder { .. } => Error::NoResponder {
-                        method: self.method.clone(),
-                    },
-                    other => other,
-                };
+                let error = failure.into_error(&self.method);
                 Poll::Ready(Some((String::new(), Err(error))))
             }
             Poll::Ready(None) => Poll::Ready(None),

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::client::Caller;
+use crate::error::Refusal;
 use crate::protocol::BROKER_ENV;
 use crate::tls::TlsSettings;
 use crate::{Error, QoS};
@@ -1117,39 +1118,27 @@ impl Connection {
                 ack.pkid,
                 match ack.reason {
                     PubAckReason::Success => None,
-                    PubAckReason::NoMatchingSubscribers => Some(Error::NoResponder {
-                        method: String::new(),
-                    }),
-                    PubAckReason::NotAuthorized => Some(Error::NotAuthorized {
-                        method: String::new(),
-                    }),
-                    other => Some(Error::Refused {
-                        reason: format!("{other:?}"),
-                    }),
+                    PubAckReason::NoMatchingSubscribers => Some(Refusal::NoMatchingSubscribers),
+                    PubAckReason::NotAuthorized => Some(Refusal::NotAuthorized),
+                    other => Some(Refusal::Other(format!("{other:?}"))),
                 },
             ),
             Event::Incoming(Packet::PubRec(rec)) => (
                 rec.pkid,
                 match rec.reason {
                     PubRecReason::Success => None,
-                    PubRecReason::NoMatchingSubscribers => Some(Error::NoResponder {
-                        method: String::new(),
-                    }),
-                    PubRecReason::NotAuthorized => Some(Error::NotAuthorized {
-                        method: String::new(),
-                    }),
-                    other => Some(Error::Refused {
-                        reason: format!("{other:?}"),
-                    }),
+                    PubRecReason::NoMatchingSubscribers => Some(Refusal::NoMatchingSubscribers),
+                    PubRecReason::NotAuthorized => Some(Refusal::NotAuthorized),
+                    other => Some(Refusal::Other(format!("{other:?}"))),
                 },
             ),
             _ => return,
         };
         let (pkid, refusal) = outcome;
         let call = self.tracker().by_packet_id.remove(&pkid);
-        if let (Some(call), Some(error)) = (call, refusal) {
+        if let (Some(call), Some(refusal)) = (call, refusal) {
             if let Some(caller) = self.shared.caller.get() {
-                caller.fail_call(call, error);
+                caller.fail_call(call, refusal);
             }
         }
     }

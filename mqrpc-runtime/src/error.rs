@@ -235,3 +235,48 @@ impl Error {
         )
     }
 }
+
+/// Why the broker refused a request (its PUBACK or PUBREC reason code),
+/// told to the call that sent it, which names its method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// 0x10 No matching subscribers.
+    NoMatchingSubscribers,
+    /// 0x87 Not authorized.
+    NotAuthorized,
+    /// Any other reason code of 0x80 or more.
+    Other(String),
+}
+
+impl Refusal {
+    /// The error of a call to `method` that the broker refused.
+    pub(crate) fn into_error(self, method: &str) -> Error {
+        match self {
+            Refusal::NoMatchingSubscribers => Error::NoResponder {
+                method: method.to_string(),
+            },
+            Refusal::NotAuthorized => Error::NotAuthorized {
+                method: method.to_string(),
+            },
+            Refusal::Other(reason) => Error::Refused { reason },
+        }
+    }
+}
+
+/// How a pending call ends without an answer: refused by the broker, or
+/// failed for a reason of the whole connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    Refused(Refusal),
+    Error(Error),
+}
+
+impl Failure {
+    /// The error the call to `method` reports.
+    pub(crate) fn into_error(self, method: &str) -> Error {
+        match self {
+            Failure::Refused(refusal) => refusal.into_error(method),
+            Failure::Error(error) => error,
+        }
+    }
+}

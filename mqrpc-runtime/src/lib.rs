@@ -35,6 +35,16 @@ pub use protocol::Status;
 pub use server::{respond, serve, Reply, ServerHandle, ServerOptions, Service};
 pub use stream::{Items, Stream, WINDOW as STREAM_WINDOW};
 
+/// Used by the code `#[mqrpc::service]` generates (through
+/// `mqrpc::__private`); not a public API and not covered by semver.
+#[doc(hidden)]
+pub mod __private {
+    /// The AsyncAPI description helpers of generated `asyncapi()` methods.
+    pub mod asyncapi {
+        pub use crate::asyncapi::codegen::*;
+    }
+}
+
 /// MQTT delivery guarantee of requests and responses.
 ///
 /// ```

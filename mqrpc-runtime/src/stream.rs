@@ -107,7 +107,7 @@ impl std::fmt::Debug for EncodedItems {
 /// [`Error::Protocol`] if an item went missing. Dropping it stops the
 /// server's producer.
 pub struct Items<T> {
-    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Response, Error>>,
+    pub(crate) rx: tokio::sync::mpsc::Receiver<Result<Response, crate::error::Failure>>,
     pub(crate) deadline: Pin<Box<tokio::time::Sleep>>,
     pub(crate) decode: fn(Response, &str) -> Result<T, Error>,
     pub(crate) method: String,
@@ -174,13 +174,8 @@ impl<T> futures_util::Stream for Items<T> {
                     }
                 }
             }
-            Poll::Ready(Some(Err(error))) => {
-                let error = match error {
-                    Error::NoResponder { .. } => Error::NoResponder {
-                        method: self.method.clone(),
-                    },
-                    other => other,
-                };
+            Poll::Ready(Some(Err(failure))) => {
+                let error = failure.into_error(&self.method);
                 self.finish(Some(Err(error)))
             }
             Poll::Ready(None) => self.finish(None),

@@ -42,9 +42,16 @@
 //!
 //! # Features
 //!
+//! The default build is lean: what a service in production needs, with no
+//! broker linked in (73 crates in `cargo tree`). Everything else is opt-in.
+//!
 //! | feature | default | what |
 //! |---|---|---|
-//! | `embedded-broker` | on | `EmbeddedBroker` and `Connection::from_env_or_embedded`: a real MQTT v5 broker in-process |
+//! | `embedded-broker` | off | `EmbeddedBroker` and `Connection::from_env_or_embedded`: a real MQTT v5 broker in-process, for a quickstart or tests with nothing installed (158 crates with it: `mqtt5`, rustls, ring) |
+//! | `tls` | off | `mqtts://` brokers: rustls (ring), system roots or a CA file, client certificates |
+//! | `websocket` | off | `ws://` (and, with `tls`, `wss://`) brokers: MQTT over WebSocket |
+//! | `opentelemetry` | off | W3C `traceparent`/`tracestate` between client and server spans, through `tracing-opentelemetry` |
+//! | `metrics` | off | per-method call counters and latency histograms through the `metrics` facade |
 //! | `schemars` | off | AsyncAPI documents carry the full JSON schema of argument and result types that implement `schemars::JsonSchema` (schemars 1.x); other types keep the structural schema. Nothing requires the trait |
 
 #![warn(missing_docs)]
@@ -199,6 +206,6 @@ pub use mqrpc_runtime::{
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use mqrpc_runtime::asyncapi::codegen as asyncapi;
+    pub use mqrpc_runtime::__private::asyncapi;
     pub use serde;
 }
