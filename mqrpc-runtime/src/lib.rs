@@ -1,39 +1,40 @@
 //! Runtime of [mqrpc](https://docs.rs/mqrpc): typed RPC over MQTT v5.
 //!
 //! Users depend on the `mqrpc` facade, which re-exports this crate; the
-//! `#[mqrpc::service]` macro generates code against it. One module per
-//! concern: [`Connection`] (the broker link), [`Client`] (calls waiting for
-//! answers), [`serve`] (dispatch), [`Codec`] and [`Error`].
+//! `#[mqrpc::service]` macro generates code against it. The layers are
+//! folders, and imports point down the list:
+//!
+//! - `asyncapi/`: AsyncAPI 3.0 documents of a service;
+//! - `client/` ([`Client`]: calls waiting for answers, broadcasts, streams)
+//!   and `server/` ([`serve`]: admission, duplicates, dispatch, built-ins);
+//! - `observe/`: spans, trace context, metrics;
+//! - `transport/` ([`Connection`]: the broker link, TLS, routing of
+//!   incoming publishes; the embedded broker);
+//! - `protocol/`: names, statuses, topics, the payload [`Codec`];
+//! - [`Error`], shared by all.
 
 #![warn(missing_docs)]
 
 pub mod asyncapi;
-#[cfg(feature = "embedded-broker")]
-mod broker;
-mod calls;
 mod client;
-mod codec;
-mod connection;
-pub mod context;
-mod discovery;
 mod error;
 mod observe;
 pub mod protocol;
 mod server;
-mod stream;
-mod tls;
-mod topic;
+mod transport;
 
-#[cfg(feature = "embedded-broker")]
-pub use broker::EmbeddedBroker;
-pub use client::{Answers, Client, ClientOptions, Response, DEFAULT_TIMEOUT};
-pub use codec::Codec;
-pub use connection::{ConnectOptions, Connection};
-pub use discovery::{discover, MethodInfo, MethodStats, ServiceInfo, ServiceStats};
+pub use client::{discover, Answers, Client, ClientOptions, Items, Response, DEFAULT_TIMEOUT};
 pub use error::Error;
+pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
+pub use protocol::codec::Codec;
 pub use protocol::Status;
-pub use server::{respond, serve, Reply, ServerHandle, ServerOptions, Service};
-pub use stream::{Items, Stream, WINDOW as STREAM_WINDOW};
+pub use server::context;
+pub use server::{
+    respond, serve, Reply, ServerHandle, ServerOptions, Service, Stream, STREAM_WINDOW,
+};
+#[cfg(feature = "embedded-broker")]
+pub use transport::EmbeddedBroker;
+pub use transport::{ConnectOptions, Connection};
 
 /// Used by the code `#[mqrpc::service]` generates (through
 /// `mqrpc::__private`); not a public API and not covered by semver.

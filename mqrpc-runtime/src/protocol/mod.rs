@@ -1,6 +1,10 @@
 //! Names and values that appear on the wire. `PROTOCOL.md` is the
 //! human-readable version of this file; keep them in step.
 
+pub(crate) mod builtins;
+pub(crate) mod codec;
+pub(crate) mod topic;
+
 /// User property carrying the outcome of a call on every response.
 pub const STATUS_PROPERTY: &str = "mqrpc-status";
 

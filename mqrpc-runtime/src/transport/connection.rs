@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::client::Caller;
 use crate::error::Refusal;
 use crate::protocol::BROKER_ENV;
-use crate::tls::TlsSettings;
+use crate::transport::tls::TlsSettings;
 use crate::{Error, QoS};
 
 /// Where and how to connect.
@@ -150,10 +150,10 @@ impl ConnectOptions {
         for pair in pairs {
             let (key_name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let (key_name, value) = (decode_component(key_name), decode_component(value));
-            let file = || crate::tls::Pem::File(value.as_str().into());
+            let file = || crate::transport::tls::Pem::File(value.as_str().into());
             match key_name.as_str() {
                 "client_id" => opts.client_id = Some(value.clone()),
-                "ca" if tls => settings.roots = crate::tls::Roots::Ca(file()),
+                "ca" if tls => settings.roots = crate::transport::tls::Roots::Ca(file()),
                 "cert" if tls => cert = Some(file()),
                 "key" if tls => key = Some(file()),
                 "ca" | "cert" | "key" => {
@@ -219,7 +219,7 @@ impl ConnectOptions {
     #[cfg(feature = "tls")]
     pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.tls.get_or_insert_with(TlsSettings::default).roots =
-            crate::tls::Roots::Ca(crate::tls::Pem::File(path.into()));
+            crate::transport::tls::Roots::Ca(crate::transport::tls::Pem::File(path.into()));
         self
     }
 
@@ -227,7 +227,7 @@ impl ConnectOptions {
     #[cfg(feature = "tls")]
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.get_or_insert_with(TlsSettings::default).roots =
-            crate::tls::Roots::Ca(crate::tls::Pem::Bytes(pem.into()));
+            crate::transport::tls::Roots::Ca(crate::transport::tls::Pem::Bytes(pem.into()));
         self
     }
 
@@ -242,8 +242,8 @@ impl ConnectOptions {
         self.tls
             .get_or_insert_with(TlsSettings::default)
             .client_cert = Some((
-            crate::tls::Pem::File(cert.into()),
-            crate::tls::Pem::File(key.into()),
+            crate::transport::tls::Pem::File(cert.into()),
+            crate::transport::tls::Pem::File(key.into()),
         ));
         self
     }
@@ -258,8 +258,8 @@ impl ConnectOptions {
         self.tls
             .get_or_insert_with(TlsSettings::default)
             .client_cert = Some((
-            crate::tls::Pem::Bytes(cert.into()),
-            crate::tls::Pem::Bytes(key.into()),
+            crate::transport::tls::Pem::Bytes(cert.into()),
+            crate::transport::tls::Pem::Bytes(key.into()),
         ));
         self
     }
@@ -535,7 +535,7 @@ pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish) + Send + Sync>;
 struct Route {
     id: u64,
     filter: String,
-    matcher: crate::topic::Filter,
+    matcher: crate::protocol::topic::Filter,
     qos: QoS,
     sink: Sink,
 }
@@ -827,12 +827,13 @@ impl Connection {
                 .push(Route {
                     id,
                     filter: filter.clone(),
-                    matcher: crate::topic::Filter::new(&filter),
+                    matcher: crate::protocol::topic::Filter::new(&filter),
                     qos,
                     sink: sink.clone(),
                 });
             let (mine, others): (Vec<_>, Vec<_>) = held.publishes.drain(..).partition(|(_, p)| {
-                std::str::from_utf8(&p.topic).is_ok_and(|t| crate::topic::matches(&filter, t))
+                std::str::from_utf8(&p.topic)
+                    .is_ok_and(|t| crate::protocol::topic::matches(&filter, t))
             });
             held.publishes = others.into();
             held.bytes -= mine.iter().map(|(_, p)| p.payload.len()).sum::<usize>();
@@ -1048,7 +1049,7 @@ impl Connection {
     /// Response Information if it gave one (or one is assumed), else
     /// `<reply_prefix>/_reply/<client id>`.
     pub fn reply_topic(&self) -> String {
-        let client = crate::topic::as_level(&self.shared.client_id);
+        let client = crate::protocol::topic::as_level(&self.shared.client_id);
         let granted = self
             .shared
             .response_information
@@ -1058,12 +1059,15 @@ impl Connection {
             .or_else(|| self.shared.options.assumed_response_information.clone());
         if let Some(base) = granted {
             let topic = format!("{}/{client}", base.trim_end_matches('/'));
-            if crate::topic::is_publishable(&topic) {
+            if crate::protocol::topic::is_publishable(&topic) {
                 return topic;
             }
             warn!(%topic, "unusable Response Information; using the default response topic");
         }
-        crate::topic::reply_topic(&self.shared.options.reply_prefix, &self.shared.client_id)
+        crate::protocol::topic::reply_topic(
+            &self.shared.options.reply_prefix,
+            &self.shared.client_id,
+        )
     }
 
     /// QoS 2 is refused with a persistent session: rumqttc forgets the
@@ -1523,7 +1527,9 @@ mod tests {
         let opts = ConnectOptions::from_url("mqtts://host?ca=/etc/c++/ca.pem").unwrap();
         assert_eq!(
             opts.tls.as_ref().unwrap().roots,
-            crate::tls::Roots::Ca(crate::tls::Pem::File("/etc/c++/ca.pem".into()))
+            crate::transport::tls::Roots::Ca(crate::transport::tls::Pem::File(
+                "/etc/c++/ca.pem".into()
+            ))
         );
         let inline = ConnectOptions::new("host", 8883)
             .tls_client_cert_pem("CERT", "-----BEGIN PRIVATE KEY----- secret");

@@ -1,0 +1,42 @@
+//! Finding every server of every service under a prefix.
+
+use std::time::Duration;
+
+use crate::protocol::builtins::ServiceInfo;
+
+/// Every server of every service under `prefix` that answers `_info`
+/// within `within`: discovery without a registry.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// use std::time::Duration;
+/// let conn = mqrpc_runtime::Connection::from_env_or_embedded().await?;
+/// let found = mqrpc_runtime::discover(&conn, "mqrpc", Duration::from_millis(200)).await?;
+/// assert!(found.is_empty()); // nobody serves anything yet
+/// # Ok(()) }
+/// ```
+pub async fn discover(
+    conn: &crate::Connection,
+    prefix: &str,
+    within: Duration,
+) -> Result<Vec<ServiceInfo>, crate::Error> {
+    use futures_util::StreamExt;
+    let options = crate::ClientOptions::default()
+        .prefix(prefix)
+        .timeout(within);
+    let everyone = crate::Client::new(conn, crate::protocol::ANY_SERVICE, options).await?;
+    let answers = everyone.info().await?;
+    let mut found = Vec::new();
+    let mut answers = std::pin::pin!(answers);
+    while let Some((_, info)) = answers.next().await {
+        match info {
+            Ok(info) => found.push(info),
+            // Nobody listens: nothing to find.
+            Err(crate::Error::NoResponder { .. }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    found.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+    Ok(found)
+}

@@ -1,0 +1,346 @@
+//! Calls with many answers: broadcasts to every server of a service and
+//! streams of items from one.
+
+use super::{request_properties, topic_base, Caller, Client, Response, Waiter};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::debug;
+
+use crate::client::{Control, Items};
+use crate::error::Failure;
+use crate::protocol::{
+    BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY,
+    INFO_METHOD, INSTANCE_LEVEL, PING_METHOD, STATS_METHOD,
+};
+use crate::{observe, Error, QoS};
+
+impl Client {
+    /// Calls `method` on every server of the service at once (topic
+    /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
+    /// outcome)` that ends at this client's timeout or after `max_answers`.
+    /// `decode` turns each answer into the method's type
+    /// ([`Response::into_value`], [`Response::into_result`]).
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
+    #[doc(hidden)]
+    pub async fn broadcast_qos<A, T>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+        max_answers: Option<usize>,
+        decode: fn(Response, &str) -> Result<T, Error>,
+    ) -> Result<Answers<T>, Error>
+    where
+        A: Serialize + ?Sized,
+    {
+        let topic = format!(
+            "{}{BROADCAST_LEVEL}/{method}",
+            topic_base(&self.options.prefix, &self.service)
+        );
+        let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
+        let (rx, slot) = self.send_many(topic, qos, schema, args, capacity).await?;
+        Ok(Answers {
+            rx,
+            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            left: max_answers,
+            decode,
+            method: method.to_string(),
+            _slot: slot,
+        })
+    }
+
+    /// Sends a request whose answers come as a stream (broadcast, server
+    /// streaming): the call stays pending, each answer goes to the
+    /// returned receiver, until the returned slot is dropped.
+    async fn send_many<A: Serialize + ?Sized>(
+        &self,
+        topic: String,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+        capacity: usize,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
+            BroadcastSlot,
+        ),
+        Error,
+    > {
+        self.conn.ensure_open()?;
+        let qos = qos.unwrap_or(self.options.qos);
+        self.conn.check_qos(qos)?;
+        let payload = self.options.codec.encode(args)?;
+        let caller = self.caller.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let id = caller.register(Waiter::Many(tx))?;
+        // Made before publishing, so a failed publish clears the entry.
+        let slot = BroadcastSlot {
+            caller: caller.clone(),
+            id,
+        };
+        let mut properties = request_properties(
+            &caller.reply_topic,
+            id,
+            self.options.codec,
+            schema,
+            self.options.timeout,
+        );
+        // No call span of its own (the answers outlive this function): the
+        // servers join the caller's current trace.
+        observe::inject_current(&mut properties.user_properties);
+        self.check_size(&topic, payload.len(), &properties)?;
+        self.conn
+            .publish(topic, qos, Bytes::from(payload), properties, Some(id))
+            .await?;
+        Ok((rx, slot))
+    }
+
+    /// Asks one server of the service (`_ping`) whether it is there.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.call::<_, ()>(PING_METHOD, &()).await
+    }
+
+    /// Calls `method` on every server of the service at once (topic
+    /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
+    /// outcome)` that ends at this client's timeout or after `max_answers`
+    /// answers. For a method declared `-> Result<T, E>`, ask for
+    /// `Result<T, E>` as `T`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use futures_util::StreamExt;
+    /// use mqrpc_runtime::{Client, ClientOptions, Connection};
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
+    /// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
+    /// let short = client.with_timeout(std::time::Duration::from_millis(100));
+    /// let answers = short.broadcast::<_, u64>("count", &(), None).await?;
+    /// assert_eq!(answers.collect::<Vec<_>>().await.len(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast<A, T>(
+        &self,
+        method: &str,
+        args: &A,
+        max_answers: Option<usize>,
+    ) -> Result<Answers<T>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.broadcast_qos(method, None, None, args, max_answers, Response::into_value)
+            .await
+    }
+
+    /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
+    /// come (see [`Items`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use futures_util::StreamExt;
+    /// use mqrpc_runtime::{Client, ClientOptions, Connection, Error};
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
+    /// let short = client.with_timeout(std::time::Duration::from_millis(100));
+    /// let mut items = short.stream::<_, u64>("count_up", &3u64).await?;
+    /// // Nobody serves it: the stream ends with an error, no items.
+    /// assert!(matches!(items.next().await, Some(Err(Error::Timeout { .. } | Error::NoResponder { .. }))));
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream<A, T>(&self, method: &str, args: &A) -> Result<Items<T>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.stream_qos(method, None, None, args).await
+    }
+
+    /// `_info` of every server of the service, until this client's timeout.
+    pub async fn info(&self) -> Result<Answers<crate::ServiceInfo>, Error> {
+        self.broadcast_qos(INFO_METHOD, None, None, &(), None, Response::into_value)
+            .await
+    }
+
+    /// `_stats` of every server of the service, until this client's timeout.
+    pub async fn stats(&self) -> Result<Answers<crate::ServiceStats>, Error> {
+        self.broadcast_qos(STATS_METHOD, None, None, &(), None, Response::into_value)
+            .await
+    }
+
+    /// A cancel (QoS 0, best effort) or a stream credit (QoS 1: a lost
+    /// credit would stall the stream) about call `id`, to the instance
+    /// serving it when known.
+    pub(crate) fn send_control(&self, id: u64, instance: Option<&str>, control: Control) {
+        let (method, credit) = match control {
+            Control::Cancel => (CANCEL_METHOD, None),
+            Control::Credit(n) => (CREDIT_METHOD, Some(n)),
+        };
+        let topic = match instance {
+            Some(instance) => format!(
+                "{}{INSTANCE_LEVEL}/{instance}/{method}",
+                topic_base(&self.options.prefix, &self.service)
+            ),
+            None => [&*self.topic_base, method].concat(),
+        };
+        let mut user_properties = vec![(
+            CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),
+            self.caller.reply_topic.clone(),
+        )];
+        if let Some(n) = credit {
+            user_properties.push((CREDIT_PROPERTY.to_string(), n.to_string()));
+        }
+        let properties = PublishProperties {
+            correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
+            user_properties,
+            ..PublishProperties::default()
+        };
+        if credit.is_none() {
+            if let Err(e) = self.conn.try_publish_qos0(topic, Vec::new(), properties) {
+                debug!(correlation = id, error = %e, "could not send a cancel message");
+            }
+            return;
+        }
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let sent = conn
+                .publish(topic, QoS::AtLeastOnce, Bytes::new(), properties, None)
+                .await;
+            if let Err(e) = sent {
+                debug!(correlation = id, error = %e, "could not send a stream credit");
+            }
+        });
+    }
+
+    /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
+    /// come (see [`Items`]).
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
+    #[doc(hidden)]
+    pub async fn stream_qos<A, T>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<Items<T>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let topic = [&*self.topic_base, method].concat();
+        // Room for a whole window plus the end marker: the server never
+        // sends more, so nothing is dropped.
+        let capacity = crate::STREAM_WINDOW as usize + 2;
+        let (rx, slot) = self.send_many(topic, qos, schema, args, capacity).await?;
+        Ok(Items {
+            rx,
+            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            decode: Response::into_value::<T>,
+            method: method.to_string(),
+            client: self.clone(),
+            id: slot.id,
+            next_seq: 0,
+            unacknowledged: 0,
+            instance: None,
+            done: false,
+            _slot: slot,
+        })
+    }
+}
+
+/// Ends a broadcast's (or stream's) pending entry when it is dropped.
+pub(crate) struct BroadcastSlot {
+    pub(crate) caller: Arc<Caller>,
+    pub(crate) id: u64,
+}
+
+impl Drop for BroadcastSlot {
+    fn drop(&mut self) {
+        self.caller.lock().remove(&self.id);
+    }
+}
+
+/// The answers to a broadcast: a [`Stream`](futures_util::Stream) of
+/// `(instance, outcome)`, one per server that answered, ending at the
+/// client's timeout or after the requested number of answers. An error
+/// that no server sent (e.g. [`Error::NoResponder`], [`Error::Disconnected`])
+/// comes with an empty instance and ends the stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// use futures_util::StreamExt;
+/// use std::time::Duration;
+/// use mqrpc_runtime::{Client, ClientOptions, Connection};
+/// let conn = Connection::from_env_or_embedded().await?;
+/// let client = Client::new(&conn, "Nobody", ClientOptions::default().timeout(Duration::from_millis(100))).await?;
+/// let answers = client.broadcast::<_, ()>("ping", &(), None).await?;
+/// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
+/// assert_eq!(answers.collect::<Vec<_>>().await.len(), 0);
+/// # Ok(()) }
+/// ```
+pub struct Answers<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    left: Option<usize>,
+    decode: fn(Response, &str) -> Result<T, Error>,
+    method: String,
+    _slot: BroadcastSlot,
+}
+
+impl<T> futures_util::Stream for Answers<T> {
+    type Item = (String, Result<T, Error>);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.left == Some(0) {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(response))) => {
+                if let Some(left) = &mut self.left {
+                    *left -= 1;
+                }
+                let instance = response.instance.clone().unwrap_or_default();
+                let outcome = (self.decode)(response, &self.method);
+                Poll::Ready(Some((instance, outcome)))
+            }
+            Poll::Ready(Some(Err(failure))) => {
+                self.left = Some(0); // not from a server: nothing more will come
+                let error = failure.into_error(&self.method);
+                Poll::Ready(Some((String::new(), Err(error))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    self.left = Some(0);
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Answers<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("method", &self.method)
+            .field("left", &self.left)
+            .finish()
+    }
+}

@@ -1,0 +1,568 @@
+//! The calling side: one response topic per connection, a bounded map of
+//! calls waiting for answers, and [`Client`], the untyped stub that the
+//! generated `<Trait>Client` wraps.
+
+mod discovery;
+mod items;
+mod many;
+mod pending;
+mod response;
+
+pub use discovery::discover;
+pub(crate) use items::Control;
+pub use items::Items;
+pub use many::Answers;
+pub(crate) use many::BroadcastSlot;
+pub(crate) use pending::{Caller, PendingSlot, Waiter};
+pub use response::Response;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::oneshot;
+
+use crate::error::Failure;
+use crate::protocol::topic;
+use crate::protocol::{Status, DEFAULT_PREFIX, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
+use crate::transport::Connection;
+use crate::{observe, Codec, Error, QoS};
+
+/// Default time a call waits for its answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-client settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use mqrpc_runtime::{ClientOptions, Codec, QoS};
+/// let opts = ClientOptions::default()
+///     .prefix("acme/prod")
+///     .timeout(Duration::from_secs(2))
+///     .qos(QoS::AtMostOnce)
+///     .codec(Codec::Json);
+/// assert_eq!(opts.get_timeout(), Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    prefix: Arc<str>,
+    timeout: Duration,
+    qos: QoS,
+    codec: Codec,
+}
+
+impl Default for ClientOptions {
+    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard.
+    fn default() -> Self {
+        ClientOptions {
+            prefix: Arc::from(DEFAULT_PREFIX),
+            timeout: DEFAULT_TIMEOUT,
+            qos: QoS::AtLeastOnce,
+            codec: Codec::Postcard,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Topic prefix of the service (default `mqrpc`); must match the server's.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Arc::from(prefix.into());
+        self
+    }
+
+    /// Time a call waits for its answer (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// QoS of requests (default 1, at least once).
+    pub fn qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// Codec of requests (default postcard).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The configured timeout.
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// An untyped client of one service: what a generated `<Trait>Client`
+/// wraps. Use it directly to call methods by name.
+///
+/// Cheap to clone; clones share the connection and its response topic.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// use mqrpc_runtime::{Client, ClientOptions, Connection};
+/// use std::time::Duration;
+/// let conn = Connection::from_env_or_embedded().await?;
+/// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
+/// // Nobody serves `Nobody`: the call ends with a timeout, not a hang.
+/// let err = client
+///     .with_timeout(Duration::from_millis(100))
+///     .call::<_, ()>("ping", &())
+///     .await
+///     .unwrap_err();
+/// assert!(err.is_timeout());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    conn: Connection,
+    caller: Arc<Caller>,
+    service: Arc<str>,
+    /// `<prefix>/<service>/`: request topics are this plus the method.
+    topic_base: Arc<str>,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("service", &self.service)
+            .field("options", &self.options)
+            .field("reply_topic", &self.caller.reply_topic)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of `service`. The first client of a connection subscribes its
+    /// response topic and waits for the SUBACK.
+    pub async fn new(
+        conn: &Connection,
+        service: &str,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        topic::validate_level(service)?;
+        topic::validate_prefix(&options.prefix)?;
+        let caller = conn
+            .shared
+            .caller
+            .get_or_try_init(|| Caller::start(conn))
+            .await?
+            .clone();
+        Ok(Client {
+            conn: conn.clone(),
+            caller,
+            service: Arc::from(service),
+            topic_base: topic_base(&options.prefix, service),
+            options,
+        })
+    }
+
+    /// The same client with another timeout: per-call override.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        let mut client = self.clone();
+        client.options.timeout = timeout;
+        client
+    }
+
+    /// The same client, sending to one instance of the service (its
+    /// [`ServerHandle::instance`](crate::ServerHandle::instance)) instead of
+    /// any: `<prefix>/<service>/_to/<instance>/<method>`.
+    pub fn to_instance(&self, instance: &str) -> Result<Client, Error> {
+        topic::validate_level(instance)?;
+        let mut client = self.clone();
+        client.topic_base = Arc::from(format!(
+            "{}{}/{instance}/",
+            topic_base(&self.options.prefix, &self.service),
+            crate::protocol::INSTANCE_LEVEL
+        ));
+        Ok(client)
+    }
+
+    /// The same client with another QoS for its requests.
+    pub fn with_qos(&self, qos: QoS) -> Client {
+        let mut client = self.clone();
+        client.options.qos = qos;
+        client
+    }
+
+    /// The same client with other options (prefix, QoS, codec, timeout).
+    pub fn with_options(&self, options: ClientOptions) -> Result<Client, Error> {
+        topic::validate_prefix(&options.prefix)?;
+        let mut client = self.clone();
+        client.topic_base = topic_base(&options.prefix, &self.service);
+        client.options = options;
+        Ok(client)
+    }
+
+    /// This client's options.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The response topic shared by every client of this connection.
+    pub fn reply_topic(&self) -> &str {
+        &self.caller.reply_topic
+    }
+
+    /// Calls a method whose result is a plain value.
+    pub async fn call<A, T>(&self, method: &str, args: &A) -> Result<T, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.call_qos(method, None, None, args).await
+    }
+
+    /// [`call`](Self::call) with the method's own QoS, if it declares one
+    /// (`#[mqrpc(qos = ..)]`); used by generated clients.
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
+    #[doc(hidden)]
+    pub async fn call_qos<A, T>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<T, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.call_encoded(method, qos, schema, args)
+            .await?
+            .into_value(method)
+    }
+
+    /// Calls a method declared as returning `Result<T, E>`: the server's
+    /// `Err(E)` arrives as `Ok(Err(E))`, framework failures as `Err(Error)`.
+    pub async fn call_fallible<A, T, E>(
+        &self,
+        method: &str,
+        args: &A,
+    ) -> Result<Result<T, E>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        self.call_fallible_qos(method, None, None, args).await
+    }
+
+    /// [`call_fallible`](Self::call_fallible) with the method's own QoS.
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
+    #[doc(hidden)]
+    pub async fn call_fallible_qos<A, T, E>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<Result<T, E>, Error>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        self.call_encoded(method, qos, schema, args)
+            .await?
+            .into_result(method)
+    }
+
+    /// Sends a one-way request: no Response Topic, no answer, no pending
+    /// slot. Returns once the request is queued for the broker; nothing
+    /// tells whether a server ran it (`#[mqrpc(oneway)]` methods).
+    pub async fn notify<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), Error> {
+        self.notify_qos(method, None, None, args).await
+    }
+
+    /// [`notify`](Self::notify) with the method's own QoS.
+    ///
+    /// Entry point of generated clients (the method's declared QoS and
+    /// schema fingerprint); hidden from the docs and not covered by semver:
+    /// call the untyped form without `_qos`, or the generated client.
+    #[doc(hidden)]
+    pub async fn notify_qos<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<(), Error> {
+        self.conn.ensure_open()?;
+        let qos = qos.unwrap_or(self.options.qos);
+        self.conn.check_qos(qos)?;
+        let payload = self.options.codec.encode(args)?;
+        let topic = [&*self.topic_base, method].concat();
+        let mut properties = PublishProperties {
+            content_type: content_type(self.options.codec, schema),
+            message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
+            ..PublishProperties::default()
+        };
+        observe::inject_current(&mut properties.user_properties);
+        self.check_size(&topic, payload.len(), &properties)?;
+        self.conn
+            .publish(topic, qos, Bytes::from(payload), properties, None)
+            .await
+    }
+
+    async fn call_encoded<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        args: &A,
+    ) -> Result<Response, Error> {
+        let payload = self.options.codec.encode(args)?;
+        self.send(method, qos.unwrap_or(self.options.qos), schema, payload)
+            .await
+    }
+
+    /// Sends an already-encoded request (in this client's codec) and returns
+    /// the raw response. Ends with [`Error::Timeout`] after the timeout.
+    pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Response, Error> {
+        self.send(method, self.options.qos, None, payload).await
+    }
+
+    /// One request and its answer. A single `async fn` on purpose: its
+    /// future is what every call in flight costs in memory.
+    async fn send(
+        &self,
+        method: &str,
+        qos: QoS,
+        schema: Option<&'static str>,
+        payload: Vec<u8>,
+    ) -> Result<Response, Error> {
+        #[cfg(feature = "metrics")]
+        let meter = observe::CallMeter::start(&self.service, method);
+        // Bound by `let`, not matched in place: a match scrutinee would stay
+        // in the future across the await, 250 bytes per call in flight.
+        let (slot, span, topic, properties, rx) =
+            match self.prepare(method, qos, schema, payload.len()) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    #[cfg(feature = "metrics")]
+                    meter.finish(observe::error_label(&error));
+                    return Err(error);
+                }
+            };
+        let timeout = self.options.timeout;
+        let exchange = async {
+            self.conn
+                .publish(topic, qos, Bytes::from(payload), properties, Some(slot.id))
+                .await?;
+            slot.sent.store(true, Ordering::Relaxed);
+            match rx.await {
+                Ok(outcome) => outcome.map_err(|failure| failure.into_error(method)),
+                Err(_) => Err(Error::Disconnected),
+            }
+        };
+        let result =
+            match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    method: method.to_string(),
+                    timeout,
+                }),
+            };
+        drop(slot);
+        let result = match result {
+            // The server's view of the same deadline.
+            Ok(response) if response.status == Status::DeadlineExceeded => Err(Error::Timeout {
+                method: method.to_string(),
+                timeout,
+            }),
+            other => other,
+        };
+        let status = observe::outcome_label(&result);
+        observe::record_status(&span, status);
+        #[cfg(feature = "metrics")]
+        meter.finish(status);
+        result
+    }
+
+    /// Everything before a request goes out: checks, the pending slot, the
+    /// span and the properties.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        method: &str,
+        qos: QoS,
+        schema: Option<&'static str>,
+        payload_len: usize,
+    ) -> Result<
+        (
+            PendingSlot<'_>,
+            tracing::Span,
+            String,
+            PublishProperties,
+            oneshot::Receiver<Result<Response, Failure>>,
+        ),
+        Error,
+    > {
+        self.conn.ensure_open()?;
+        self.conn.check_qos(qos)?;
+        let caller = &*self.caller;
+        let (tx, rx) = oneshot::channel();
+        let id = caller.register(Waiter::Once(tx))?;
+        let slot = PendingSlot {
+            client: self,
+            id,
+            sent: AtomicBool::new(false),
+        };
+        let span = observe::client_span(&self.service, method, id);
+        let mut properties = request_properties(
+            &caller.reply_topic,
+            id,
+            self.options.codec,
+            schema,
+            self.options.timeout,
+        );
+        observe::inject(&span, &mut properties.user_properties);
+        let topic = [&*self.topic_base, method].concat();
+        self.check_size(&topic, payload_len, &properties)?;
+        Ok((slot, span, topic, properties, rx))
+    }
+
+    /// Refuses a request the broker would not take: rumqttc drops the whole
+    /// connection on a packet over the broker's Maximum Packet Size.
+    fn check_size(
+        &self,
+        topic: &str,
+        payload_len: usize,
+        properties: &PublishProperties,
+    ) -> Result<(), Error> {
+        let Some(limit) = self.conn.broker_max_packet_size() else {
+            return Ok(());
+        };
+        let size = crate::transport::publish_size(topic, payload_len, properties);
+        if size > limit as usize {
+            return Err(Error::TooLarge {
+                message: format!(
+                    "a {payload_len}-byte payload makes a packet over the broker's Maximum Packet Size of {limit} bytes"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Best effort, from `Drop`: QoS 0, never waits.
+    fn send_cancel(&self, id: u64) {
+        self.send_control(id, None, Control::Cancel);
+    }
+}
+
+/// The properties of a request (PROTOCOL.md, "Request"). Values that are
+/// the protocol's defaults are left out: every property costs allocations
+/// on both sides and in the broker.
+fn request_properties(
+    reply_topic: &str,
+    id: u64,
+    codec: Codec,
+    schema: Option<&'static str>,
+    timeout: Duration,
+) -> PublishProperties {
+    let millis = timeout.as_millis();
+    let budget = if millis.is_multiple_of(1000) && millis > 0 {
+        Vec::new() // the Message Expiry Interval says it exactly
+    } else {
+        vec![(TIMEOUT_PROPERTY.to_string(), millis.to_string())]
+    };
+    PublishProperties {
+        response_topic: Some(reply_topic.to_string()),
+        correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
+        content_type: content_type(codec, schema),
+        // The broker drops the request if nobody took it in time.
+        message_expiry_interval: Some(expiry_seconds(timeout)),
+        user_properties: budget,
+        ..PublishProperties::default()
+    }
+}
+
+/// The Content Type of a request: absent for postcard without schema
+/// fingerprint, else the codec's with `; schema=<fingerprint>`.
+fn content_type(codec: Codec, schema: Option<&'static str>) -> Option<String> {
+    match schema {
+        // One exact allocation (`format!` grows its buffer as it goes).
+        Some(schema) => Some([codec.content_type(), "; ", SCHEMA_PARAMETER, "=", schema].concat()),
+        None => (codec != Codec::Postcard).then(|| codec.content_type().to_string()),
+    }
+}
+
+/// `<prefix>/<service>/`.
+fn topic_base(prefix: &str, service: &str) -> Arc<str> {
+    Arc::from(format!("{prefix}/{service}/"))
+}
+
+/// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.
+fn expiry_seconds(timeout: Duration) -> u32 {
+    let millis = timeout.as_millis().max(1);
+    u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+    use rumqttc::v5::mqttbytes::QoS as WireQoS;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The request of PROTOCOL.md's byte-level example, byte for byte.
+    #[test]
+    fn request_bytes_match_the_protocol_document() {
+        let properties =
+            request_properties("mqrpc/_reply/c1", 7, Codec::Postcard, None, DEFAULT_TIMEOUT);
+        let payload = Codec::Postcard.encode(&(2i64, 3i64)).unwrap();
+        let mut publish = Publish::new(
+            "mqrpc/Calculator/add",
+            WireQoS::AtLeastOnce,
+            payload,
+            Some(properties),
+        );
+        publish.pkid = 1;
+        let mut buffer = bytes::BytesMut::new();
+        publish.write(&mut buffer).unwrap();
+        let document = include_str!("../../../PROTOCOL.md");
+        let example = document
+            .split("<!-- request bytes -->")
+            .nth(1)
+            .expect("PROTOCOL.md marks the request bytes");
+        // Each line: hex pairs and "quoted" strings, then a comment.
+        let mut documented = Vec::new();
+        for line in example.lines().filter(|l| !l.starts_with("```")) {
+            for token in line.split_whitespace() {
+                if let Some(text) = token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                    documented.extend_from_slice(text.as_bytes());
+                } else if let Ok(byte) = u8::from_str_radix(token, 16)
+                    .map_err(|_| ())
+                    .and_then(|b| if token.len() == 2 { Ok(b) } else { Err(()) })
+                {
+                    documented.push(byte);
+                } else {
+                    break;
+                }
+            }
+        }
+        assert_eq!(hex(&documented), hex(&buffer));
+        assert_eq!(expiry_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(expiry_seconds(Duration::from_millis(2_001)), 3);
+    }
+}

@@ -1,0 +1,155 @@
+//! The calls of one connection waiting for answers, by Correlation Data.
+
+use super::{Client, Response};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::error::{Failure, Refusal};
+use crate::transport::{Connection, Sink};
+use crate::{Error, QoS};
+
+/// Where the answer(s) of a call go.
+pub(crate) enum Waiter {
+    /// A call: one answer.
+    Once(oneshot::Sender<Result<Response, Failure>>),
+    /// A broadcast: every answer, until the stream is dropped.
+    Many(tokio::sync::mpsc::Sender<Result<Response, Failure>>),
+}
+
+impl Waiter {
+    fn finish(self, outcome: Result<Response, Failure>) {
+        match self {
+            Waiter::Once(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Waiter::Many(tx) => {
+                let _ = tx.try_send(outcome);
+            }
+        }
+    }
+}
+
+/// Calls of one connection waiting for answers, keyed by correlation id.
+pub(crate) struct Caller {
+    pub(super) reply_topic: String,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    max_pending: usize,
+}
+
+impl Caller {
+    /// Subscribes the connection's response topic and waits for the SUBACK,
+    /// so no answer can arrive before anyone listens for it.
+    pub(super) async fn start(conn: &Connection) -> Result<Arc<Caller>, Error> {
+        let reply_topic = conn.reply_topic();
+        let caller = Arc::new(Caller {
+            reply_topic: reply_topic.clone(),
+            next_id: AtomicU64::new(crate::transport::random_u64() >> 16),
+            pending: Mutex::new(HashMap::new()),
+            max_pending: conn.options().max_pending_calls_limit(),
+        });
+        let weak = Arc::downgrade(&caller);
+        let sink: Sink = Arc::new(move |_conn, publish| {
+            if let Some(caller) = weak.upgrade() {
+                caller.deliver(publish);
+            }
+        });
+        conn.subscribe(reply_topic, QoS::AtLeastOnce, sink).await?;
+        Ok(caller)
+    }
+
+    /// Hands a response to its waiting call; unknown or late ones are dropped.
+    fn deliver(&self, mut publish: Publish) {
+        let properties = publish.properties.take().unwrap_or_default();
+        let Some(id) = properties
+            .correlation_data
+            .as_deref()
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map(u64::from_be_bytes)
+        else {
+            debug!(
+                topic = %self.reply_topic,
+                "dropping a response without valid Correlation Data"
+            );
+            return;
+        };
+        let mut pending = self.lock();
+        let waiter = match pending.get(&id) {
+            // A broadcast stays pending for more answers.
+            Some(Waiter::Many(tx)) => Waiter::Many(tx.clone()),
+            Some(Waiter::Once(_)) => pending.remove(&id).expect("present"),
+            None => {
+                drop(pending);
+                debug!(
+                    correlation = id,
+                    "dropping a late or unknown response (its call already ended)"
+                );
+                return;
+            }
+        };
+        drop(pending);
+        waiter.finish(Response::from_publish(publish, properties).map_err(Failure::Error));
+    }
+
+    /// A new call waiting for its answer(s): its correlation id, unless
+    /// the connection already has its maximum of calls pending.
+    pub(super) fn register(&self, waiter: Waiter) -> Result<u64, Error> {
+        let mut pending = self.lock();
+        if pending.len() >= self.max_pending {
+            return Err(Error::TooManyPending {
+                limit: self.max_pending,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        pending.insert(id, waiter);
+        Ok(id)
+    }
+
+    /// True while call `id` waits for its answer.
+    pub(crate) fn is_pending(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    /// The broker refused the call's request (no subscriber, not
+    /// authorized, ...): the call names its method in the error.
+    pub(crate) fn fail_call(&self, id: u64, refusal: Refusal) {
+        let waiter = self.lock().remove(&id);
+        if let Some(waiter) = waiter {
+            waiter.finish(Err(Failure::Refused(refusal)));
+        }
+    }
+
+    pub(crate) fn fail_all(&self, error: &Error) {
+        let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
+        for waiter in waiters {
+            waiter.finish(Err(Failure::Error(error.clone())));
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removes a call's entry when the call ends in any way: answered, timed
+/// out, or its future dropped. A call that ends unanswered after its
+/// request went out tells the server to stop working on it.
+pub(crate) struct PendingSlot<'a> {
+    pub(super) client: &'a Client,
+    pub(super) id: u64,
+    pub(super) sent: AtomicBool,
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        let unanswered = self.client.caller.lock().remove(&self.id).is_some();
+        if unanswered && self.sent.load(Ordering::Relaxed) {
+            self.client.send_cancel(self.id);
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Admission and dispatch of one service's requests: duplicates,
+//! deadline, size, concurrency limit, then the handler on its own task.
+
+use super::handle::{Activity, ActivityGuard};
+use super::{respond, Reply, Request, Service};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::observe::{self};
+use crate::protocol::topic;
+use crate::protocol::{
+    Status, CANCEL_METHOD, CREDIT_METHOD, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SEQ_PROPERTY,
+    STATUS_PROPERTY, TEXT_CONTENT_TYPE,
+};
+use crate::server::context::CallContext;
+use crate::server::duplicates::{Admission, CachedReply, CallId, CallKey, CallTable};
+use crate::transport::Connection;
+use crate::{Codec, QoS};
+
+/// Admission and dispatch of one service's requests.
+pub(super) struct Dispatcher<S> {
+    pub(super) service: S,
+    pub(super) instance: Arc<str>,
+    /// Running streams: where their callers' credits go.
+    pub(super) streams:
+        Mutex<std::collections::HashMap<CallKey, tokio::sync::mpsc::UnboundedSender<u32>>>,
+    /// Per method of `S::METHODS`, for `_stats`.
+    pub(super) counters: Vec<crate::server::Counters>,
+    pub(super) activity: Arc<Activity>,
+    pub(super) permits: Arc<Semaphore>,
+    /// Requests waiting for a permit.
+    pub(super) queued: AtomicUsize,
+    pub(super) calls: Mutex<CallTable>,
+    pub(super) max_queued: usize,
+    pub(super) max_request_size: usize,
+}
+
+impl<S: Service> Dispatcher<S> {
+    fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs on the connection's event-loop task: decides at once, never
+    /// waits; handlers run on their own tasks.
+    pub(super) fn admit(self: Arc<Self>, conn: &Connection, publish: Publish) {
+        let now = Instant::now();
+        let mut request = Request::from_publish(publish, now);
+        if request.broadcast {
+            request.instance = Some(self.instance.clone());
+        }
+        if request.method == CANCEL_METHOD {
+            return self.cancel(&request, now);
+        }
+        if request.method == CREDIT_METHOD {
+            return self.credit(&request);
+        }
+        let key = request.key();
+        if let Some(key) = &key {
+            match self.calls().admit(key, now) {
+                Admission::Run => {}
+                Admission::AlreadyRunning => {
+                    debug!(service = S::NAME, method = %request.method, "duplicate of a running call: dropped");
+                    return;
+                }
+                Admission::Answered(Some(reply)) => {
+                    debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
+                    let (status, content_type) = (reply.status, reply.content_type);
+                    let payload = reply.payload.clone();
+                    tokio::spawn(send_reply(
+                        conn.clone(),
+                        request,
+                        status,
+                        content_type,
+                        payload,
+                    ));
+                    return;
+                }
+                Admission::Answered(None) => {
+                    debug!(service = S::NAME, method = %request.method, "duplicate of an answered call (reply not kept): dropped");
+                    return;
+                }
+                Admission::Cancelled => {
+                    debug!(service = S::NAME, method = %request.method, "request of a cancelled call: not run");
+                    return;
+                }
+            }
+        }
+        let refuse = |request: Request, status: Status, message: String| {
+            if let Some(key) = &key {
+                self.calls().forget(key);
+            }
+            #[cfg(feature = "metrics")]
+            observe::server_request(
+                S::NAME,
+                known_method::<S>(&request.method),
+                status,
+                std::time::Duration::ZERO,
+            );
+            let payload = Bytes::from(message);
+            tokio::spawn(send_reply(
+                conn.clone(),
+                request,
+                status,
+                TEXT_CONTENT_TYPE,
+                payload,
+            ));
+        };
+        if request.payload.len() > self.max_request_size {
+            let message = format!(
+                "the request has {} bytes; this server accepts at most {}",
+                request.payload.len(),
+                self.max_request_size
+            );
+            return refuse(request, Status::TooLarge, message);
+        }
+        if request.expired(now) {
+            let message = format!("`{}` arrived after its deadline", request.method);
+            return refuse(request, Status::DeadlineExceeded, message);
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if self.queued.fetch_add(1, Ordering::AcqRel) < self.max_queued => None,
+            Err(_) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                let message = format!(
+                    "{} handlers are running and {} requests are waiting",
+                    self.permits.available_permits().max(1),
+                    self.max_queued
+                );
+                warn!(service = S::NAME, method = %request.method, "overloaded: request refused");
+                return refuse(request, Status::Overloaded, message);
+            }
+        };
+        let active = self.activity.enter();
+        tokio::spawn(self.run(conn.clone(), request, key, permit, active));
+    }
+
+    /// The answer to a built-in method (`_ping`, `_info`, `_stats`), or
+    /// `None` for the service's own methods. On the discovery topic only
+    /// built-ins are served.
+    fn builtin(&self, request: &Request) -> Option<Reply> {
+        let Some(builtin) = crate::protocol::builtins::Builtin::parse(&request.method) else {
+            return request
+                .discovery
+                .then(|| Reply::unknown_method(&request.method));
+        };
+        let codec = match Codec::from_content_type(request.content_type.as_deref()) {
+            Ok(codec) => codec,
+            Err(e) => return Some(Reply::failure(Status::UnsupportedContentType, e)),
+        };
+        Some(match builtin {
+            crate::protocol::builtins::Builtin::Ping => Reply::ok(codec, &()),
+            crate::protocol::builtins::Builtin::Info => Reply::ok(
+                codec,
+                &crate::ServiceInfo {
+                    service: S::NAME.to_string(),
+                    version: S::version().to_string(),
+                    instance: self.instance.to_string(),
+                    methods: S::METHODS
+                        .iter()
+                        .map(|name| crate::MethodInfo {
+                            name: name.to_string(),
+                            schema: S::schema(name).map(str::to_string),
+                        })
+                        .collect(),
+                },
+            ),
+            crate::protocol::builtins::Builtin::Stats => Reply::ok(
+                codec,
+                &crate::ServiceStats {
+                    service: S::NAME.to_string(),
+                    instance: self.instance.to_string(),
+                    methods: S::METHODS
+                        .iter()
+                        .zip(&self.counters)
+                        .map(|(name, counters)| counters.snapshot(name))
+                        .collect(),
+                },
+            ),
+        })
+    }
+
+    /// A stream credit: the caller takes `n` more items.
+    fn credit(&self, request: &Request) {
+        let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
+            return;
+        };
+        let n = request.credit.unwrap_or(0);
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match streams.get(&(topic.clone(), correlation.clone())) {
+            Some(credits) => {
+                let _ = credits.send(n);
+            }
+            None => debug!(service = S::NAME, "credit for no running stream: ignored"),
+        }
+    }
+
+    /// Sends a streaming reply's items, each within the caller's credit,
+    /// then the end marker; stops on cancel, deadline or a failing item.
+    async fn stream_items(
+        &self,
+        conn: Connection,
+        mut request: Request,
+        key: Option<CallId>,
+        items: Arc<crate::server::EncodedItems>,
+        content_type: &'static str,
+        mut stop_rx: oneshot::Receiver<()>,
+    ) {
+        let Some(mut items) = items.take() else {
+            return;
+        };
+        let Some(key) = key else {
+            debug!(service = S::NAME, method = %request.method, "stream without Response Topic or Correlation Data: not sent");
+            return;
+        };
+        let (credit_tx, mut credit_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.key.clone(), credit_tx);
+        request.instance = Some(self.instance.clone());
+        let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        let mut credit = crate::STREAM_WINDOW;
+        let mut seq = 0u64;
+        let end = loop {
+            let expired = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                item = items.next(), if credit > 0 => match item {
+                    Some(Ok(bytes)) => {
+                        let mut answer = request.clone();
+                        answer.seq = Some(seq);
+                        send_reply(conn.clone(), answer, Status::Ok, content_type, bytes).await;
+                        seq += 1;
+                        credit -= 1;
+                    }
+                    Some(Err(e)) => {
+                        break Some((Status::Internal, format!("cannot encode item {seq}: {e}")));
+                    }
+                    None => break None,
+                },
+                Some(n) = credit_rx.recv() => credit = credit.saturating_add(n),
+                Ok(()) = &mut stop_rx => {
+                    debug!(service = S::NAME, method = %request.method, "stream cancelled by the caller");
+                    self.end_stream(&key);
+                    return;
+                }
+                () = expired => {
+                    break Some((Status::DeadlineExceeded, format!("`{}` did not finish before its deadline", request.method)));
+                }
+            }
+        };
+        self.end_stream(&key);
+        request.seq = Some(seq);
+        match end {
+            None => send_reply(conn, request, Status::End, TEXT_CONTENT_TYPE, Bytes::new()).await,
+            Some((status, message)) => {
+                send_reply(
+                    conn,
+                    request,
+                    status,
+                    TEXT_CONTENT_TYPE,
+                    Bytes::from(message),
+                )
+                .await
+            }
+        }
+    }
+
+    fn end_stream(&self, key: &CallId) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key.key);
+        self.calls().forget(key);
+    }
+
+    fn cancel(&self, request: &Request, now: Instant) {
+        let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
+            debug!(
+                service = S::NAME,
+                "cancel message without response topic or correlation: ignored"
+            );
+            return;
+        };
+        let stopped = self
+            .calls()
+            .cancel((topic.clone(), correlation.clone()), now);
+        debug!(service = S::NAME, stopped, "cancel message");
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        conn: Connection,
+        request: Request,
+        key: Option<CallId>,
+        permit: Option<OwnedSemaphorePermit>,
+        _active: ActivityGuard,
+    ) {
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => {
+                let acquired = self.permits.clone().acquire_owned().await;
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(permit) => permit,
+                    Err(_) => return, // semaphore closed: cannot happen, never closed
+                }
+            }
+        };
+        // Waiting for a slot may have used up the budget.
+        if request.expired(Instant::now()) {
+            if let Some(key) = &key {
+                self.calls().forget(key);
+            }
+            let message = format!(
+                "`{}` waited past its deadline for a free handler",
+                request.method
+            );
+            #[cfg(feature = "metrics")]
+            observe::server_request(
+                S::NAME,
+                known_method::<S>(&request.method),
+                Status::DeadlineExceeded,
+                std::time::Duration::ZERO,
+            );
+            let payload = Bytes::from(message);
+            return send_reply(
+                conn,
+                request,
+                Status::DeadlineExceeded,
+                TEXT_CONTENT_TYPE,
+                payload,
+            )
+            .await;
+        }
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        if let Some(key) = &key {
+            if !self.calls().set_stopper(key, stop_tx) {
+                debug!(service = S::NAME, method = %request.method, "cancelled before it started");
+                return;
+            }
+        }
+        let started = Instant::now();
+        if let Some(reply) = self.builtin(&request) {
+            if let Some(key) = &key {
+                self.calls().forget(key);
+            }
+            let content_type = reply.codec.map_or(TEXT_CONTENT_TYPE, Codec::content_type);
+            let payload = Bytes::from(reply.payload);
+            return send_reply(conn, request, reply.status, content_type, payload).await;
+        }
+        // One lookup for the statistics, the span and the metrics.
+        let index = S::METHODS.iter().position(|m| *m == request.method);
+        let method = index.map(|index| S::METHODS[index]);
+        let span = observe::server_span(
+            S::NAME,
+            // Names the service lacks share one span name: a caller must
+            // not create span names without bound in the trace backend.
+            method.unwrap_or(observe::UNKNOWN_METHOD),
+            request.correlation.as_deref(),
+            request.trace.as_ref(),
+        );
+        let work = observe::InSpan::new(
+            &span,
+            CallContext::new(request.deadline).scope(respond(
+                &self.service,
+                &request.method,
+                request.content_type.as_deref(),
+                &request.payload,
+            )),
+        );
+        let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        let outcome = tokio::select! {
+            reply = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+                    None => Some(work.await),
+                }
+            } => Some(reply),
+            Ok(()) = &mut stop_rx => None,
+        };
+        let reply = match outcome {
+            None => {
+                debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
+                return;
+            }
+            Some(Some(reply)) => reply,
+            Some(None) => {
+                debug!(service = S::NAME, method = %request.method, "deadline passed: handler stopped");
+                Reply::failure(
+                    Status::DeadlineExceeded,
+                    format!("`{}` did not finish before its deadline", request.method),
+                )
+            }
+        };
+        let content_type = match reply.codec {
+            Some(codec) => codec.content_type(),
+            None => TEXT_CONTENT_TYPE,
+        };
+        if let Some(index) = index {
+            self.counters[index].record(started.elapsed(), reply.status);
+        }
+        observe::record_status(&span, reply.status.as_str());
+        #[cfg(feature = "metrics")]
+        observe::server_request(S::NAME, method, reply.status, started.elapsed());
+        if let Some(items) = reply.stream.clone() {
+            return self
+                .stream_items(conn, request, key, items, content_type, stop_rx)
+                .await;
+        }
+        let payload = Bytes::from(reply.payload);
+        if let Some(key) = &key {
+            let mut calls = self.calls();
+            if request.qos == QoS::AtMostOnce {
+                calls.forget(key); // never redelivered: nothing to keep
+            } else {
+                let expires = calls.expiry(request.deadline, request.arrived);
+                let cached = CachedReply {
+                    status: reply.status,
+                    content_type,
+                    payload: payload.clone(),
+                };
+                calls.finish(key, cached, expires);
+            }
+        }
+        send_reply(conn, request, reply.status, content_type, payload).await;
+    }
+}
+
+/// The wire name of `name` if the service has such a method: a label
+/// callers cannot multiply.
+#[cfg(feature = "metrics")]
+fn known_method<S: Service>(name: &str) -> Option<&'static str> {
+    S::METHODS.iter().copied().find(|m| *m == name)
+}
+
+/// The properties of an answer. Defaults are left out (absent status =
+/// `ok`, absent Content Type = postcard): each property costs allocations
+/// on both sides.
+fn reply_properties(request: &Request, status: Status, content_type: &str) -> PublishProperties {
+    let mut user = Vec::new();
+    if status != Status::Ok {
+        user.push((STATUS_PROPERTY.to_string(), status.as_str().to_string()));
+    }
+    if let Some(instance) = &request.instance {
+        user.push((INSTANCE_PROPERTY.to_string(), instance.to_string()));
+    }
+    if let Some(seq) = request.seq {
+        user.push((SEQ_PROPERTY.to_string(), seq.to_string()));
+    }
+    PublishProperties {
+        correlation_data: request.correlation.clone(),
+        content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),
+        user_properties: user,
+        ..PublishProperties::default()
+    }
+}
+
+/// Publishes the answer to `request`, if it asked for one.
+async fn send_reply(
+    conn: Connection,
+    mut request: Request,
+    status: Status,
+    content_type: &'static str,
+    payload: Bytes,
+) {
+    let method = &request.method;
+    let Some(response_topic) = request.response_topic.take() else {
+        debug!(%method, "request without Response Topic: not answered");
+        return;
+    };
+    if !topic::is_publishable(&response_topic) {
+        warn!(%method, %response_topic, "invalid Response Topic: not answered");
+        return;
+    }
+    if request.correlation.is_none() {
+        debug!(%method, "request without Correlation Data: answering without it");
+    }
+    let mut properties = reply_properties(&request, status, content_type);
+    let mut payload = payload;
+    // rumqttc drops the whole connection on a packet over the broker's
+    // Maximum Packet Size: answer `too-large` instead.
+    if let Some(limit) = conn.broker_max_packet_size() {
+        let fits = |properties: &PublishProperties, payload: &Bytes| {
+            crate::transport::publish_size(&response_topic, payload.len(), properties)
+                <= limit as usize
+        };
+        if !fits(&properties, &payload) {
+            warn!(%method, size = payload.len(), limit, "answer over the broker's Maximum Packet Size");
+            let message = format!(
+                "the answer to `{method}` has {} bytes, over the broker's Maximum Packet Size of {limit}",
+                payload.len()
+            );
+            payload = Bytes::from(message);
+            properties = reply_properties(&request, Status::TooLarge, TEXT_CONTENT_TYPE);
+            if !fits(&properties, &payload) {
+                warn!(%method, "not even the error fits the broker's packet size: not answered");
+                return;
+            }
+        }
+    }
+    if let Err(e) = conn
+        .publish(response_topic, request.qos, payload, properties, None)
+        .await
+    {
+        warn!(%method, error = %e, "could not send the response");
+    }
+}

@@ -1,0 +1,191 @@
+//! Starting a server ([`serve`]) and the handle that stops it.
+
+use super::dispatch::Dispatcher;
+use super::{ServerOptions, Service};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::protocol::topic;
+use crate::protocol::{ANY_SERVICE, BROADCAST_LEVEL, CANCEL_METHOD};
+use crate::server::duplicates::{CallTable, Limits};
+use crate::transport::{Connection, Sink};
+use crate::{Error, QoS};
+
+/// A running server. Dropping it leaves the service running for as long as
+/// the connection lives; call [`ServerHandle::shutdown`] to stop gracefully.
+#[derive(Debug)]
+#[must_use = "keep the handle to stop the server later; dropping it does not stop serving"]
+pub struct ServerHandle {
+    conn: Connection,
+    /// The method subscription, and the cancel subscription of a shared one.
+    route_ids: Vec<u64>,
+    filter: String,
+    instance: String,
+    activity: Arc<Activity>,
+}
+
+/// Requests admitted and not yet answered, for a graceful shutdown.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    admitted: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Activity {
+    pub(super) fn enter(self: &Arc<Self>) -> ActivityGuard {
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+}
+
+/// Counts one admitted request until it is answered (or dropped).
+pub(super) struct ActivityGuard(pub(super) Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if self.0.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ServerHandle {
+    /// The topic filter the server subscribed to, e.g.
+    /// `$share/mqrpc/mqrpc/Calculator/+` (or `mqrpc/Calculator/+` without a
+    /// share group).
+    pub fn topic_filter(&self) -> &str {
+        &self.filter
+    }
+
+    /// The instance id: requests to `<prefix>/<service>/_to/<instance>/<method>`
+    /// reach this server alone (`Client::to_instance`).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Unsubscribes; requests published afterwards are no longer served.
+    /// Handlers already running still answer, later (see
+    /// [`shutdown`](Self::shutdown) to wait for them).
+    pub async fn stop(self) -> Result<(), Error> {
+        self.unsubscribe().await
+    }
+
+    async fn unsubscribe(&self) -> Result<(), Error> {
+        let mut result = Ok(());
+        for id in &self.route_ids {
+            if let Err(e) = self.conn.unsubscribe(*id).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Graceful shutdown: unsubscribes, then waits until every request
+    /// already received (running or waiting for a slot) is answered.
+    /// Bound the wait with `tokio::time::timeout` if you must.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        let unsubscribed = self.unsubscribe().await;
+        loop {
+            let idle = self.activity.idle.notified();
+            if self.activity.admitted.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        unsubscribed
+    }
+}
+
+/// Serves `service` on `conn`: subscribes to `<prefix>/<name>/+` — as the
+/// shared subscription `$share/<group>/<prefix>/<name>/+` unless
+/// [`ServerOptions::no_share_group`] — and returns once the broker
+/// acknowledged it.
+pub async fn serve<S: Service>(
+    conn: &Connection,
+    service: S,
+    options: ServerOptions,
+) -> Result<ServerHandle, Error> {
+    topic::validate_prefix(&options.prefix)?;
+    topic::validate_level(S::NAME)?;
+    conn.check_qos(options.qos)?;
+    if S::NAME.starts_with('_') {
+        return Err(Error::InvalidName {
+            name: S::NAME.to_string(),
+            reason: "service names starting with `_` are reserved".into(),
+        });
+    }
+    if let Some(group) = &options.share_group {
+        topic::validate_level(group)?;
+    }
+    let topics = topic::service_filter(&options.prefix, S::NAME);
+    let method_offset = topics.len() - 1; // the method level starts where `+` is
+    let filter = match &options.share_group {
+        Some(group) => format!("$share/{group}/{topics}"),
+        None => topics.clone(),
+    };
+    let instance = match &options.instance {
+        Some(instance) => instance.clone(),
+        None => topic::as_level(conn.client_id()),
+    };
+    topic::validate_level(&instance)?;
+    let activity = Arc::new(Activity::default());
+    let dispatcher = Arc::new(Dispatcher {
+        service,
+        instance: Arc::from(instance.as_str()),
+        streams: Mutex::new(std::collections::HashMap::new()),
+        counters: S::METHODS.iter().map(|_| Default::default()).collect(),
+        activity: activity.clone(),
+        permits: Arc::new(Semaphore::new(options.max_concurrent)),
+        queued: AtomicUsize::new(0),
+        calls: Mutex::new(CallTable::new(Limits {
+            max_entries: options.dedup_entries,
+            max_bytes: options.dedup_bytes,
+            grace: Duration::from_secs(5),
+            window: options.dedup_window,
+        })),
+        max_queued: options.max_queued,
+        max_request_size: options.max_request_size,
+    });
+    let sink: Sink = Arc::new(move |conn, publish| dispatcher.clone().admit(conn, publish));
+    let service_base = &topics[..method_offset]; // `<prefix>/<service>/`
+    let mut filters = vec![
+        (filter.clone(), options.qos),
+        // Calls addressed to this instance (`Client::to_instance`).
+        (topic::instance_filter(service_base, &instance), options.qos),
+        // Broadcasts reach every instance.
+        (format!("{service_base}{BROADCAST_LEVEL}/+"), options.qos),
+        // Discovery: built-ins asked of every server of every service.
+        (
+            format!("{}/{ANY_SERVICE}/{BROADCAST_LEVEL}/+", options.prefix),
+            options.qos,
+        ),
+    ];
+    if options.share_group.is_some() {
+        // In a group each request reaches one instance, and the client does
+        // not know which: every instance hears every cancel (and ignores
+        // the ones of calls it does not run).
+        filters.push((format!("{service_base}{CANCEL_METHOD}"), QoS::AtMostOnce));
+    }
+    let mut route_ids = Vec::new();
+    for (filter, qos) in filters {
+        match conn.subscribe(filter, qos, sink.clone()).await {
+            Ok(id) => route_ids.push(id),
+            Err(e) => {
+                for id in &route_ids {
+                    let _ = conn.unsubscribe(*id).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(ServerHandle {
+        conn: conn.clone(),
+        route_ids,
+        filter,
+        instance,
+        activity,
+    })
+}

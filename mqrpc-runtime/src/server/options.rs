@@ -1,0 +1,133 @@
+//! What a server accepts and how much of it: [`ServerOptions`].
+
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::protocol::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
+use crate::QoS;
+
+/// Per-server settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use mqrpc_runtime::{ServerOptions, QoS};
+/// let opts = ServerOptions::default()
+///     .prefix("acme/prod")
+///     .qos(QoS::AtMostOnce)
+///     .max_concurrent(64)
+///     .max_queued(1_000)
+///     .max_request_size(64 * 1024);
+/// assert_eq!(opts.get_max_concurrent(), 64);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub(super) prefix: String,
+    pub(super) qos: QoS,
+    pub(super) share_group: Option<String>,
+    pub(super) instance: Option<String>,
+    pub(super) max_concurrent: usize,
+    pub(super) max_queued: usize,
+    pub(super) max_request_size: usize,
+    pub(super) dedup_entries: usize,
+    pub(super) dedup_bytes: usize,
+    pub(super) dedup_window: Duration,
+}
+
+impl Default for ServerOptions {
+    /// Prefix `mqrpc`, shared subscription in group `mqrpc`, subscription
+    /// QoS 1, 1 024 handlers at once, 10 000
+    /// waiting, requests up to 1 MiB, duplicate detection over 10 000 calls
+    /// and 8 MiB of kept responses.
+    fn default() -> Self {
+        ServerOptions {
+            prefix: DEFAULT_PREFIX.to_string(),
+            qos: QoS::AtLeastOnce,
+            share_group: Some(DEFAULT_SHARE_GROUP.to_string()),
+            instance: None,
+            max_concurrent: 1024,
+            max_queued: 10_000,
+            max_request_size: 1024 * 1024,
+            dedup_entries: 10_000,
+            dedup_bytes: 8 * 1024 * 1024,
+            dedup_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Topic prefix (default `mqrpc`); must match the clients'.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Maximum QoS of the method subscription (default 1).
+    pub fn qos(mut self, qos: QoS) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// Share group of the method subscription (default `mqrpc`): the
+    /// servers of one service in one group split its requests between them
+    /// (MQTT v5 shared subscription `$share/<group>/...`), each request
+    /// reaching one of them. Servers in different groups each get every
+    /// request.
+    pub fn share_group(mut self, group: impl Into<String>) -> Self {
+        self.share_group = Some(group.into());
+        self
+    }
+
+    /// A plain subscription instead of a shared one: this server gets
+    /// every request of the service, as does every other server of it.
+    pub fn no_share_group(mut self) -> Self {
+        self.share_group = None;
+        self
+    }
+
+    /// This server's instance id (default: its connection's client id):
+    /// besides its share of the service's requests, it serves those sent
+    /// to `<prefix>/<service>/_to/<instance>/<method>`.
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
+        self
+    }
+
+    /// Handlers running at once (default 1 024). Further requests wait, in
+    /// arrival order, for a free slot.
+    pub fn max_concurrent(mut self, limit: usize) -> Self {
+        self.max_concurrent = limit.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Requests waiting for a slot (default 10 000). One more is answered
+    /// at once with status `overloaded` ([`Error::Overloaded`](crate::Error::Overloaded) on the client).
+    pub fn max_queued(mut self, limit: usize) -> Self {
+        self.max_queued = limit;
+        self
+    }
+
+    /// Largest request payload served (default 1 MiB); larger ones are
+    /// answered with status `too-large` ([`Error::TooLarge`](crate::Error::TooLarge)).
+    pub fn max_request_size(mut self, bytes: usize) -> Self {
+        self.max_request_size = bytes;
+        self
+    }
+
+    /// Bounds of duplicate detection (default 10 000 calls, 8 MiB of kept
+    /// responses; one response of over 1/16 of the bytes is not kept, and a
+    /// duplicate of its call is dropped). A call is remembered until 5 s
+    /// past its deadline, or for `window` (default 60 s) when the request
+    /// carries none. Beyond the bounds the oldest calls are forgotten first.
+    pub fn dedup(mut self, entries: usize, bytes: usize, window: Duration) -> Self {
+        self.dedup_entries = entries;
+        self.dedup_bytes = bytes;
+        self.dedup_window = window;
+        self
+    }
+
+    /// The configured concurrency limit.
+    pub fn get_max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
+}

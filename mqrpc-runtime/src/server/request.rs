@@ -1,0 +1,199 @@
+//! A request as the server reads it off the wire: method, key, deadline,
+//! codec, trace context.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+
+use crate::observe::TraceContext;
+use crate::protocol::{
+    ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
+};
+use crate::server::duplicates::CallId;
+use crate::QoS;
+
+/// One request, as the server reads it off the wire.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub method: String,
+    pub response_topic: Option<String>,
+    pub correlation: Option<Bytes>,
+    pub content_type: Option<String>,
+    pub deadline: Option<Instant>,
+    pub qos: QoS,
+    pub payload: Bytes,
+    /// For cancel and credit messages: the Response Topic of the call.
+    pub cancel_of: Option<String>,
+    /// For credit messages: how many more items the caller takes.
+    pub credit: Option<u32>,
+    pub arrived: Instant,
+    /// Sent to `<prefix>/<service>/_all/<method>`: every instance answers.
+    pub broadcast: bool,
+    /// Set on broadcasts: the answer names the instance.
+    pub instance: Option<Arc<str>>,
+    /// Sent to `<prefix>/_all/_all/<method>`: discovery, built-ins only.
+    pub discovery: bool,
+    /// Set on the answers of a stream: the item's position.
+    pub seq: Option<u64>,
+    /// The caller's W3C trace context (`traceparent`, `tracestate`).
+    pub trace: Option<TraceContext>,
+}
+
+impl Request {
+    /// Reads a publish whose topic matched one of the server's filters.
+    pub(crate) fn from_publish(mut publish: Publish, now: Instant) -> Request {
+        let properties = publish.properties.take().unwrap_or_default();
+        // Every subscription of a server ends in `/+`: the method is the
+        // last level, whether the request came to the service or to this
+        // instance.
+        let method = std::str::from_utf8(&publish.topic)
+            .ok()
+            .and_then(|topic| topic.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let mut levels = std::str::from_utf8(&publish.topic)
+            .map(|topic| topic.rsplit('/').skip(1))
+            .ok();
+        let mut next = || levels.as_mut().and_then(|l| l.next());
+        let broadcast = next() == Some(BROADCAST_LEVEL);
+        let discovery = broadcast && next() == Some(ANY_SERVICE);
+        let mut request =
+            Request::from_parts(method, properties, publish.qos.into(), publish.payload, now);
+        request.broadcast = broadcast;
+        request.discovery = discovery;
+        request
+    }
+
+    fn from_parts(
+        method: String,
+        properties: PublishProperties,
+        qos: QoS,
+        payload: Bytes,
+        now: Instant,
+    ) -> Request {
+        let user = |name: &str| {
+            properties
+                .user_properties
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        // The caller's budget, capped by what the broker left of the Message
+        // Expiry Interval (which counts time spent queued at the broker).
+        let budget = user(TIMEOUT_PROPERTY).and_then(|ms| ms.trim().parse::<u64>().ok());
+        let expiry = properties.message_expiry_interval;
+        let deadline = match (budget, expiry) {
+            (Some(ms), Some(s)) => {
+                Some(Duration::from_millis(ms).min(Duration::from_secs(s.into())))
+            }
+            (Some(ms), None) => Some(Duration::from_millis(ms)),
+            (None, Some(s)) => Some(Duration::from_secs(s.into())),
+            (None, None) => None,
+        }
+        .and_then(|d| now.checked_add(d));
+        Request {
+            trace: TraceContext::from_user_properties(&properties.user_properties),
+            cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
+            credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
+            method,
+            response_topic: properties.response_topic,
+            correlation: properties.correlation_data,
+            content_type: properties.content_type,
+            deadline,
+            qos,
+            payload,
+            arrived: now,
+            broadcast: false,
+            instance: None,
+            discovery: false,
+            seq: None,
+        }
+    }
+
+    pub(super) fn key(&self) -> Option<CallId> {
+        let key = (self.response_topic.clone()?, self.correlation.clone()?);
+        let content_type = self.content_type.as_deref();
+        Some(CallId::new(key, &self.method, content_type, &self.payload))
+    }
+
+    pub(super) fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn properties(timeout_ms: Option<&str>, expiry: Option<u32>) -> PublishProperties {
+        PublishProperties {
+            message_expiry_interval: expiry,
+            user_properties: timeout_ms
+                .map(|ms| vec![(TIMEOUT_PROPERTY.to_string(), ms.to_string())])
+                .unwrap_or_default(),
+            ..PublishProperties::default()
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever properties a request carries, reading it never panics
+        /// and its deadline is never before its arrival.
+        #[test]
+        fn any_request_properties_are_read_without_panic(
+            method in ".{0,16}",
+            user in proptest::collection::vec(("(mqrpc-timeout-ms|mqrpc-response-topic|.{0,8})", ".{0,24}"), 0..4),
+            expiry in proptest::option::of(proptest::num::u32::ANY),
+            response_topic in proptest::option::of(".{0,24}"),
+            correlation in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..16)),
+            content_type in proptest::option::of(".{0,24}"),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+        ) {
+            let now = Instant::now();
+            let properties = PublishProperties {
+                message_expiry_interval: expiry,
+                response_topic,
+                correlation_data: correlation.map(Bytes::from),
+                content_type,
+                user_properties: user,
+                ..PublishProperties::default()
+            };
+            let request = Request::from_parts(method, properties, QoS::AtLeastOnce, Bytes::from(payload), now);
+            if let Some(deadline) = request.deadline {
+                proptest::prop_assert!(deadline >= now);
+            }
+            let _ = request.key();
+            let _ = request.expired(now);
+        }
+    }
+
+    #[test]
+    fn deadline_is_the_budget_capped_by_message_expiry() {
+        let now = Instant::now();
+        let read =
+            |p| Request::from_parts("m".into(), p, QoS::AtLeastOnce, Bytes::new(), now).deadline;
+        assert_eq!(
+            read(properties(Some("1500"), None)),
+            Some(now + Duration::from_millis(1500))
+        );
+        assert_eq!(
+            read(properties(Some("9000"), Some(2))),
+            Some(now + Duration::from_secs(2))
+        );
+        assert_eq!(
+            read(properties(None, Some(3))),
+            Some(now + Duration::from_secs(3))
+        );
+        assert_eq!(read(properties(Some("soon"), None)), None);
+        assert_eq!(read(properties(None, None)), None);
+        let expired = Request::from_parts(
+            "m".into(),
+            properties(Some("0"), None),
+            QoS::AtMostOnce,
+            Bytes::new(),
+            now,
+        );
+        assert!(expired.expired(now));
+    }
+}
