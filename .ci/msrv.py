@@ -9,7 +9,9 @@ import sys
 
 
 def version(text):
-    return tuple(int(part) for part in text.split("."))
+    """`1.89` and `1.89.0` alike, as (1, 89, 0)."""
+    parts = [int(part) for part in text.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 metadata = json.loads(
@@ -37,6 +39,6 @@ too_new = sorted(
     for i in seen
     if packages[i].get("rust_version") and version(packages[i]["rust_version"]) > msrv
 )
-print(f"msrv: {len(seen)} crates checked against Rust {'.'.join(map(str, msrv))}")
+print(f"msrv: {len(seen)} crates checked against Rust {packages[roots[0]]['rust_version']}")
 if too_new:
     sys.exit("crates newer than the MSRV:\n  " + "\n  ".join(too_new))

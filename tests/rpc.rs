@@ -16,6 +16,7 @@ mqrpc_tests::on_both_brokers!(
     handler_that_never_answers_times_out,
     call_without_any_server_is_unserved,
     unserved_streams_and_broadcasts_name_their_method,
+    untyped_client_broadcasts_and_streams,
     late_response_is_dropped_and_next_call_is_right,
     panicking_handler_gives_internal_error_and_server_keeps_serving,
     dropped_call_frees_its_pending_slot,
@@ -238,6 +239,34 @@ async fn unserved_streams_and_broadcasts_name_their_method(broker: TestBroker) {
     } else {
         assert!(answers.is_empty(), "{answers:?}");
     }
+}
+
+/// The untyped `Client` calls every server and takes a stream, with
+/// arguments encoded as the generated client does (postcard: fields in
+/// order, like a tuple).
+async fn untyped_client_broadcasts_and_streams(broker: TestBroker) {
+    use futures_util::StreamExt;
+    let (conn, _) = broker.serve_calc().await;
+    let options = ClientOptions::default().timeout(Duration::from_secs(5));
+    let client = Client::new(&conn, "Calculator", options).await.unwrap();
+    let answers: Vec<_> = client
+        .broadcast::<_, i64>("add", &(40i64, 2i64), Some(1))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let [(instance, Ok(42))] = &answers[..] else {
+        panic!("one answer 42, not {answers:?}")
+    };
+    assert!(!instance.is_empty(), "the answer names its server");
+    let items: Vec<u64> = client
+        .stream::<_, u64>("count_up", &(3u64,))
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, [0, 1, 2]);
 }
 
 async fn late_response_is_dropped_and_next_call_is_right(broker: TestBroker) {

@@ -224,13 +224,21 @@ impl<'a> ArgTokens<'a> {
         // What serde's derive writes, by hand: each field's `Serialize`
         // bound is then checked at the argument's type, so a type that
         // lacks it is reported there, not on the attribute.
-        let serialize_fields = method.args.iter().map(|arg| {
-            let (ident, span) = (&arg.ident, arg.ty.span());
-            let name = syn::ext::IdentExt::unraw(ident).to_string();
-            let (serde, mut field) = (respan(serde.clone(), span), ident.clone());
-            field.set_span(span);
+        // Each field is bound to a local spanned at its type, while `self`
+        // keeps the call site's hygiene (a trait written by a `macro_rules!`
+        // takes its types from elsewhere).
+        let locals: Vec<syn::Ident> = method
+            .args
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| format_ident!("__mqrpc_field_{}", i, span = arg.ty.span()))
+            .collect();
+        let serialize_fields = method.args.iter().zip(&locals).map(|(arg, local)| {
+            let span = arg.ty.span();
+            let name = syn::ext::IdentExt::unraw(&arg.ident).to_string();
+            let serde = respan(serde.clone(), span);
             quote_spanned! {span=>
-                #serde::ser::SerializeStruct::serialize_field(&mut #state, #name, &self.#field)?;
+                #serde::ser::SerializeStruct::serialize_field(&mut #state, #name, #local)?;
             }
         });
         let count = method.args.len();
@@ -242,6 +250,7 @@ impl<'a> ArgTokens<'a> {
                     &self,
                     #serializer: __MqrpcSerializer,
                 ) -> ::core::result::Result<__MqrpcSerializer::Ok, __MqrpcSerializer::Error> {
+                    let #args_struct { #(#fields: #locals),* } = self;
                     let mut #state = #serde::Serializer::serialize_struct(#serializer, #struct_name, #count)?;
                     #(#serialize_fields)*
                     #serde::ser::SerializeStruct::end(#state)

@@ -108,6 +108,7 @@ struct ReadmeDoctests;
 /// | attribute | where | default | effect |
 /// |---|---|---|---|
 /// | `#[mqrpc::service(name = "calc")]` | trait | the trait's name | service level of the topic |
+/// | `#[mqrpc::service(crate = "::my_mqrpc")]` | trait | `::mqrpc` | the path generated code uses to reach mqrpc: a renamed dependency (`my_mqrpc = { package = "mqrpc", .. }`) or a re-export. Nothing else needs to be in scope, not even `serde` |
 /// | `#[mqrpc(name = "sum")]` | method | the method's name | method level of the topic |
 /// | `#[mqrpc(qos = 0)]` | method | the client's QoS ([`ClientOptions::qos`], default 1) | MQTT QoS (0, 1 or 2) of this method's requests; wins over the client's |
 /// | `#[mqrpc(oneway)]` | method | off | fire and forget: the request has no Response Topic, the server runs the method and sends nothing back; the client method returns `Result<(), mqrpc::Error>` once the request is queued. The method must not declare a return type |

@@ -110,8 +110,9 @@ impl Client {
     /// Calls `method` on every server of the service at once (topic
     /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
     /// outcome)` that ends at this client's timeout or after `max_answers`
-    /// answers. For a method declared `-> Result<T, E>`, ask for
-    /// `Result<T, E>` as `T`.
+    /// answers. Each answer decodes as `T`; a method declared
+    /// `-> Result<T, E>` is best called through its generated client's
+    /// `broadcast()`, which decodes its typed errors.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

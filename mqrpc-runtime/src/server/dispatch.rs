@@ -25,12 +25,15 @@ use crate::transport::Connection;
 use crate::{Codec, QoS};
 
 /// Admission and dispatch of one service's requests.
+/// Where a running stream's credits go.
+type CreditSender = tokio::sync::mpsc::UnboundedSender<u32>;
+
 pub(super) struct Dispatcher<S> {
     pub(super) service: S,
     pub(super) instance: Arc<str>,
-    /// Running streams: where their callers' credits go.
-    pub(super) streams:
-        Mutex<std::collections::HashMap<CallKey, tokio::sync::mpsc::UnboundedSender<u32>>>,
+    /// Running streams: where their callers' credits go, with the digest
+    /// of the request that started each (a newer call may reuse its key).
+    pub(super) streams: Mutex<std::collections::HashMap<CallKey, (u64, CreditSender)>>,
     /// Per method of `S::METHODS`, for `_stats`.
     pub(super) counters: Vec<crate::server::Counters>,
     pub(super) activity: Arc<Activity>,
@@ -195,7 +198,7 @@ impl<S: Service> Dispatcher<S> {
         let n = request.credit.unwrap_or(0);
         let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         match streams.get(&(topic.clone(), correlation.clone())) {
-            Some(credits) => {
+            Some((_, credits)) => {
                 let _ = credits.send(n);
             }
             None => debug!(service = S::NAME, "credit for no running stream: ignored"),
@@ -224,7 +227,7 @@ impl<S: Service> Dispatcher<S> {
         self.streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.key.clone(), credit_tx);
+            .insert(key.key.clone(), (key.digest, credit_tx));
         request.instance = Some(self.instance.clone());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let mut credit = crate::STREAM_WINDOW;
@@ -279,10 +282,14 @@ impl<S: Service> Dispatcher<S> {
     }
 
     fn end_stream(&self, key: &CallId) {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key.key);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams
+            .get(&key.key)
+            .is_some_and(|(digest, _)| *digest == key.digest)
+        {
+            streams.remove(&key.key);
+        }
+        drop(streams);
         self.calls().forget(key);
     }
 

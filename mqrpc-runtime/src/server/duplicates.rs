@@ -117,11 +117,16 @@ impl CallTable {
     /// Registers an arriving request, or says why it must not run.
     pub fn admit(&mut self, id: &CallId, now: Instant) -> Admission {
         self.expire(now);
-        match self.entries.get(&id.key) {
+        match self.entries.get_mut(&id.key) {
             Some(entry) if entry.is_for(id) => match &entry.state {
                 State::Running(_) => Admission::AlreadyRunning,
                 State::Done(reply, _) => Admission::Answered(reply.clone()),
-                State::Cancelled(_) => Admission::Cancelled,
+                State::Cancelled(_) => {
+                    // A cancel that came first blocks its own request (and
+                    // that request's copies), not a later one reusing the key.
+                    entry.digest = Some(id.digest);
+                    Admission::Cancelled
+                }
             },
             found => {
                 if found.is_some() {
@@ -159,7 +164,9 @@ impl CallTable {
                 *slot = Some(stop);
                 true
             }
-            _ => false,
+            // Displaced, and the displacing call already forgotten.
+            None => true,
+            Some(_) => false,
         }
     }
 
@@ -368,6 +375,34 @@ mod tests {
         assert!(table.set_stopper(&key(1), tx));
         assert!(table.cancel(key(1).key, now));
         assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_cancel_before_arrival_blocks_only_the_first_request_with_its_key() {
+        let now = Instant::now();
+        let mut table = CallTable::new(limits());
+        let first = key(1);
+        let other = CallId::new(first.key.clone(), "add", None, b"other");
+        table.cancel(first.key.clone(), now);
+        assert!(matches!(table.admit(&first, now), Admission::Cancelled));
+        assert!(
+            matches!(table.admit(&first, now), Admission::Cancelled),
+            "its copies too"
+        );
+        assert!(matches!(table.admit(&other, now), Admission::Run));
+    }
+
+    #[test]
+    fn a_displaced_call_still_runs_after_its_displacer_is_forgotten() {
+        let now = Instant::now();
+        let mut table = CallTable::new(limits());
+        let first = key(1);
+        let second = CallId::new(first.key.clone(), "add", None, b"second");
+        table.admit(&first, now);
+        table.admit(&second, now);
+        table.forget(&second); // e.g. answered at QoS 0
+        let (tx, _rx) = oneshot::channel();
+        assert!(table.set_stopper(&first, tx));
     }
 
     #[test]

@@ -125,3 +125,15 @@ fn main() {
     let _ = NamesClient::codec;
     let _ = NamesBroadcast::types;
 }
+
+// A trait written by a `macro_rules!`: its types come from the invocation,
+// its `&self` from the macro.
+macro_rules! service_of {
+    ($name:ident, $ty:ty) => {
+        #[mqrpc::service]
+        pub trait $name {
+            async fn take(&self, value: $ty, codec: $ty) -> $ty;
+        }
+    };
+}
+service_of!(FromMacro, u32);
