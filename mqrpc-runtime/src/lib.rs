@@ -23,6 +23,7 @@ mod server;
 mod stream;
 mod tls;
 mod topic;
+mod transport;
 
 #[cfg(feature = "embedded-broker")]
 pub use broker::EmbeddedBroker;
@@ -34,6 +35,16 @@ pub use error::Error;
 pub use protocol::Status;
 pub use server::{respond, serve, Reply, ServerHandle, ServerOptions, Service};
 pub use stream::{Items, Stream, WINDOW as STREAM_WINDOW};
+
+/// Not public API: internals exposed to mqrpc's own integration tests.
+#[doc(hidden)]
+pub mod __private {
+    /// The MQTT v5 session transport (issue 13), not yet used by
+    /// [`Connection`](crate::Connection).
+    pub mod transport {
+        pub use crate::transport::*;
+    }
+}
 
 /// MQTT delivery guarantee of requests and responses.
 ///
