@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, LastWill, Login, Packet, PubAck,
-    PubAckReason, PubComp, PubRec, PubRecReason, PubRel, Publish, SubAck, SubscribeReasonCode,
+    ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    LastWill, Login, Packet, PubAck, PubAckReason, PubComp, PubRec, PubRecReason, PubRel, Publish,
+    SubAck, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,6 +125,14 @@ impl Link {
     /// The next packet from the client, or `None` at EOF / reset.
     pub async fn try_recv(&mut self) -> Option<Packet> {
         loop {
+            // rumqttc's codec rejects the 2-byte DISCONNECT (no reason code,
+            // meaning 0x00) that it writes itself.
+            if self.rbuf.starts_with(&[0xE0, 0x00]) {
+                let _ = self.rbuf.split_to(2);
+                return Some(Packet::Disconnect(Disconnect::new(
+                    DisconnectReasonCode::NormalDisconnection,
+                )));
+            }
             match Packet::read(&mut self.rbuf, None) {
                 Ok(p) => return Some(p),
                 Err(CodecError::InsufficientBytes(_)) => {}

@@ -224,6 +224,10 @@ impl Loop {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     loop {
+                        // The codec refuses a DISCONNECT without reason code (0x00).
+                        if rbuf.starts_with(&[0xE0, 0x00]) {
+                            return Err(io::Error::other("server sent DISCONNECT (0x00)"));
+                        }
                         match Packet::read(&mut rbuf, max_in) {
                             Ok(Packet::PingResp(_)) => ping_outstanding = false,
                             Ok(p) => s.incoming(p)?,
