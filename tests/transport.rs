@@ -422,6 +422,62 @@ async fn incoming_acks_leave_in_arrival_order() {
     );
 }
 
+#[tokio::test]
+async fn connect_carries_will_and_credentials_keep_alive_and_disconnect() {
+    let broker = FakeBroker::start().await;
+    let mut c = config("ka");
+    c.keep_alive = Duration::from_secs(1);
+    c.credentials = Some(("user".into(), "secret".into()));
+    c.last_will = Some(LastWill::new(
+        "will/t",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (t, mut incoming) = Transport::start(c, TcpConnector::new(broker.addr()));
+    let (mut link, seen) = broker.accept_with(Connack::default()).await;
+    connected(&mut incoming).await;
+    assert_eq!(seen.connect.keep_alive, 1);
+    let login = seen.login.expect("credentials");
+    assert_eq!(
+        (login.username.as_str(), login.password.as_str()),
+        ("user", "secret")
+    );
+    let will = seen.will.expect("will");
+    assert_eq!(
+        (&will.topic[..], &will.message[..]),
+        (&b"will/t"[..], &b"gone"[..])
+    );
+
+    // Idle link: PINGREQ; no PINGRESP: the client drops the link and reconnects.
+    assert!(matches!(link.recv().await, Packet::PingReq(_)));
+    assert!(link.try_recv().await.is_none(), "no PINGRESP: link closed");
+    let (mut link, seen) = broker
+        .accept_with(Connack {
+            session_present: true,
+            ..Default::default()
+        })
+        .await;
+    assert!(!seen.connect.clean_start);
+    assert!(connected(&mut incoming).await);
+
+    // disconnect(): what is queued goes out, then DISCONNECT; pending acks fail Closed.
+    let pending = t.publish(q1(1));
+    t.disconnect().await;
+    assert_eq!(index(&link.recv_publish().await.payload), 1);
+    assert!(matches!(link.recv().await, Packet::Disconnect(_)));
+    assert_eq!(guard(pending).await, Err(TransportError::Closed));
+    assert!(matches!(
+        guard(incoming.recv()).await,
+        Some(Event::State(ConnectionState::Disconnected {
+            retry_in: None,
+            ..
+        }))
+    ));
+    assert_eq!(guard(t.publish(q1(2))).await, Err(TransportError::Closed));
+}
+
 /// A TCP stream counting its write calls.
 struct CountingStream {
     inner: TcpStream,
