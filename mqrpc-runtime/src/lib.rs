@@ -36,13 +36,20 @@ pub use server::{
 pub use transport::EmbeddedBroker;
 pub use transport::{ConnectOptions, Connection};
 
-/// Used by the code `#[mqrpc::service]` generates (through
-/// `mqrpc::__private`); not a public API and not covered by semver.
+/// Not a public API and not covered by semver: what the code
+/// `#[mqrpc::service]` generates uses (through `mqrpc::__private`), and
+/// internals exposed to mqrpc's own integration tests.
 #[doc(hidden)]
 pub mod __private {
     /// The AsyncAPI description helpers of generated `asyncapi()` methods.
     pub mod asyncapi {
         pub use crate::asyncapi::codegen::*;
+    }
+
+    /// The MQTT v5 session loop over rumqttc's codec (issue 13), not yet
+    /// used by [`Connection`](crate::Connection).
+    pub mod transport {
+        pub use crate::transport::link::*;
     }
 }
 

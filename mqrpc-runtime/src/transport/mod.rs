@@ -5,6 +5,9 @@
 pub(crate) mod connection;
 #[cfg(feature = "embedded-broker")]
 mod embedded_broker;
+/// The session loop that will carry [`Connection`] (issue 13): exact
+/// acknowledgements by packet id, Receive Maximum, resume.
+pub(crate) mod link;
 pub(crate) mod tls;
 
 pub(crate) use connection::{host_and_port, publish_size, random_u64, Scheme, Sink};

@@ -1,0 +1,45 @@
+//! Where the bytes go: one fresh stream per (re)connection. TCP is here; TLS
+//! and WebSocket connectors implement the same trait (any
+//! `AsyncRead + AsyncWrite` stream will do) when the transport is wired in.
+
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Opens one byte stream per (re)connection of a
+/// [`Transport`](super::Transport).
+pub trait Connector: Send + 'static {
+    /// The stream (TCP, TLS over TCP, WebSocket adapter…).
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Opens a new stream to the broker.
+    fn connect(&mut self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP to `addr` (`host:port`), with TCP_NODELAY set: the transport
+/// already batches everything queued into one write, so Nagle's delay would
+/// only add latency.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    /// `host:port`.
+    pub addr: String,
+}
+
+impl TcpConnector {
+    /// A connector to `addr` (`host:port`).
+    pub fn new(addr: impl Into<String>) -> Self {
+        TcpConnector { addr: addr.into() }
+    }
+}
+
+impl Connector for TcpConnector {
+    type Stream = TcpStream;
+
+    async fn connect(&mut self) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}

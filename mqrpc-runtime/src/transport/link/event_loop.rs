@@ -1,0 +1,290 @@
+//! The task that owns the stream: CONNECT/CONNACK, one write per batch of
+//! queued packets, reading, keep-alive, and reconnecting with backoff.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Login, Packet, PingReq,
+};
+use rumqttc::v5::mqttbytes::Error as CodecError;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+
+use super::session::Session;
+use super::{Command, ConnectionState, Connector, Event, TransportConfig};
+
+/// How a connection ended without an I/O error.
+enum Stop {
+    /// `disconnect()` was called (the sender is told once DISCONNECT is out).
+    Disconnect(Option<oneshot::Sender<()>>),
+}
+
+struct Loop {
+    config: TransportConfig,
+    session: Session,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    ack_rx: mpsc::UnboundedReceiver<(u64, u8)>,
+    events: mpsc::UnboundedSender<Event>,
+    state: watch::Sender<ConnectionState>,
+    /// Clean Start is asked for on the first CONNECT only.
+    connected_once: bool,
+    /// The current attempt got a CONNACK (resets the backoff).
+    connacked: bool,
+    /// Every `Transport` handle is gone: stop once nothing is in flight.
+    closing: bool,
+}
+
+pub(super) async fn run<C: Connector>(
+    config: TransportConfig,
+    mut connector: C,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    state: watch::Sender<ConnectionState>,
+) {
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let session = Session::new(ack_tx, events.clone());
+    let mut l = Loop {
+        config,
+        session,
+        cmd_rx,
+        ack_rx,
+        events,
+        state,
+        connected_once: false,
+        connacked: false,
+        closing: false,
+    };
+    let mut delay = l.config.reconnect.map(|b| b.min);
+    loop {
+        l.set_state(ConnectionState::Connecting);
+        l.connacked = false;
+        let error = match l.connection(&mut connector).await {
+            Ok(Stop::Disconnect(done)) => {
+                l.finish("disconnected".into());
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        l.session.on_link_lost();
+        if l.connacked {
+            delay = l.config.reconnect.map(|b| b.min);
+        }
+        let Some(retry_in) = delay.filter(|_| !l.closing) else {
+            l.finish(error.to_string());
+            return;
+        };
+        l.set_state(ConnectionState::Disconnected {
+            error: error.to_string(),
+            retry_in: Some(retry_in),
+        });
+        tokio::time::sleep(retry_in).await;
+        if let Some(b) = l.config.reconnect {
+            delay = Some((retry_in * 2).min(b.max));
+        }
+    }
+}
+
+impl Loop {
+    fn set_state(&mut self, s: ConnectionState) {
+        let _ = self.events.send(Event::State(s.clone()));
+        self.state.send_replace(s);
+    }
+
+    fn finish(&mut self, error: String) {
+        self.session.close();
+        self.set_state(ConnectionState::Disconnected {
+            error,
+            retry_in: None,
+        });
+    }
+
+    fn connect_packet(&self) -> Packet {
+        let c = &self.config;
+        let properties = ConnectProperties {
+            session_expiry_interval: Some(c.session_expiry).filter(|e| *e > 0),
+            receive_maximum: Some(c.receive_maximum),
+            max_packet_size: Some(c.max_packet_size),
+            ..ConnectProperties::new()
+        };
+        let connect = Connect {
+            keep_alive: c.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+            client_id: c.client_id.clone(),
+            clean_start: c.clean_start && !self.connected_once,
+            properties: Some(properties),
+        };
+        let login = c.credentials.as_ref().map(|(u, p)| Login {
+            username: u.clone(),
+            password: p.clone(),
+        });
+        Packet::Connect(connect, c.last_will.clone(), login)
+    }
+
+    async fn read_connack<S: AsyncRead + Unpin>(
+        &self,
+        io: &mut S,
+        rbuf: &mut BytesMut,
+    ) -> io::Result<ConnAck> {
+        loop {
+            match Packet::read(rbuf, Some(self.config.max_packet_size)) {
+                Ok(Packet::ConnAck(c)) => return Ok(c),
+                Ok(p) => return Err(io::Error::other(format!("expected CONNACK, got {p:?}"))),
+                Err(CodecError::InsufficientBytes(_)) => {
+                    if io.read_buf(rbuf).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) -> Option<Stop> {
+        match c {
+            Command::Publish(p, reply) => self.session.publish(p, reply),
+            Command::Subscribe(f, props, reply) => self.session.subscribe(f, props, reply),
+            Command::Unsubscribe(f, reply) => self.session.unsubscribe(f, reply),
+            Command::Disconnect(done) => return Some(Stop::Disconnect(Some(done))),
+        }
+        None
+    }
+
+    /// One connection, from CONNECT until it fails or the transport stops.
+    async fn connection<C: Connector>(&mut self, connector: &mut C) -> io::Result<Stop> {
+        let mut io = connector.connect().await?;
+        let mut wbuf = BytesMut::new();
+        let _ = self.connect_packet().write(&mut wbuf, None);
+        io.write_all(&wbuf).await?;
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        // Guard against a server that accepts TCP but never answers.
+        let wait = self.config.keep_alive.max(Duration::from_secs(10));
+        let connack = tokio::time::timeout(wait, self.read_connack(&mut io, &mut rbuf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no CONNACK"))??;
+        if connack.code != ConnectReturnCode::Success {
+            return Err(io::Error::other(format!(
+                "CONNACK refused: {:?}",
+                connack.code
+            )));
+        }
+        self.session.on_connack(&connack);
+        self.connected_once = true;
+        self.connacked = true;
+        self.set_state(ConnectionState::Connected {
+            session_present: connack.session_present,
+            server: self.session.limits.clone(),
+        });
+        let keep_alive = connack
+            .properties
+            .as_ref()
+            .and_then(|p| p.server_keep_alive)
+            .map(|s| Duration::from_secs(s.into()))
+            .unwrap_or(self.config.keep_alive);
+        self.run_connected(io, rbuf, keep_alive).await
+    }
+
+    async fn run_connected<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: S,
+        mut rbuf: BytesMut,
+        keep_alive: Duration,
+    ) -> io::Result<Stop> {
+        // One task reads and writes; split works for any stream (TLS,
+        // WebSocket adapters) and its lock is never contended here.
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut last_write = Instant::now();
+        let mut ping_outstanding = false;
+        let ping = sleep_until(last_write + keep_alive);
+        tokio::pin!(ping);
+        let max_in = Some(self.config.max_packet_size);
+        loop {
+            // Everything queued goes into the one buffer before the socket is touched.
+            while let Ok(c) = self.cmd_rx.try_recv() {
+                if let Some(stop) = self.command(c) {
+                    return self.stop(&mut wr, stop).await;
+                }
+            }
+            while let Ok((seq, code)) = self.ack_rx.try_recv() {
+                self.session.app_ack(seq, code);
+            }
+            if self.closing && self.session.is_idle() && self.session.wbuf.is_empty() {
+                return self.stop(&mut wr, Stop::Disconnect(None)).await;
+            }
+            let s = &mut self.session;
+            tokio::select! {
+                biased;
+                n = rd.read_buf(&mut rbuf) => {
+                    if n? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    loop {
+                        // The codec refuses a DISCONNECT without reason code (0x00).
+                        if rbuf.starts_with(&[0xE0, 0x00]) {
+                            return Err(io::Error::other("server sent DISCONNECT (0x00)"));
+                        }
+                        match Packet::read(&mut rbuf, max_in) {
+                            Ok(Packet::PingResp(_)) => ping_outstanding = false,
+                            Ok(p) => s.incoming(p)?,
+                            Err(CodecError::InsufficientBytes(_)) => break,
+                            Err(e) => return Err(io::Error::other(e.to_string())),
+                        }
+                    }
+                }
+                // One write for everything queued; a partial write continues next turn.
+                n = wr.write(&s.wbuf), if !s.wbuf.is_empty() => {
+                    let n = n?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    s.wbuf.advance(n);
+                    last_write = Instant::now();
+                    if s.wbuf.is_empty() {
+                        s.written();
+                    }
+                }
+                c = self.cmd_rx.recv(), if s.wbuf.is_empty() && !self.closing => match c {
+                    Some(c) => {
+                        if let Some(stop) = self.command(c) {
+                            return self.stop(&mut wr, stop).await;
+                        }
+                    }
+                    None => self.closing = true,
+                },
+                Some((seq, code)) = self.ack_rx.recv(), if s.wbuf.is_empty() => {
+                    s.app_ack(seq, code);
+                }
+                _ = &mut ping, if !keep_alive.is_zero() => {
+                    if ping_outstanding {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "no PINGRESP"));
+                    }
+                    let due = last_write + keep_alive;
+                    if Instant::now() < due {
+                        // Re-armed lazily: no timer work per packet.
+                        ping.as_mut().reset(due);
+                        continue;
+                    }
+                    let _ = Packet::PingReq(PingReq).write(&mut s.wbuf, None);
+                    ping_outstanding = true;
+                    ping.as_mut().reset(Instant::now() + keep_alive);
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued and a DISCONNECT, then closes the stream.
+    async fn stop<W: AsyncWrite + Unpin>(&mut self, wr: &mut W, stop: Stop) -> io::Result<Stop> {
+        let _ = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+            .write(&mut self.session.wbuf, None);
+        let _ = wr.write_all(&self.session.wbuf).await;
+        self.session.wbuf.clear();
+        self.session.written();
+        let _ = wr.shutdown().await;
+        Ok(stop)
+    }
+}

@@ -1,0 +1,423 @@
+//! The MQTT v5 transport: our own session loop over rumqttc's public codec
+//! (`rumqttc::v5::mqttbytes::v5`, `Packet::read` / `Packet::write` only).
+//!
+//! Contract, and the reason this module exists (issue 13): every
+//! [`Transport::publish`] returns a future resolving to the broker's reason
+//! code for *that* publish, every [`Transport::subscribe`] to the SUBACK's
+//! codes, incoming publishes come with a manual [`AckToken`], and connection
+//! changes arrive as [`Event::State`]. Nothing above this module sees a packet
+//! id. The design and its measurements are in the spike's
+//! `DESIGN-transport.md`.
+//!
+//! Files: [`connector`] opens streams, `session` holds the protocol state
+//! (ids, in-flight, Receive Maximum, incoming ack order), `event_loop` owns the
+//! socket, reconnects and keep-alive, `codes` maps the codec's reason enums to
+//! numbers, `packet_ids` allocates ids.
+//!
+//! Subscriptions: the transport does not remember granted subscriptions. A
+//! SUBSCRIBE or UNSUBSCRIBE still waiting for its ack when the link drops is
+//! sent again after the reconnect (same packet id) so its future resolves with
+//! the real answer. When a reconnect reports `session_present: false`, the
+//! layer above re-subscribes what it needs.
+
+mod codes;
+pub mod connector;
+mod event_loop;
+mod packet_ids;
+mod session;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+pub use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, PublishProperties, SubscribeProperties};
+pub use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use connector::{Connector, TcpConnector};
+
+/// Settings of a [`Transport`].
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// MQTT client identifier.
+    pub client_id: String,
+    /// Keep-alive sent in CONNECT (zero disables PINGREQ). A server keep-alive
+    /// in CONNACK replaces it. No PINGRESP within one more interval means the
+    /// link is dead: the transport reconnects.
+    pub keep_alive: Duration,
+    /// Clean Start on the first connection only; reconnects always ask to
+    /// resume the session.
+    pub clean_start: bool,
+    /// Session Expiry Interval in seconds (0: the session ends with the link,
+    /// so resume is impossible).
+    pub session_expiry: u32,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// Last Will.
+    pub last_will: Option<LastWill>,
+    /// Largest packet we accept (sent as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// How many unacked QoS 1/2 publishes the broker may send us (sent as
+    /// Receive Maximum).
+    pub receive_maximum: u16,
+    /// Delays between reconnect attempts; `None`: no reconnect, the transport
+    /// ends with the first lost link.
+    pub reconnect: Option<Backoff>,
+}
+
+impl TransportConfig {
+    /// Defaults: keep-alive 30 s, clean start, session expiry 0, 1 MiB
+    /// packets, Receive Maximum 100, reconnect after 100 ms doubling up to 5 s.
+    pub fn new(client_id: impl Into<String>) -> Self {
+        TransportConfig {
+            client_id: client_id.into(),
+            keep_alive: Duration::from_secs(30),
+            clean_start: true,
+            session_expiry: 0,
+            credentials: None,
+            last_will: None,
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 100,
+            reconnect: Some(Backoff {
+                min: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            }),
+        }
+    }
+}
+
+/// Reconnect delays: `min` after the first failure, doubled per further
+/// failure up to `max`, back to `min` after a CONNACK.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub min: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+/// A reason code from the broker: PUBACK / PUBREC (0x00 success, 0x10 no
+/// matching subscribers, 0x87 not authorized, 0x97 quota exceeded…), or one
+/// SUBACK / UNSUBACK entry (0x00–0x02 granted QoS, ≥ 0x80 refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReasonCode(pub u8);
+
+impl ReasonCode {
+    /// Codes below 0x80 are successes (0x10 included).
+    pub fn is_success(self) -> bool {
+        self.0 < 0x80
+    }
+}
+
+/// Why an operation of the transport did not get a reason code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The transport has stopped (disconnected, or no reconnect configured).
+    #[error("transport closed")]
+    Closed,
+    /// A QoS 2 publish was in flight (no PUBREC yet) and the broker reconnected
+    /// us without our session: sending it again could deliver it twice, so it
+    /// is not resent.
+    #[error("session lost before the QoS 2 publish was received")]
+    SessionLost,
+    /// Larger than the server's Maximum Packet Size: not sent.
+    #[error("packet of {size} bytes exceeds the server's Maximum Packet Size {max}")]
+    PacketTooLarge {
+        /// Encoded size of the packet.
+        size: u32,
+        /// The server's limit (from CONNACK).
+        max: u32,
+    },
+    /// QoS above the server's Maximum QoS: not sent.
+    #[error("QoS above the server's Maximum QoS")]
+    QosNotSupported,
+    /// A QoS 2 publish refused by its PUBREC (code ≥ 0x80).
+    #[error("publish refused with reason code {0:#04x}")]
+    Refused(u8),
+    /// The link dropped before this QoS 0 publish was written.
+    #[error("connection lost before the QoS 0 publish was written")]
+    ConnectionLost,
+    /// Every packet id is in flight.
+    #[error("no packet identifier available")]
+    NoPacketId,
+}
+
+/// A publish to send.
+#[derive(Debug, Clone)]
+pub struct OutgoingPublish {
+    /// Topic name.
+    pub topic: Bytes,
+    /// Delivery guarantee.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Payload.
+    pub payload: Bytes,
+    /// Response Topic, Correlation Data, user properties, Content Type,
+    /// Message Expiry…
+    pub properties: Option<PublishProperties>,
+}
+
+impl OutgoingPublish {
+    /// A publish without properties.
+    pub fn new(topic: impl Into<Bytes>, qos: QoS, payload: impl Into<Bytes>) -> Self {
+        OutgoingPublish {
+            topic: topic.into(),
+            qos,
+            retain: false,
+            payload: payload.into(),
+            properties: None,
+        }
+    }
+}
+
+/// A publish received from the broker.
+#[derive(Debug)]
+pub struct IncomingPublish {
+    /// Topic name.
+    pub topic: Bytes,
+    /// QoS it was delivered with.
+    pub qos: QoS,
+    /// DUP flag (a redelivery).
+    pub dup: bool,
+    /// Retain flag.
+    pub retain: bool,
+    /// Payload.
+    pub payload: Bytes,
+    /// Its properties.
+    pub properties: Option<PublishProperties>,
+    /// For QoS 1 and 2: acknowledges it (PUBACK or PUBREC). `None` for QoS 0.
+    pub ack: Option<AckToken>,
+}
+
+/// Acknowledges one incoming QoS 1/2 publish.
+///
+/// Acks leave in the order the publishes arrived (MQTT-4.6.0-2): an ack made
+/// early waits until every older publish on the connection is acked.
+/// **Dropping a token without calling [`ack`](Self::ack) or
+/// [`reject`](Self::reject) acks it with 0x00**, so one forgotten token can
+/// never hold back the acks behind it forever.
+#[derive(Debug)]
+pub struct AckToken {
+    tx: mpsc::UnboundedSender<(u64, u8)>,
+    seq: u64,
+    done: bool,
+}
+
+impl AckToken {
+    /// PUBACK / PUBREC with 0x00.
+    pub fn ack(mut self) {
+        self.send(0x00);
+    }
+
+    /// PUBACK / PUBREC with this code (0x80 and up refuse the publish; codes
+    /// the codec cannot carry become 0x80).
+    pub fn reject(mut self, code: u8) {
+        self.send(code);
+    }
+
+    fn send(&mut self, code: u8) {
+        self.done = true;
+        let _ = self.tx.send((self.seq, code));
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if !self.done {
+            self.send(0x00);
+        }
+    }
+}
+
+/// What the server told us in CONNACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Receive Maximum: QoS 1/2 publishes we may have unacked.
+    pub receive_maximum: u16,
+    /// Maximum Packet Size (`None`: no limit beyond the protocol's).
+    pub max_packet_size: Option<u32>,
+    /// Maximum QoS.
+    pub max_qos: QoS,
+    /// Retain Available.
+    pub retain_available: bool,
+    /// Topic Alias Maximum (the transport itself never uses aliases).
+    pub topic_alias_maximum: u16,
+}
+
+/// State of the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Connecting (first time or after a loss).
+    Connecting,
+    /// CONNACK accepted.
+    Connected {
+        /// The broker kept our session (subscriptions and in-flight state).
+        /// `false` after a reconnect: subscriptions must be made again.
+        session_present: bool,
+        /// The server's limits.
+        server: ServerLimits,
+    },
+    /// The link is down.
+    Disconnected {
+        /// Why.
+        error: String,
+        /// When the next attempt starts; `None`: the transport has stopped.
+        retry_in: Option<Duration>,
+    },
+}
+
+/// What [`Incoming`] yields: publishes and state changes, in the order the
+/// transport saw them.
+#[derive(Debug)]
+pub enum Event {
+    /// A publish from the broker.
+    Publish(IncomingPublish),
+    /// The link changed state.
+    State(ConnectionState),
+}
+
+/// The receiving side of a [`Transport`].
+#[derive(Debug)]
+pub struct Incoming(mpsc::UnboundedReceiver<Event>);
+
+impl Incoming {
+    /// The next event; `None` once the transport has stopped.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+
+    /// The next publish, skipping state events.
+    pub async fn next_publish(&mut self) -> Option<IncomingPublish> {
+        loop {
+            match self.0.recv().await? {
+                Event::Publish(p) => return Some(p),
+                Event::State(_) => {}
+            }
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, TransportError>>;
+
+/// A request from a handle to the loop.
+enum Command {
+    Publish(OutgoingPublish, Reply<ReasonCode>),
+    Subscribe(
+        Vec<Filter>,
+        Option<SubscribeProperties>,
+        Reply<Vec<ReasonCode>>,
+    ),
+    Unsubscribe(Vec<String>, Reply<Vec<ReasonCode>>),
+    Disconnect(oneshot::Sender<()>),
+}
+
+/// Sends to the broker. Cheap to clone; the loop stops (with a DISCONNECT)
+/// when every clone is dropped or [`disconnect`](Self::disconnect) is called.
+#[derive(Clone)]
+pub struct Transport {
+    cmd: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<ConnectionState>,
+}
+
+impl Transport {
+    /// Spawns the session loop (on the current tokio runtime) and returns the
+    /// sending handle and the incoming stream.
+    pub fn start<C: Connector>(config: TransportConfig, connector: C) -> (Transport, Incoming) {
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(ConnectionState::Connecting);
+        tokio::spawn(event_loop::run(config, connector, cmd_rx, events, state_tx));
+        (Transport { cmd, state }, Incoming(events_rx))
+    }
+
+    /// Queues a publish (no await needed). The returned future resolves: for
+    /// QoS 0 once written to the stream; for QoS 1 with the PUBACK's code
+    /// (0x80 and up included); for QoS 2 with the PUBREC's code once PUBCOMP
+    /// arrives, or [`TransportError::Refused`] if the PUBREC refused it.
+    pub fn publish(&self, publish: OutgoingPublish) -> PublishAck {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(Command::Publish(publish, tx));
+        PublishAck(Answer(rx))
+    }
+
+    /// Subscribes; resolves to one code per filter (granted QoS, or ≥ 0x80).
+    pub fn subscribe(
+        &self,
+        filters: Vec<Filter>,
+        properties: Option<SubscribeProperties>,
+    ) -> SubAck {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(Command::Subscribe(filters, properties, tx));
+        SubAck(Answer(rx))
+    }
+
+    /// Unsubscribes; resolves to one code per filter.
+    pub fn unsubscribe(&self, filters: Vec<String>) -> UnsubAck {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(Command::Unsubscribe(filters, tx));
+        UnsubAck(Answer(rx))
+    }
+
+    /// The link's state, updated on every change.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+
+    /// Writes what is queued, sends DISCONNECT (normal, 0x00) and stops.
+    /// Pending acks resolve with [`TransportError::Closed`].
+    pub async fn disconnect(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Disconnect(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The shared body of the ack futures.
+#[derive(Debug)]
+struct Answer<T>(oneshot::Receiver<Result<T, TransportError>>);
+
+impl<T> Future for Answer<T> {
+    type Output = Result<T, TransportError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(TransportError::Closed)))
+    }
+}
+
+macro_rules! answer_future {
+    ($(#[$doc:meta])* $name:ident, $t:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        #[must_use = "the broker's answer is only seen by awaiting it"]
+        pub struct $name(Answer<$t>);
+
+        impl Future for $name {
+            type Output = Result<$t, TransportError>;
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+                Pin::new(&mut self.0).poll(cx)
+            }
+        }
+    };
+}
+
+answer_future!(
+    /// Resolves to the reason code of one publish (see [`Transport::publish`]).
+    /// Dropping it does not cancel the publish.
+    PublishAck,
+    ReasonCode
+);
+answer_future!(
+    /// Resolves to the SUBACK's codes, one per filter.
+    SubAck,
+    Vec<ReasonCode>
+);
+answer_future!(
+    /// Resolves to the UNSUBACK's codes, one per filter.
+    UnsubAck,
+    Vec<ReasonCode>
+);
