@@ -1,0 +1,98 @@
+//! Routing of incoming publishes to the clients and servers of a
+//! connection, and holding those that arrive (with a persistent session)
+//! before their route is back.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tracing::{debug, warn};
+
+use crate::QoS;
+
+use super::Connection;
+
+/// Publishes held for routes not (yet) registered, with a persistent
+/// session: at most this many, and this many payload bytes.
+pub(super) const MAX_HELD: usize = 10_000;
+pub(super) const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Publishes waiting for their route, with when they arrived.
+#[derive(Default)]
+pub(super) struct Held {
+    pub(super) publishes: VecDeque<(std::time::Instant, Publish)>,
+    pub(super) bytes: usize,
+}
+
+/// A handler for publishes whose topic matches a route's filter. Runs on the
+/// event-loop task: it must not block (spawn or send, never await).
+pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish) + Send + Sync>;
+
+pub(super) struct Route {
+    pub(super) id: u64,
+    pub(super) filter: String,
+    pub(super) matcher: crate::protocol::topic::Filter,
+    pub(super) qos: QoS,
+    pub(super) sink: Sink,
+}
+
+impl Connection {
+    pub(super) fn route(&self, publish: Publish) {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            warn!("dropping a publish whose topic is not UTF-8");
+            return;
+        };
+        // Every route that wants it, each sink once: servers of several
+        // services on one connection share the discovery filter, while one
+        // server's shared and cancel filters may both match a cancel.
+        let find = || {
+            let routes = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
+            let mut matching = routes
+                .iter()
+                .filter(|r| r.matcher.matches(topic))
+                .map(|r| &r.sink);
+            let first = matching.next()?.clone();
+            let mut more: Vec<Sink> = Vec::new(); // allocates only if needed
+            for sink in matching {
+                if !Arc::ptr_eq(sink, &first) && !more.iter().any(|s| Arc::ptr_eq(s, sink)) {
+                    more.push(sink.clone());
+                }
+            }
+            Some((first, more))
+        };
+        let deliver = |(first, more): (Sink, Vec<Sink>), publish: Publish| {
+            for sink in &more {
+                sink(self, publish.clone());
+            }
+            first(self, publish);
+        };
+        if self.shared.options.session_expiry.is_none() {
+            match find() {
+                Some(sinks) => deliver(sinks, publish),
+                None => debug!(topic, "dropping a publish no route wants"),
+            }
+            return;
+        }
+        // Persistent session: the broker may deliver what it kept for us
+        // before the server has re-registered; hold it until it does.
+        let mut held = self.held();
+        match find() {
+            Some(sinks) => {
+                drop(held);
+                deliver(sinks, publish)
+            }
+            None if held.publishes.len() < MAX_HELD
+                && held.bytes + publish.payload.len() <= MAX_HELD_BYTES =>
+            {
+                held.bytes += publish.payload.len();
+                held.publishes
+                    .push_back((std::time::Instant::now(), publish));
+            }
+            None => warn!(topic, "dropping a publish no route wants (held queue full)"),
+        }
+    }
+
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.shared.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
