@@ -1,6 +1,6 @@
 //! Where the bytes go: one fresh stream per (re)connection. TCP is here; TLS
 //! (`super::tls`, feature `tls`) and WebSocket (`super::websocket`, feature
-//! `websocket`) implement the same trait over [`tcp`]. Any
+//! `websocket`) implement the same trait over `tcp()`. Any
 //! `AsyncRead + AsyncWrite` stream will do.
 
 use std::future::Future;

@@ -9,8 +9,8 @@
 //! id. The design and its measurements are in the spike's
 //! `DESIGN-transport.md`.
 //!
-//! Files: [`connector`] opens streams (TCP; `tls`: [`TlsConnector`];
-//! `websocket`: [`WsConnector`]), `session` holds the protocol state
+//! Files: [`connector`] opens streams (TCP; `tls`: `TlsConnector`;
+//! `websocket`: `WsConnector`), `session` holds the protocol state
 //! (ids, in-flight, Receive Maximum, incoming ack order), `event_loop` owns the
 //! socket, reconnects and keep-alive, `codes` maps the codec's reason enums to
 //! numbers, `packet_ids` allocates ids.
