@@ -379,6 +379,30 @@ impl ConnectOptions {
         }
     }
 
+    /// The broker's host (IPv6 without brackets), for the TLS server name.
+    #[cfg(feature = "tls")]
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The broker's port.
+    #[cfg(feature = "tls")]
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The TLS settings (`None`: no TLS).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_settings(&self) -> Option<&TlsSettings> {
+        self.tls.as_ref()
+    }
+
+    /// `ws://host:port/path` or `wss://…` (`None`: not WebSocket).
+    #[cfg(feature = "websocket")]
+    pub(crate) fn websocket_endpoint(&self) -> Option<String> {
+        self.websocket_path.as_ref().map(|_| self.endpoint())
+    }
+
     /// `<scheme>://host:port[/path]`, without credentials or TLS files.
     pub(super) fn endpoint(&self) -> String {
         let path = self.websocket_path.as_deref().unwrap_or("");

@@ -1,6 +1,7 @@
 //! Where the bytes go: one fresh stream per (re)connection. TCP is here; TLS
-//! and WebSocket connectors implement the same trait (any
-//! `AsyncRead + AsyncWrite` stream will do) when the transport is wired in.
+//! (`super::tls`, feature `tls`) and WebSocket (`super::websocket`, feature
+//! `websocket`) implement the same trait over `tcp()`. Any
+//! `AsyncRead + AsyncWrite` stream will do.
 
 use std::future::Future;
 use std::io;
@@ -38,8 +39,14 @@ impl Connector for TcpConnector {
     type Stream = TcpStream;
 
     async fn connect(&mut self) -> io::Result<TcpStream> {
-        let stream = TcpStream::connect(&self.addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        tcp(&self.addr).await
     }
+}
+
+/// TCP to `addr` (`host:port`) with TCP_NODELAY: the first step of every
+/// connector.
+pub(crate) async fn tcp(addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

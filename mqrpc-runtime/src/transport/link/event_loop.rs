@@ -161,6 +161,7 @@ impl Loop {
         let mut wbuf = BytesMut::new();
         let _ = self.connect_packet().write(&mut wbuf, None);
         io.write_all(&wbuf).await?;
+        io.flush().await?;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         // Guard against a server that accepts TCP but never answers.
         let wait = self.config.keep_alive.max(Duration::from_secs(10));
@@ -200,6 +201,9 @@ impl Loop {
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut last_write = Instant::now();
         let mut ping_outstanding = false;
+        // Written bytes a TLS or WebSocket stream may still hold back (a TCP
+        // flush is ready at once).
+        let mut unflushed = false;
         let ping = sleep_until(last_write + keep_alive);
         tokio::pin!(ping);
         let max_in = Some(self.config.max_packet_size);
@@ -236,9 +240,14 @@ impl Loop {
                         }
                     }
                 }
-                // One write for everything queued; a partial write continues next turn.
-                n = wr.write(&s.wbuf), if !s.wbuf.is_empty() => {
+                // One write for everything queued; a partial write continues
+                // next turn. Once all is written, one flush.
+                n = write_or_flush(&mut wr, &s.wbuf), if !s.wbuf.is_empty() || unflushed => {
                     let n = n?;
+                    if s.wbuf.is_empty() {
+                        unflushed = false;
+                        continue;
+                    }
                     if n == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
@@ -246,6 +255,7 @@ impl Loop {
                     last_write = Instant::now();
                     if s.wbuf.is_empty() {
                         s.written();
+                        unflushed = true;
                     }
                 }
                 c = self.cmd_rx.recv(), if s.wbuf.is_empty() && !self.closing => match c {
@@ -277,7 +287,8 @@ impl Loop {
         }
     }
 
-    /// Writes what is queued and a DISCONNECT, then closes the stream.
+    /// Writes what is queued and a DISCONNECT, then closes the stream
+    /// (shutting down flushes it).
     async fn stop<W: AsyncWrite + Unpin>(&mut self, wr: &mut W, stop: Stop) -> io::Result<Stop> {
         let _ = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
             .write(&mut self.session.wbuf, None);
@@ -286,5 +297,14 @@ impl Loop {
         self.session.written();
         let _ = wr.shutdown().await;
         Ok(stop)
+    }
+}
+
+/// Writes `buf`, or flushes when it is empty (then yields 0).
+async fn write_or_flush<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        wr.flush().await.map(|()| 0)
+    } else {
+        wr.write(buf).await
     }
 }

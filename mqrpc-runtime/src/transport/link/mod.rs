@@ -9,7 +9,8 @@
 //! id. The design and its measurements are in the spike's
 //! `DESIGN-transport.md`.
 //!
-//! Files: [`connector`] opens streams, `session` holds the protocol state
+//! Files: [`connector`] opens streams (TCP; `tls`: `TlsConnector`;
+//! `websocket`: `WsConnector`), `session` holds the protocol state
 //! (ids, in-flight, Receive Maximum, incoming ack order), `event_loop` owns the
 //! socket, reconnects and keep-alive, `codes` maps the codec's reason enums to
 //! numbers, `packet_ids` allocates ids.
@@ -25,6 +26,10 @@ pub mod connector;
 mod event_loop;
 mod packet_ids;
 mod session;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "websocket")]
+mod websocket;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +42,10 @@ pub use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use connector::{Connector, TcpConnector};
+#[cfg(feature = "tls")]
+pub use tls::TlsConnector;
+#[cfg(feature = "websocket")]
+pub use websocket::{MaybeTlsStream, WsConnector, WsStream};
 
 /// Settings of a [`Transport`].
 #[derive(Debug, Clone)]

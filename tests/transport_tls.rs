@@ -1,0 +1,292 @@
+//! The transport's TLS and WebSocket connectors (`TlsConnector`,
+//! `WsConnector`) against real brokers: Mosquitto with a TLS listener, the
+//! embedded broker's WebSocket endpoint, and an `mqtt5` broker with TLS and
+//! TLS WebSocket listeners, certificates made at test time. Each link
+//! subscribes, publishes QoS 1 with Response Topic and Correlation Data, gets
+//! the PUBACK's code and its own publish back with the properties intact.
+//! Timeouts are only hang guards.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use mqrpc::{ConnectOptions, EmbeddedBroker};
+use mqrpc_runtime::__private::transport::*;
+use mqrpc_tests::security::Pki;
+use mqrpc_tests::Mosquitto;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+async fn guard<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(GUARD, f).await.expect("hang guard")
+}
+
+/// No reconnect: a failed connect ends the transport with its reason.
+fn config(id: &str) -> TransportConfig {
+    let mut c = TransportConfig::new(id);
+    c.session_expiry = 0;
+    c.reconnect = None;
+    c
+}
+
+/// Waits for the first Connected, or panics with the Disconnected reason.
+async fn connected(incoming: &mut Incoming) {
+    loop {
+        match guard(incoming.recv()).await.expect("transport stopped") {
+            Event::State(ConnectionState::Connected { .. }) => return,
+            Event::State(ConnectionState::Disconnected { error, .. }) => {
+                panic!("not connected: {error}")
+            }
+            Event::State(ConnectionState::Connecting) => {}
+            Event::Publish(p) => panic!("unexpected publish {p:?}"),
+        }
+    }
+}
+
+/// Waits for the transport to stop; returns the reason it gave.
+async fn failed(incoming: &mut Incoming) -> String {
+    loop {
+        match guard(incoming.recv())
+            .await
+            .expect("transport stopped silently")
+        {
+            Event::State(ConnectionState::Disconnected {
+                error,
+                retry_in: None,
+            }) => return error,
+            Event::State(ConnectionState::Connected { .. }) => panic!("connected"),
+            Event::State(_) => {}
+            Event::Publish(p) => panic!("unexpected publish {p:?}"),
+        }
+    }
+}
+
+/// Starts a transport over `connector` and checks one QoS 1 round trip.
+async fn round_trip<C: Connector>(connector: C, id: &str) {
+    let (t, mut incoming) = Transport::start(config(id), connector);
+    connected(&mut incoming).await;
+    let filter = format!("mqrpc/link/{id}/#");
+    let granted = guard(t.subscribe(vec![Filter::new(filter, QoS::AtLeastOnce)], None)).await;
+    assert_eq!(granted, Ok(vec![ReasonCode(1)]));
+
+    let properties = PublishProperties {
+        response_topic: Some(format!("mqrpc/reply/{id}")),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01corr\xff")),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    let topic = format!("mqrpc/link/{id}/x");
+    let mut msg = OutgoingPublish::new(topic.clone(), QoS::AtLeastOnce, "hello");
+    msg.properties = Some(properties.clone());
+    assert_eq!(guard(t.publish(msg)).await, Ok(ReasonCode(0x00)), "PUBACK");
+
+    let got = guard(incoming.next_publish())
+        .await
+        .expect("the publish back");
+    assert_eq!(&got.topic[..], topic.as_bytes());
+    assert_eq!(&got.payload[..], b"hello");
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+    let p = got.properties.clone().expect("properties");
+    assert_eq!(p.response_topic, properties.response_topic);
+    assert_eq!(p.correlation_data, properties.correlation_data);
+    // The mqtt5 broker adds its own `x-mqtt-client-id`.
+    for pair in &properties.user_properties {
+        assert!(p.user_properties.contains(pair), "{:?}", p.user_properties);
+    }
+    got.ack.expect("QoS 1 has an ack token").ack();
+    guard(t.disconnect()).await;
+}
+
+/// Mosquitto with its plain listener and a TLS one; `None` when Mosquitto is
+/// not installed (the harness prints the notice).
+fn mosquitto_tls(pki: &Pki, require_client_cert: bool) -> Option<(Mosquitto, u16)> {
+    if !mqrpc_tests::mosquitto_available() {
+        return None;
+    }
+    let mut last_error = None;
+    for _ in 0..5 {
+        let port = mqrpc_tests::free_port().unwrap();
+        let lines = pki.mosquitto_listener(port, require_client_cert);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        match Mosquitto::start(&lines) {
+            Ok(mosquitto) => return Some((mosquitto, port)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    panic!("mosquitto with a TLS listener did not start: {last_error:?}")
+}
+
+#[tokio::test]
+async fn tls_to_mosquitto_with_a_given_ca() {
+    let pki = Pki::generate("link-tls");
+    let Some((_mosquitto, port)) = mosquitto_tls(&pki, false) else {
+        return;
+    };
+    // By IP address and by DNS name: both are in the broker's certificate.
+    for host in ["127.0.0.1", "localhost"] {
+        let options = ConnectOptions::new(host, port).tls_ca_file(pki.file("ca.pem"));
+        let connector = TlsConnector::from_options(&options).unwrap();
+        round_trip(connector, &format!("tls-{host}")).await;
+    }
+}
+
+#[tokio::test]
+async fn tls_to_mosquitto_with_a_client_certificate() {
+    let pki = Pki::generate("link-mtls");
+    let Some((_mosquitto, port)) = mosquitto_tls(&pki, true) else {
+        return;
+    };
+    let url = format!(
+        "mqtts://127.0.0.1:{port}?ca={}&cert={}&key={}",
+        pki.file("ca.pem").display(),
+        pki.file("client.pem").display(),
+        pki.file("client.key").display()
+    );
+    let options = ConnectOptions::from_url(&url).unwrap();
+    round_trip(TlsConnector::from_options(&options).unwrap(), "mtls").await;
+
+    // Without the certificate the broker ends the handshake.
+    let options = ConnectOptions::new("127.0.0.1", port).tls_ca_file(pki.file("ca.pem"));
+    let (_t, mut incoming) = Transport::start(
+        config("mtls-none"),
+        TlsConnector::from_options(&options).unwrap(),
+    );
+    let error = failed(&mut incoming).await;
+    assert!(!error.is_empty());
+}
+
+#[tokio::test]
+async fn tls_with_an_untrusted_ca_fails_with_the_rustls_reason() {
+    let pki = Pki::generate("link-tls-bad");
+    let Some((_mosquitto, port)) = mosquitto_tls(&pki, false) else {
+        return;
+    };
+    let other = Pki::generate("link-tls-other");
+    let options = ConnectOptions::new("127.0.0.1", port).tls_ca_file(other.file("ca.pem"));
+    let (t, mut incoming) = Transport::start(
+        config("untrusted"),
+        TlsConnector::from_options(&options).unwrap(),
+    );
+    let error = failed(&mut incoming).await;
+    assert!(
+        error.contains("invalid peer certificate: UnknownIssuer"),
+        "{error}"
+    );
+    assert_eq!(
+        *t.state().borrow(),
+        ConnectionState::Disconnected {
+            error,
+            retry_in: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_name_outside_the_certificate_is_refused() {
+    // The broker's certificate names only 127.0.0.1.
+    let pki = Pki::generate_for("link-tls-name", &["127.0.0.1"]);
+    let Some((_mosquitto, port)) = mosquitto_tls(&pki, false) else {
+        return;
+    };
+    let options = ConnectOptions::new("localhost", port).tls_ca_file(pki.file("ca.pem"));
+    let (_t, mut incoming) = Transport::start(
+        config("wrong-name"),
+        TlsConnector::from_options(&options).unwrap(),
+    );
+    let error = failed(&mut incoming).await;
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    assert!(error.contains("not valid for name"), "{error}");
+}
+
+#[tokio::test]
+async fn websocket_to_the_embedded_broker() {
+    let broker = EmbeddedBroker::start_with_websocket().await.unwrap();
+    let url = broker.websocket_url().expect("a WebSocket endpoint");
+    round_trip(WsConnector::new(&url).unwrap(), "ws").await;
+    // The same endpoint from connection options.
+    let options = ConnectOptions::from_url(&url).unwrap();
+    round_trip(WsConnector::from_options(&options).unwrap(), "ws-options").await;
+}
+
+#[tokio::test]
+async fn a_websocket_path_the_broker_does_not_serve_fails_the_handshake() {
+    let broker = EmbeddedBroker::start_with_websocket().await.unwrap();
+    let url = broker
+        .websocket_url()
+        .unwrap()
+        .replace("/mqtt", "/nothing-here");
+    let (_t, mut incoming) = Transport::start(config("ws-404"), WsConnector::new(&url).unwrap());
+    let error = failed(&mut incoming).await;
+    assert!(error.contains("WebSocket handshake"), "{error}");
+}
+
+/// `mqtts://` and `wss://` to an `mqtt5` broker with a TLS listener and a
+/// TLS WebSocket endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_secure_websocket_to_an_mqtt5_broker() {
+    use mqtt5::broker::config::{
+        BrokerConfig, StorageBackend, StorageConfig, TlsConfig, WebSocketConfig,
+    };
+    let pki = Pki::generate("link-wss");
+    let wss_port = mqrpc_tests::free_port().unwrap();
+    let config = BrokerConfig::default()
+        .with_bind_address(([127, 0, 0, 1], 0))
+        .with_storage(
+            StorageConfig::default()
+                .with_backend(StorageBackend::Memory)
+                .with_persistence(false),
+        )
+        .with_sys_topics_enabled(false)
+        .with_tls(
+            TlsConfig::new(pki.file("server.pem"), pki.file("server.key"))
+                .with_bind_address(([127, 0, 0, 1], 0)),
+        )
+        .with_websocket_tls(
+            WebSocketConfig::new()
+                .with_bind_address(([127, 0, 0, 1], wss_port))
+                .with_path("/mqtt")
+                .with_tls(true),
+        );
+    let mut broker = mqtt5::broker::MqttBroker::with_config(config)
+        .await
+        .expect("mqtt5 broker with TLS");
+    let tls_addr = broker.tls_local_addr().expect("a TLS listener");
+    let shutdown = broker.shutdown_handle();
+    tokio::spawn(async move { broker.run().await });
+    let ca = pki.file("ca.pem");
+
+    let wss = format!("wss://127.0.0.1:{wss_port}/mqtt?ca={}", ca.display());
+    let options = ConnectOptions::from_url(&wss).unwrap();
+    round_trip(WsConnector::from_options(&options).unwrap(), "wss").await;
+
+    let mqtts = format!("mqtts://{tls_addr}?ca={}", ca.display());
+    let options = ConnectOptions::from_url(&mqtts).unwrap();
+    round_trip(TlsConnector::from_options(&options).unwrap(), "mqtts").await;
+
+    // Another CA did not sign the broker's certificate.
+    let other = Pki::generate("link-wss-other");
+    let untrusted = format!(
+        "wss://127.0.0.1:{wss_port}/mqtt?ca={}",
+        other.file("ca.pem").display()
+    );
+    let options = ConnectOptions::from_url(&untrusted).unwrap();
+    let (_t, mut incoming) = Transport::start(
+        self::config("wss-untrusted"),
+        WsConnector::from_options(&options).unwrap(),
+    );
+    let error = failed(&mut incoming).await;
+    assert!(
+        error.contains("invalid peer certificate: UnknownIssuer"),
+        "{error}"
+    );
+    shutdown.shutdown();
+}
+
+#[test]
+fn constructors_check_their_urls() {
+    assert!(WsConnector::new("wss://127.0.0.1/mqtt").is_err());
+    assert!(WsConnector::new("mqtt://127.0.0.1/mqtt").is_err());
+    assert!(WsConnector::new("ws://127.0.0.1/mqtt").is_ok());
+    let plain = ConnectOptions::new("127.0.0.1", 1883);
+    assert!(TlsConnector::from_options(&plain).is_err());
+    assert!(WsConnector::from_options(&plain).is_err());
+}
