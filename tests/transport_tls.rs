@@ -223,35 +223,9 @@ async fn a_websocket_path_the_broker_does_not_serve_fails_the_handshake() {
 /// TLS WebSocket endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_secure_websocket_to_an_mqtt5_broker() {
-    use mqtt5::broker::config::{
-        BrokerConfig, StorageBackend, StorageConfig, TlsConfig, WebSocketConfig,
-    };
     let pki = Pki::generate("link-wss");
-    let wss_port = mqrpc_tests::free_port().unwrap();
-    let config = BrokerConfig::default()
-        .with_bind_address(([127, 0, 0, 1], 0))
-        .with_storage(
-            StorageConfig::default()
-                .with_backend(StorageBackend::Memory)
-                .with_persistence(false),
-        )
-        .with_sys_topics_enabled(false)
-        .with_tls(
-            TlsConfig::new(pki.file("server.pem"), pki.file("server.key"))
-                .with_bind_address(([127, 0, 0, 1], 0)),
-        )
-        .with_websocket_tls(
-            WebSocketConfig::new()
-                .with_bind_address(([127, 0, 0, 1], wss_port))
-                .with_path("/mqtt")
-                .with_tls(true),
-        );
-    let mut broker = mqtt5::broker::MqttBroker::with_config(config)
-        .await
-        .expect("mqtt5 broker with TLS");
-    let tls_addr = broker.tls_local_addr().expect("a TLS listener");
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(async move { broker.run().await });
+    let broker = mqrpc_tests::security::TlsMqtt5::start(&pki).await;
+    let (wss_port, tls_addr) = (broker.wss_port, broker.tls_addr);
     let ca = pki.file("ca.pem");
 
     let wss = format!("wss://127.0.0.1:{wss_port}/mqtt?ca={}", ca.display());
@@ -278,7 +252,7 @@ async fn tls_and_secure_websocket_to_an_mqtt5_broker() {
         error.contains("invalid peer certificate: UnknownIssuer"),
         "{error}"
     );
-    shutdown.shutdown();
+    drop(broker);
 }
 
 #[test]

@@ -78,36 +78,10 @@ async fn a_wrong_endpoint_is_a_connect_error() {
 /// endpoint and a TLS listener, its certificate from a CA made here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_travel_over_secure_websocket() {
-    use mqtt5::broker::config::{
-        BrokerConfig, StorageBackend, StorageConfig, TlsConfig, WebSocketConfig,
-    };
     mqrpc_tests::init_tracing();
     let pki = mqrpc_tests::security::Pki::generate("wss");
-    let wss_port = mqrpc_tests::free_port().unwrap();
-    let config = BrokerConfig::default()
-        .with_bind_address(([127, 0, 0, 1], 0))
-        .with_storage(
-            StorageConfig::default()
-                .with_backend(StorageBackend::Memory)
-                .with_persistence(false),
-        )
-        .with_sys_topics_enabled(false)
-        .with_tls(
-            TlsConfig::new(pki.file("server.pem"), pki.file("server.key"))
-                .with_bind_address(([127, 0, 0, 1], 0)),
-        )
-        .with_websocket_tls(
-            WebSocketConfig::new()
-                .with_bind_address(([127, 0, 0, 1], wss_port))
-                .with_path("/mqtt")
-                .with_tls(true),
-        );
-    let mut broker = mqtt5::broker::MqttBroker::with_config(config)
-        .await
-        .expect("mqtt5 broker with TLS");
-    let tls_addr = broker.tls_local_addr().expect("a TLS listener");
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(async move { broker.run().await });
+    let broker = mqrpc_tests::security::TlsMqtt5::start(&pki).await;
+    let (wss_port, tls_addr) = (broker.wss_port, broker.tls_addr);
 
     let ca = pki.file("ca.pem");
     let wss = format!("wss://127.0.0.1:{wss_port}/mqtt?ca={}", ca.display());
@@ -141,5 +115,5 @@ async fn calls_travel_over_secure_websocket() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("certificate"), "{error}");
-    shutdown.shutdown();
+    drop(broker);
 }

@@ -95,3 +95,58 @@ pub fn write_password_file(path: &Path, users: &[(&str, &str)]) {
         assert!(status.success(), "mosquitto_passwd failed");
     }
 }
+
+/// An mqtt5 broker on loopback with a TLS listener and a TLS WebSocket
+/// endpoint at `/mqtt`, both with the certificate of `pki`; shut down when
+/// dropped.
+pub struct TlsMqtt5 {
+    /// Port of the `wss://127.0.0.1:<port>/mqtt` endpoint.
+    pub wss_port: u16,
+    /// Address of the `mqtts://` listener.
+    pub tls_addr: std::net::SocketAddr,
+    shutdown: mqtt5::broker::BrokerShutdownHandle,
+}
+
+impl TlsMqtt5 {
+    pub async fn start(pki: &Pki) -> TlsMqtt5 {
+        use mqtt5::broker::config::{
+            BrokerConfig, StorageBackend, StorageConfig, TlsConfig, WebSocketConfig,
+        };
+        let wss_port = crate::free_port().unwrap();
+        let config = BrokerConfig::default()
+            .with_bind_address(([127, 0, 0, 1], 0))
+            .with_storage(
+                StorageConfig::default()
+                    .with_backend(StorageBackend::Memory)
+                    .with_persistence(false),
+            )
+            .with_sys_topics_enabled(false)
+            .with_tls(
+                TlsConfig::new(pki.file("server.pem"), pki.file("server.key"))
+                    .with_bind_address(([127, 0, 0, 1], 0)),
+            )
+            .with_websocket_tls(
+                WebSocketConfig::new()
+                    .with_bind_address(([127, 0, 0, 1], wss_port))
+                    .with_path("/mqtt")
+                    .with_tls(true),
+            );
+        let mut broker = mqtt5::broker::MqttBroker::with_config(config)
+            .await
+            .expect("mqtt5 broker with TLS");
+        let tls_addr = broker.tls_local_addr().expect("a TLS listener");
+        let shutdown = broker.shutdown_handle();
+        tokio::spawn(async move { broker.run().await });
+        TlsMqtt5 {
+            wss_port,
+            tls_addr,
+            shutdown,
+        }
+    }
+}
+
+impl Drop for TlsMqtt5 {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+    }
+}
