@@ -52,6 +52,7 @@ async fn failed(incoming: &mut Incoming) -> String {
             Event::State(ConnectionState::Disconnected {
                 error,
                 retry_in: None,
+                refused: None,
             }) => return error,
             Event::State(ConnectionState::Connected { .. }) => panic!("connected"),
             Event::State(_) => {}
@@ -175,7 +176,8 @@ async fn tls_with_an_untrusted_ca_fails_with_the_rustls_reason() {
         *t.state().borrow(),
         ConnectionState::Disconnected {
             error,
-            retry_in: None
+            retry_in: None,
+            refused: None,
         }
     );
 }

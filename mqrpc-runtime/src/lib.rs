@@ -46,8 +46,8 @@ pub mod __private {
         pub use crate::asyncapi::codegen::*;
     }
 
-    /// The MQTT v5 session loop over rumqttc's codec (issue 13), not yet
-    /// used by [`Connection`](crate::Connection).
+    /// The MQTT v5 session loop over rumqttc's codec that carries every
+    /// [`Connection`](crate::Connection), for the transport's own tests.
     pub mod transport {
         pub use crate::transport::link::*;
     }

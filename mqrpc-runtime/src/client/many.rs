@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
-use tracing::debug;
 
 use crate::client::{Control, Items};
 use crate::error::Failure;
@@ -75,7 +74,6 @@ impl Client {
     > {
         self.conn.ensure_open()?;
         let qos = qos.unwrap_or(self.options.qos);
-        self.conn.check_qos(qos)?;
         let payload = self.options.codec.encode(args)?;
         let caller = self.caller.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
@@ -96,9 +94,18 @@ impl Client {
         // servers join the caller's current trace.
         observe::inject_current(&mut properties.user_properties);
         self.check_size(&topic, payload.len(), &properties)?;
-        self.conn
-            .publish(topic, qos, Bytes::from(payload), properties, Some(id))
-            .await?;
+        let ack = self
+            .conn
+            .publish(topic, qos, Bytes::from(payload), properties);
+        if qos != QoS::AtMostOnce {
+            // A refusal (no server subscribed, not authorized) ends the
+            // answers at once.
+            tokio::spawn(async move {
+                if let Err(failure) = crate::transport::ack_outcome(ack.await) {
+                    caller.fail_call(id, failure);
+                }
+            });
+        }
         Ok((rx, slot))
     }
 
@@ -204,21 +211,12 @@ impl Client {
             user_properties,
             ..PublishProperties::default()
         };
-        if credit.is_none() {
-            if let Err(e) = self.conn.try_publish_qos0(topic, Vec::new(), properties) {
-                debug!(correlation = id, error = %e, "could not send a cancel message");
-            }
-            return;
-        }
-        let conn = self.conn.clone();
-        tokio::spawn(async move {
-            let sent = conn
-                .publish(topic, QoS::AtLeastOnce, Bytes::new(), properties, None)
-                .await;
-            if let Err(e) = sent {
-                debug!(correlation = id, error = %e, "could not send a stream credit");
-            }
-        });
+        // Best effort (a cancel comes from `Drop`); never waits.
+        let qos = match credit {
+            None => QoS::AtMostOnce,
+            Some(_) => QoS::AtLeastOnce,
+        };
+        drop(self.conn.publish(topic, qos, Bytes::new(), properties));
     }
 
     /// Calls a method returning `mqrpc::Stream<T>`: its items, as they

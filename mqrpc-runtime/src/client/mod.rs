@@ -13,6 +13,7 @@ pub(crate) use items::Control;
 pub use items::Items;
 pub use many::Answers;
 pub(crate) use many::BroadcastSlot;
+use pending::answer;
 pub(crate) use pending::{Caller, PendingSlot, Waiter};
 pub use response::Response;
 
@@ -150,10 +151,15 @@ impl Client {
         topic::validate_prefix(&options.prefix)?;
         let caller = conn
             .shared
-            .caller
-            .get_or_try_init(|| Caller::start(conn))
+            .client_state
+            .get_or_try_init(|| async {
+                let caller: Arc<dyn std::any::Any + Send + Sync> = Caller::start(conn).await?;
+                Ok::<_, Error>(caller)
+            })
             .await?
-            .clone();
+            .clone()
+            .downcast::<Caller>()
+            .map_err(|_| Error::Mqtt("the connection's client state has another type".into()))?;
         Ok(Client {
             conn: conn.clone(),
             caller,
@@ -302,7 +308,6 @@ impl Client {
     ) -> Result<(), Error> {
         self.conn.ensure_open()?;
         let qos = qos.unwrap_or(self.options.qos);
-        self.conn.check_qos(qos)?;
         let payload = self.options.codec.encode(args)?;
         let topic = [&*self.topic_base, method].concat();
         let mut properties = PublishProperties {
@@ -312,9 +317,10 @@ impl Client {
         };
         observe::inject_current(&mut properties.user_properties);
         self.check_size(&topic, payload.len(), &properties)?;
-        self.conn
-            .publish(topic, qos, Bytes::from(payload), properties, None)
-            .await
+        let ack = self
+            .conn
+            .publish(topic, qos, Bytes::from(payload), properties);
+        crate::transport::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
     }
 
     async fn call_encoded<A: Serialize + ?Sized>(
@@ -348,25 +354,27 @@ impl Client {
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay
         // in the future across the await, 250 bytes per call in flight.
-        let (slot, span, topic, properties, rx) =
-            match self.prepare(method, qos, schema, payload.len()) {
-                Ok(prepared) => prepared,
-                Err(error) => {
-                    #[cfg(feature = "metrics")]
-                    meter.finish(observe::error_label(&error));
-                    return Err(error);
-                }
-            };
+        let (slot, span, topic, properties, rx) = match self.prepare(method, schema, payload.len())
+        {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                #[cfg(feature = "metrics")]
+                meter.finish(observe::error_label(&error));
+                return Err(error);
+            }
+        };
         let timeout = self.options.timeout;
         let exchange = async {
-            self.conn
-                .publish(topic, qos, Bytes::from(payload), properties, Some(slot.id))
-                .await?;
+            let ack = self
+                .conn
+                .publish(topic, qos, Bytes::from(payload), properties);
             slot.sent.store(true, Ordering::Relaxed);
-            match rx.await {
-                Ok(outcome) => outcome.map_err(|failure| failure.into_error(method)),
-                Err(_) => Err(Error::Disconnected),
+            let outcome = answer(ack, rx).await;
+            if let Err(Failure::Refused(_)) = &outcome {
+                // Refused by the broker: no server has it to cancel.
+                slot.sent.store(false, Ordering::Relaxed);
             }
+            outcome.map_err(|failure| failure.into_error(method))
         };
         let result =
             match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {
@@ -398,7 +406,6 @@ impl Client {
     fn prepare(
         &self,
         method: &str,
-        qos: QoS,
         schema: Option<&'static str>,
         payload_len: usize,
     ) -> Result<
@@ -412,7 +419,6 @@ impl Client {
         Error,
     > {
         self.conn.ensure_open()?;
-        self.conn.check_qos(qos)?;
         let caller = &*self.caller;
         let (tx, rx) = oneshot::channel();
         let id = caller.register(Waiter::Once(tx))?;
@@ -435,8 +441,9 @@ impl Client {
         Ok((slot, span, topic, properties, rx))
     }
 
-    /// Refuses a request the broker would not take: rumqttc drops the whole
-    /// connection on a packet over the broker's Maximum Packet Size.
+    /// Refuses a request over the broker's Maximum Packet Size before it
+    /// takes a pending slot (the broker would drop the connection for it),
+    /// with an error that names the payload.
     fn check_size(
         &self,
         topic: &str,

@@ -9,8 +9,13 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::error::{Failure, Refusal};
-use crate::transport::{Connection, Sink};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use crate::error::Failure;
+use crate::transport::link::PublishAck;
+use crate::transport::{ack_outcome, Connection, Sink};
 use crate::{Error, QoS};
 
 /// Where the answer(s) of a call go.
@@ -60,6 +65,12 @@ impl Caller {
             }
         });
         conn.subscribe(reply_topic, QoS::AtLeastOnce, sink).await?;
+        let weak = Arc::downgrade(&caller);
+        conn.on_link_lost(Box::new(move |error| {
+            if let Some(caller) = weak.upgrade() {
+                caller.fail_all(error);
+            }
+        }));
         Ok(caller)
     }
 
@@ -110,17 +121,13 @@ impl Caller {
         Ok(id)
     }
 
-    /// True while call `id` waits for its answer.
-    pub(crate) fn is_pending(&self, id: u64) -> bool {
-        self.lock().contains_key(&id)
-    }
-
     /// The broker refused the call's request (no subscriber, not
-    /// authorized, ...): the call names its method in the error.
-    pub(crate) fn fail_call(&self, id: u64, refusal: Refusal) {
+    /// authorized, ...) or the link dropped before it was taken: the call
+    /// names its method in the error.
+    pub(crate) fn fail_call(&self, id: u64, failure: Failure) {
         let waiter = self.lock().remove(&id);
         if let Some(waiter) = waiter {
-            waiter.finish(Err(Failure::Refused(refusal)));
+            waiter.finish(Err(failure));
         }
     }
 
@@ -134,6 +141,30 @@ impl Caller {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A call's answer, or its end when the broker refuses its request. The
+/// answer wins even when it comes before the broker's PUBACK.
+pub(super) async fn answer(
+    ack: PublishAck,
+    mut rx: oneshot::Receiver<Result<Response, Failure>>,
+) -> Result<Response, Failure> {
+    let mut ack = Some(ack);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(outcome) = Pin::new(&mut rx).poll(cx) {
+            return Poll::Ready(outcome.unwrap_or(Err(Failure::Error(Error::Disconnected))));
+        }
+        if let Some(pending) = ack.as_mut() {
+            if let Poll::Ready(acked) = Pin::new(pending).poll(cx) {
+                ack = None;
+                if let Err(failure) = ack_outcome(acked) {
+                    return Poll::Ready(Err(failure));
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Removes a call's entry when the call ends in any way: answered, timed

@@ -497,8 +497,8 @@ async fn send_reply(
     }
     let mut properties = reply_properties(&request, status, content_type);
     let mut payload = payload;
-    // rumqttc drops the whole connection on a packet over the broker's
-    // Maximum Packet Size: answer `too-large` instead.
+    // An answer over the broker's Maximum Packet Size cannot be sent (the
+    // broker would drop the connection for it): answer `too-large` instead.
     if let Some(limit) = conn.broker_max_packet_size() {
         let fits = |properties: &PublishProperties, payload: &Bytes| {
             crate::transport::publish_size(&response_topic, payload.len(), properties)
@@ -518,10 +518,7 @@ async fn send_reply(
             }
         }
     }
-    if let Err(e) = conn
-        .publish(response_topic, request.qos, payload, properties, None)
-        .await
-    {
-        warn!(%method, error = %e, "could not send the response");
-    }
+    // Not awaited: the broker's PUBACK concerns the answer's delivery, which
+    // no one here can act on.
+    drop(conn.publish(response_topic, request.qos, payload, properties));
 }

@@ -110,7 +110,6 @@ pub async fn serve<S: Service>(
 ) -> Result<ServerHandle, Error> {
     topic::validate_prefix(&options.prefix)?;
     topic::validate_level(S::NAME)?;
-    conn.check_qos(options.qos)?;
     if S::NAME.starts_with('_') {
         return Err(Error::InvalidName {
             name: S::NAME.to_string(),

@@ -1,41 +1,41 @@
 //! One MQTT v5 connection shared by every client and server of a process:
-//! it drives rumqttc's event loop, routes incoming publishes, waits for
-//! SUBACK/UNSUBACK, and reconnects (re-subscribing) after a broker outage.
+//! it runs the session loop of [`link`](super::link) over the stream
+//! [`Dialer`] opens, routes incoming publishes, waits for SUBACK/UNSUBACK,
+//! and re-subscribes after a reconnect that lost the session.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-use crate::client::Caller;
+use crate::error::{Failure, Refusal};
 use crate::{Error, QoS};
 
+use super::dial::Dialer;
+use super::link::{
+    Filter, OutgoingPublish, PublishAck, ReasonCode, Transport, TransportConfig, TransportError,
+};
 use super::options::ConnectOptions;
-use super::order_acks::{AckKind, AckWaiters, PublishTracker};
 use super::routing::{Held, Route, Sink};
 
+/// Told the error when the link drops or the connection closes (the
+/// clients fail their pending calls): the transport knows nothing of calls.
+pub(crate) type LinkLost = Box<dyn Fn(&Error) + Send + Sync>;
+
 pub(crate) struct Shared {
-    pub(super) client: AsyncClient,
+    pub(super) transport: Transport,
     pub(super) client_id: String,
     pub(super) broker: String,
     pub(super) options: ConnectOptions,
     pub(super) routes: RwLock<Vec<Route>>,
     pub(super) next_route_id: AtomicU64,
-    /// Connected *and* every route re-subscribed: only then can a call's
+    /// Connected *and* every route subscribed: only then can a call's
     /// answer arrive, so calls fail fast while this is false.
     pub(super) ready: AtomicBool,
     pub(super) closed: AtomicBool,
-    pub(super) acks: Mutex<AckWaiters>,
-    /// Held while a SUBSCRIBE/UNSUBSCRIBE is queued, so waiter order and
-    /// request order stay the same.
-    pub(super) ack_order: tokio::sync::Mutex<()>,
-    /// Held while a QoS 1/2 publish is queued (see [`PublishTracker`]).
-    pub(super) publish_order: tokio::sync::Mutex<()>,
-    pub(super) publishes: Mutex<PublishTracker>,
     /// With a persistent session, publishes the broker delivers before a
     /// route for them exists again (right after CONNACK) wait here for it.
     pub(super) held: Mutex<Held>,
@@ -43,7 +43,10 @@ pub(crate) struct Shared {
     pub(super) response_information: Mutex<Option<String>>,
     /// Maximum Packet Size from the broker's CONNACK (0: none given).
     pub(super) broker_max_packet: AtomicU32,
-    pub(crate) caller: tokio::sync::OnceCell<Arc<Caller>>,
+    pub(super) link_lost: Mutex<Vec<LinkLost>>,
+    /// What the client layer keeps per connection (its pending calls),
+    /// opaque here so that the transport does not depend on the client.
+    pub(crate) client_state: tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>,
     pub(super) driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
     #[cfg(feature = "embedded-broker")]
     pub(super) _embedded: Option<crate::EmbeddedBroker>,
@@ -61,9 +64,9 @@ impl Drop for Shared {
 /// created from it. Cheap to clone; it closes when the last clone is dropped.
 ///
 /// It reconnects by itself after the broker goes away (backoff 100 ms
-/// doubling to 5 s) and re-subscribes every client and server. While it is
-/// down, calls fail at once with [`Error::Disconnected`] instead of waiting
-/// for their timeout.
+/// doubling to 5 s) and re-subscribes every client and server when the
+/// broker did not keep the session. While it is down, calls fail at once
+/// with [`Error::Disconnected`] instead of waiting for their timeout.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -119,7 +122,8 @@ impl Connection {
     }
 
     /// Connects with explicit options. Fails with [`Error::Connect`] when the
-    /// broker is unreachable or refuses the connection.
+    /// broker is unreachable or refuses the connection, and with
+    /// [`Error::AuthFailed`] when it refuses the credentials.
     pub async fn connect(options: ConnectOptions) -> Result<Connection, Error> {
         Self::establish(
             options,
@@ -137,13 +141,12 @@ impl Connection {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("mqrpc-{:016x}", random_u64()));
-        let (client, eventloop) = AsyncClient::new(
-            options.mqtt_options(&client_id)?,
-            options.request_channel_capacity,
-        );
+        let dialer = Dialer::new(&options)?;
+        let (transport, incoming) =
+            Transport::start(transport_config(&options, &client_id), dialer);
         let broker = options.broker_address();
         let shared = Arc::new(Shared {
-            client,
+            transport,
             client_id,
             broker: broker.clone(),
             options,
@@ -151,28 +154,37 @@ impl Connection {
             next_route_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            acks: Mutex::new(AckWaiters::default()),
-            ack_order: tokio::sync::Mutex::new(()),
-            publish_order: tokio::sync::Mutex::new(()),
-            publishes: Mutex::new(PublishTracker::default()),
             held: Mutex::new(Held::default()),
             response_information: Mutex::new(None),
             broker_max_packet: AtomicU32::new(0),
-            caller: tokio::sync::OnceCell::new(),
+            link_lost: Mutex::new(Vec::new()),
+            client_state: tokio::sync::OnceCell::new(),
             driver: Mutex::new(None),
             #[cfg(feature = "embedded-broker")]
             _embedded: embedded,
         });
         let (connected_tx, connected_rx) = oneshot::channel();
-        let driver = tokio::spawn(drive(Arc::downgrade(&shared), eventloop, connected_tx));
+        let driver = tokio::spawn(super::driver::drive(
+            Arc::downgrade(&shared),
+            incoming,
+            connected_tx,
+        ));
         *shared.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(driver);
-        match connected_rx.await {
-            Ok(Ok(())) => Ok(Connection { shared }),
-            Ok(Err(error)) => Err(error),
+        let outcome = match connected_rx.await {
+            Ok(outcome) => outcome,
             Err(_) => Err(Error::Connect {
                 broker,
                 reason: "the connection task ended".into(),
             }),
+        };
+        match outcome {
+            Ok(()) => Ok(Connection { shared }),
+            Err(error) => {
+                // No retries for a connection nobody got.
+                shared.closed.store(true, Ordering::Release);
+                shared.transport.disconnect().await;
+                Err(error)
+            }
         }
     }
 
@@ -204,11 +216,10 @@ impl Connection {
             return;
         }
         self.shared.ready.store(false, Ordering::Release);
-        if let Some(caller) = self.shared.caller.get() {
-            caller.fail_all(&Error::Closed);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.client.disconnect()).await;
-        // Give the event loop a moment to send DISCONNECT before stopping it.
+        self.link_lost(&Error::Closed);
+        // Writes what is queued, then DISCONNECT; pending acks end `Closed`.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.transport.disconnect()).await;
         let driver = self
             .shared
             .driver
@@ -223,11 +234,26 @@ impl Connection {
                 driver.abort();
             }
         }
+    }
+
+    /// Registers what to do when the link drops or the connection closes.
+    pub(crate) fn on_link_lost(&self, listener: LinkLost) {
         self.shared
-            .acks
+            .link_lost
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .fail_all("connection closed");
+            .push(listener);
+    }
+
+    pub(super) fn link_lost(&self, error: &Error) {
+        let listeners = self
+            .shared
+            .link_lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for listener in listeners.iter() {
+            listener(error);
+        }
     }
 
     pub(crate) fn ensure_open(&self) -> Result<(), Error> {
@@ -250,47 +276,15 @@ impl Connection {
     ) -> Result<u64, Error> {
         self.ensure_open()?;
         let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
-        // Route first: a message may arrive right after the SUBACK. The
-        // held queue's lock orders this against `route` (see there).
-        let released: Vec<(std::time::Instant, Publish)> = {
-            let mut held = self.held();
-            self.shared
-                .routes
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Route {
-                    id,
-                    filter: filter.clone(),
-                    matcher: crate::protocol::topic::Filter::new(&filter),
-                    qos,
-                    sink: sink.clone(),
-                });
-            let (mine, others): (Vec<_>, Vec<_>) = held.publishes.drain(..).partition(|(_, p)| {
-                std::str::from_utf8(&p.topic)
-                    .is_ok_and(|t| crate::protocol::topic::matches(&filter, t))
-            });
-            held.publishes = others.into();
-            held.bytes -= mine.iter().map(|(_, p)| p.payload.len()).sum::<usize>();
-            mine
-        };
-        for (arrived, mut publish) in released {
-            // Count the time held against the Message Expiry Interval, as
-            // the broker would have.
-            let waited = u32::try_from(arrived.elapsed().as_secs()).unwrap_or(u32::MAX);
-            if let Some(expiry) = publish
-                .properties
-                .as_mut()
-                .and_then(|p| p.message_expiry_interval.as_mut())
-            {
-                if waited >= *expiry {
-                    debug!("dropping a held publish that expired while held");
-                    continue;
-                }
-                *expiry -= waited;
-            }
-            sink(self, publish);
-        }
-        if let Err(e) = self.subscribe_filter(&filter, qos).await {
+        // Route first: a message may arrive right after the SUBACK.
+        self.add_route(Route {
+            id,
+            filter: filter.clone(),
+            matcher: crate::protocol::topic::Filter::new(&filter),
+            qos,
+            sink,
+        });
+        if let Err(e) = self.subscribe_filters(vec![(filter, qos)]).await {
             self.remove_route(id);
             return Err(e);
         }
@@ -311,10 +305,18 @@ impl Connection {
         if still_needed || !self.is_connected() {
             return Ok(());
         }
-        self.await_ack(AckKind::Unsubscribe, &filter, || {
-            self.shared.client.unsubscribe(filter.clone())
-        })
-        .await
+        let unsubscribed = self.shared.transport.unsubscribe(vec![filter.clone()]);
+        match tokio::time::timeout(self.ack_timeout(), unsubscribed).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Subscribe {
+                filter,
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(Error::Subscribe {
+                filter,
+                reason: format!("no UNSUBACK within {:?}", self.ack_timeout()),
+            }),
+        }
     }
 
     fn remove_route(&self, route_id: u64) -> Option<String> {
@@ -327,119 +329,67 @@ impl Connection {
         Some(routes.remove(index).filter)
     }
 
-    async fn subscribe_filter(&self, filter: &str, qos: QoS) -> Result<(), Error> {
-        self.await_ack(AckKind::Subscribe, filter, || {
-            self.shared.client.subscribe(filter.to_string(), qos.into())
-        })
-        .await
+    fn ack_timeout(&self) -> Duration {
+        self.shared
+            .options
+            .connect_timeout
+            .max(Duration::from_secs(1))
+            * 2
     }
 
-    /// Publishes; for QoS 1/2, `call` names the call whose request this is,
-    /// so that "no matching subscribers" fails it (see [`PublishTracker`]).
-    ///
-    /// Usually rumqttc's queue has room and this does not wait (and the
-    /// caller's future stays small); when it is full, a task waits for room
-    /// in publish order.
-    pub(crate) async fn publish(
+    /// One SUBSCRIBE for all `filters`; fails if the broker refuses any.
+    pub(super) async fn subscribe_filters(&self, filters: Vec<(String, QoS)>) -> Result<(), Error> {
+        let first = filters.first().map(|(f, _)| f.clone()).unwrap_or_default();
+        let packet = filters
+            .iter()
+            .map(|(filter, qos)| Filter::new(filter.clone(), (*qos).into()))
+            .collect();
+        let acked = self.shared.transport.subscribe(packet, None);
+        let codes = match tokio::time::timeout(self.ack_timeout(), acked).await {
+            Ok(Ok(codes)) => codes,
+            Ok(Err(e)) => {
+                return Err(Error::Subscribe {
+                    filter: first,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Subscribe {
+                    filter: first,
+                    reason: format!("no SUBACK within {:?}", self.ack_timeout()),
+                })
+            }
+        };
+        match codes
+            .iter()
+            .zip(&filters)
+            .find(|(code, _)| !code.is_success())
+        {
+            None => Ok(()),
+            Some((code, (filter, _))) => Err(Error::Subscribe {
+                filter: filter.clone(),
+                reason: format!("the broker answered {}", describe(*code)),
+            }),
+        }
+    }
+
+    /// Queues a publish. The returned future resolves with the broker's
+    /// answer to *this* publish (see [`ack_outcome`]); dropping it does not
+    /// cancel the publish.
+    pub(crate) fn publish(
         &self,
         topic: String,
         qos: QoS,
         payload: bytes::Bytes,
         properties: PublishProperties,
-        call: Option<u64>,
-    ) -> Result<(), Error> {
-        let client = &self.shared.client;
-        let (topic, payload, properties) = {
-            let mut tracker = self.tracker();
-            // With slow publishers waiting, QoS 1/2 publishes queue behind
-            // them, or markers and packets would come in different orders.
-            if qos == QoS::AtMostOnce || tracker.slow_publishers == 0 {
-                match client.try_publish_with_properties(
-                    topic,
-                    qos.into(),
-                    false,
-                    payload,
-                    properties,
-                ) {
-                    Ok(()) => {
-                        if qos != QoS::AtMostOnce {
-                            tracker.markers.push_back(call);
-                        }
-                        return Ok(());
-                    }
-                    Err(rumqttc::v5::ClientError::TryRequest(rumqttc::v5::Request::Publish(p))) => {
-                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        (topic, p.payload, p.properties.unwrap_or_default())
-                    }
-                    Err(e) => return Err(Error::Mqtt(e.to_string())),
-                }
-            } else {
-                (topic, payload, properties)
-            }
-        };
-        if qos == QoS::AtMostOnce {
-            return Box::pin(client.publish_with_properties(
-                topic,
-                qos.into(),
-                false,
-                payload,
-                properties,
-            ))
-            .await
-            .map_err(|e| Error::Mqtt(e.to_string()));
-        }
-        self.tracker().slow_publishers += 1;
-        // A task, so that a caller dropped meanwhile cannot leave a marker
-        // without its packet.
-        let conn = self.clone();
-        let slow = tokio::spawn(async move {
-            let _order = conn.shared.publish_order.lock().await;
-            let gone = call.is_some_and(|call| {
-                conn.shared
-                    .caller
-                    .get()
-                    .is_some_and(|c| !c.is_pending(call))
-            });
-            if gone {
-                // The call ended (timeout, dropped) while waiting for room:
-                // do not send a request nobody waits for.
-                conn.tracker().slow_publishers -= 1;
-                return Ok(());
-            }
-            conn.tracker().markers.push_back(call);
-            let sent = conn
-                .shared
-                .client
-                .publish_with_properties(topic, qos.into(), false, payload, properties)
-                .await;
-            let mut tracker = conn.tracker();
-            if sent.is_err() {
-                tracker.markers.pop_back(); // not queued: no event will take it
-            }
-            tracker.slow_publishers -= 1;
-            sent.map_err(|e| Error::Mqtt(e.to_string()))
-        });
-        slow.await
-            .unwrap_or_else(|e| Err(Error::Mqtt(e.to_string())))
-    }
-
-    /// Publishes without waiting: for cancel messages sent from `Drop`.
-    pub(crate) fn try_publish_qos0(
-        &self,
-        topic: String,
-        payload: Vec<u8>,
-        properties: PublishProperties,
-    ) -> Result<(), Error> {
-        self.shared
-            .client
-            .try_publish_with_properties(
-                topic,
-                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                false,
-                payload,
-                properties,
-            )
-            .map_err(|e| Error::Mqtt(e.to_string()))
+    ) -> PublishAck {
+        self.shared.transport.publish(OutgoingPublish {
+            topic: topic.into(),
+            qos: qos.into(),
+            retain: false,
+            payload,
+            properties: Some(properties),
+        })
     }
 
     /// The one response topic of this connection: under the broker's
@@ -467,18 +417,6 @@ impl Connection {
         )
     }
 
-    /// QoS 2 is refused with a persistent session: rumqttc forgets the
-    /// QoS 2 state of incoming messages across reconnects, so the resumed
-    /// session would fail on the broker's PUBRELs.
-    pub(crate) fn check_qos(&self, qos: QoS) -> Result<(), Error> {
-        if qos == QoS::ExactlyOnce && self.shared.options.session_expiry.is_some() {
-            return Err(Error::Unsupported {
-                what: "QoS 2 on a connection with a persistent session (use QoS 1)".into(),
-            });
-        }
-        Ok(())
-    }
-
     /// The broker's Maximum Packet Size from CONNACK, if it sent one.
     pub(crate) fn broker_max_packet_size(&self) -> Option<u32> {
         match self.shared.broker_max_packet.load(Ordering::Relaxed) {
@@ -486,128 +424,79 @@ impl Connection {
             size => Some(size),
         }
     }
+}
 
-    /// After a reconnect (clean start: the broker forgot us), subscribe every
-    /// route again, then report ready.
-    async fn resubscribe_all(self) {
-        let filters: Vec<(String, QoS)> = {
-            let routes = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
-            let mut seen = std::collections::HashSet::new();
-            routes
-                .iter()
-                .filter(|r| seen.insert(r.filter.clone()))
-                .map(|r| (r.filter.clone(), r.qos))
-                .collect()
-        };
-        for (filter, qos) in filters {
-            if let Err(e) = self.subscribe_filter(&filter, qos).await {
-                warn!(%filter, error = %e, "re-subscription after reconnect failed");
-                return; // the link broke again; the next ConnAck retries
-            }
+/// The session loop's settings for these options.
+fn transport_config(options: &ConnectOptions, client_id: &str) -> TransportConfig {
+    let mut config = TransportConfig::new(client_id);
+    config.keep_alive = options.keep_alive.max(Duration::from_secs(1));
+    config.credentials = options.credentials.clone();
+    config.max_packet_size = options.max_packet_size;
+    // Ask for Response Information (MQTT v5 §3.1.2.11.7): a broker may
+    // grant a topic space for responses.
+    config.request_response_information = true;
+    match options.session_expiry {
+        Some(expiry) => {
+            config.clean_start = false;
+            config.session_expiry = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX).max(1);
         }
-        self.shared.ready.store(true, Ordering::Release);
-        info!(broker = %self.shared.broker, "reconnected and re-subscribed");
+        None => {
+            // Calls whose requests were in flight fail at the link loss:
+            // sending those requests again would run calls nobody awaits.
+            config.resend_after_session_loss = false;
+        }
+    }
+    config
+}
+
+/// What the broker's answer to a request means for its call: 0x10 and
+/// codes of 0x80 and up refuse it, a lost link or closed connection fail it.
+pub(crate) fn ack_outcome(ack: Result<ReasonCode, TransportError>) -> Result<(), Failure> {
+    let refused = |code: u8| {
+        Failure::Refused(match code {
+            0x10 => Refusal::NoMatchingSubscribers,
+            0x87 => Refusal::NotAuthorized,
+            code => Refusal::Other(describe(ReasonCode(code))),
+        })
+    };
+    match ack {
+        Ok(ReasonCode(code)) if code == 0x10 || code >= 0x80 => Err(refused(code)),
+        Ok(_) => Ok(()),
+        Err(TransportError::Refused(code)) => Err(refused(code)),
+        Err(TransportError::Closed) => Err(Failure::Error(Error::Closed)),
+        Err(TransportError::SessionLost | TransportError::ConnectionLost) => {
+            Err(Failure::Error(Error::Disconnected))
+        }
+        Err(TransportError::PacketTooLarge { size, max }) => Err(Failure::Error(Error::TooLarge {
+            message: format!(
+                "a {size}-byte packet is over the broker's Maximum Packet Size of {max} bytes"
+            ),
+        })),
+        Err(TransportError::QosNotSupported) => Err(Failure::Error(Error::Unsupported {
+            what: "a QoS above the broker's Maximum QoS".into(),
+        })),
+        Err(e @ TransportError::NoPacketId) => Err(Failure::Error(Error::Mqtt(e.to_string()))),
     }
 }
 
-/// The event-loop task. Holds only a weak reference, so dropping the last
-/// `Connection` ends it.
-async fn drive(
-    shared: Weak<Shared>,
-    mut eventloop: EventLoop,
-    connected: oneshot::Sender<Result<(), Error>>,
-) {
-    let mut connected = Some(connected);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let event = eventloop.poll().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let conn = Connection { shared };
-        match event {
-            Ok(Event::Incoming(Packet::Publish(publish))) => conn.route(publish),
-            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                backoff = Duration::from_millis(100);
-                let max_packet = connack
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.max_packet_size)
-                    .unwrap_or(0);
-                conn.shared
-                    .broker_max_packet
-                    .store(max_packet, Ordering::Relaxed);
-                if let Some(first) = connected.take() {
-                    let information = connack
-                        .properties
-                        .as_ref()
-                        .and_then(|p| p.response_information.clone());
-                    *conn
-                        .shared
-                        .response_information
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = information;
-                    conn.shared.ready.store(true, Ordering::Release);
-                    let _ = first.send(Ok(()));
-                } else {
-                    tokio::spawn(conn.resubscribe_all());
-                }
-            }
-            Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
-                warn!(reason = ?disconnect.reason_code, "the broker sent DISCONNECT");
-            }
-            Ok(event) => {
-                conn.track_publish(&event);
-                conn.on_ack(&event);
-            }
-            Err(error) => {
-                if conn.shared.closed.load(Ordering::Acquire) {
-                    return;
-                }
-                if let Some(first) = connected.take() {
-                    let _ = first.send(Err(connect_error(&conn.shared.broker, error)));
-                    return;
-                }
-                let was_ready = conn.shared.ready.load(Ordering::Acquire);
-                conn.on_link_lost(&mut eventloop);
-                if was_ready {
-                    warn!(broker = %conn.shared.broker, %error, "lost the broker; reconnecting");
-                } else {
-                    debug!(broker = %conn.shared.broker, %error, "reconnect failed");
-                }
-                drop(conn);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Why the first connection failed, as the caller should see it: refused
-/// credentials apart from everything else.
-fn connect_error(broker: &str, error: rumqttc::v5::ConnectionError) -> Error {
-    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
-    use rumqttc::v5::ConnectionError;
-    match error {
-        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
-            Error::AuthFailed {
-                broker: broker.to_string(),
-                reason: "bad user name or password (CONNACK reason 0x86)".into(),
-            }
-        }
-        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => Error::AuthFailed {
-            broker: broker.to_string(),
-            reason: "not authorized (CONNACK reason 0x87)".into(),
-        },
-        ConnectionError::ConnectionRefused(code) => Error::Connect {
-            broker: broker.to_string(),
-            reason: format!("the broker refused the connection: {code:?}"),
-        },
-        other => Error::Connect {
-            broker: broker.to_string(),
-            reason: other.to_string(),
-        },
-    }
+/// A reason code with its name (MQTT v5 §2.4).
+fn describe(code: ReasonCode) -> String {
+    let name = match code.0 {
+        0x10 => "no matching subscribers",
+        0x80 => "unspecified error",
+        0x83 => "implementation specific error",
+        0x87 => "not authorized",
+        0x8F => "topic filter invalid",
+        0x90 => "topic name invalid",
+        0x91 => "packet identifier in use",
+        0x97 => "quota exceeded",
+        0x99 => "payload format invalid",
+        0x9E => "shared subscriptions not supported",
+        0xA1 => "subscription identifiers not supported",
+        0xA2 => "wildcard subscriptions not supported",
+        _ => "reason code",
+    };
+    format!("{name} ({:#04x})", code.0)
 }
 
 /// An upper bound of the encoded size of a PUBLISH packet (MQTT v5

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use rumqttc::v5::MqttOptions;
-
 use crate::protocol::BROKER_ENV;
 use crate::transport::tls::TlsSettings;
 use crate::Error;
@@ -28,7 +26,6 @@ pub struct ConnectOptions {
     pub(super) connect_timeout: Duration,
     pub(super) max_packet_size: u32,
     pub(super) tcp_nodelay: bool,
-    pub(super) request_channel_capacity: usize,
     pub(super) max_pending_calls: usize,
     pub(super) session_expiry: Option<Duration>,
     pub(super) reply_prefix: String,
@@ -75,7 +72,6 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             max_packet_size: 4 * 1024 * 1024,
             tcp_nodelay: true,
-            request_channel_capacity: 1024,
             max_pending_calls: 100_000,
             session_expiry: None,
             reply_prefix: crate::protocol::DEFAULT_PREFIX.to_string(),
@@ -291,7 +287,8 @@ impl ConnectOptions {
         self
     }
 
-    /// Sets how long connecting may take (default 5 s, whole seconds, at least 1).
+    /// Sets how long opening the stream to the broker (TCP, TLS, WebSocket
+    /// handshake) may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -303,8 +300,9 @@ impl ConnectOptions {
         self
     }
 
-    /// Turns TCP_NODELAY on or off (default on: with Nagle's algorithm a
-    /// round trip costs ~40 ms instead of ~0.1 ms).
+    /// Turns TCP_NODELAY on or off for plain `mqtt://` connections (default
+    /// on: with Nagle's algorithm a round trip costs ~40 ms instead of
+    /// ~0.1 ms). TLS and WebSocket connections always have it on.
     pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
         self.tcp_nodelay = nodelay;
         self
@@ -326,8 +324,8 @@ impl ConnectOptions {
     /// 16 MiB) until it is, its wait counted against its Message Expiry
     /// Interval.
     /// Default: none (clean start; the connection re-subscribes after every
-    /// reconnect). QoS 2 is refused on such a connection
-    /// ([`Error::Unsupported`]).
+    /// reconnect). QoS 1 and 2 state survives a reconnect that resumes the
+    /// session: unacknowledged publishes are sent again (QoS 2 exactly once).
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.session_expiry = Some(expiry);
         self
@@ -411,54 +409,6 @@ impl ConnectOptions {
             self.scheme().as_str(),
             self.broker_address()
         )
-    }
-
-    pub(super) fn mqtt_options(&self, client_id: &str) -> Result<MqttOptions, Error> {
-        // rumqttc takes a WebSocket endpoint's whole URL as its "host".
-        let host = match self.websocket_path {
-            Some(_) => self.endpoint(),
-            None => self.host.clone(),
-        };
-        let mut mqtt = MqttOptions::new(client_id, host, self.port);
-        mqtt.set_keep_alive(self.keep_alive.max(Duration::from_secs(1)));
-        match self.session_expiry {
-            Some(expiry) => {
-                mqtt.set_clean_start(false);
-                let seconds = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX);
-                mqtt.set_session_expiry_interval(Some(seconds.max(1)));
-            }
-            None => {
-                mqtt.set_clean_start(true);
-            }
-        }
-        mqtt.set_max_packet_size(Some(self.max_packet_size));
-        mqtt.set_request_channel_capacity(self.request_channel_capacity);
-        mqtt.set_connection_timeout(self.connect_timeout.as_secs().max(1));
-        if let Some((user, password)) = &self.credentials {
-            mqtt.set_credentials(user.clone(), password.clone());
-        }
-        // Ask for Response Information (MQTT v5 §3.1.2.11.7): a broker may
-        // grant a topic space for responses.
-        mqtt.set_request_response_info(Some(1));
-        let mut network = rumqttc::NetworkOptions::new();
-        network.set_tcp_nodelay(self.tcp_nodelay);
-        mqtt.set_network_options(network);
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            let config = tls.client_config()?;
-            mqtt.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
-            ));
-        }
-        #[cfg(feature = "websocket")]
-        if self.websocket_path.is_some() {
-            mqtt.set_transport(match mqtt.transport() {
-                #[cfg(feature = "tls")]
-                rumqttc::Transport::Tls(config) => rumqttc::Transport::Wss(config),
-                _ => rumqttc::Transport::Ws,
-            });
-        }
-        Ok(mqtt)
     }
 }
 

@@ -37,6 +37,45 @@ pub(super) struct Route {
 }
 
 impl Connection {
+    /// Adds a route, then hands it the held publishes it matches. The held
+    /// queue's lock orders this against [`route`](Self::route).
+    pub(super) fn add_route(&self, route: Route) {
+        let filter = route.filter.clone();
+        let sink = route.sink.clone();
+        let mut held = self.held();
+        self.shared
+            .routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(route);
+        if held.publishes.is_empty() {
+            return;
+        }
+        let (mine, others): (Vec<_>, Vec<_>) = held.publishes.drain(..).partition(|(_, p)| {
+            std::str::from_utf8(&p.topic).is_ok_and(|t| crate::protocol::topic::matches(&filter, t))
+        });
+        held.publishes = others.into();
+        held.bytes -= mine.iter().map(|(_, p)| p.payload.len()).sum::<usize>();
+        drop(held);
+        for (arrived, mut publish) in mine {
+            // Count the time held against the Message Expiry Interval, as
+            // the broker would have.
+            let waited = u32::try_from(arrived.elapsed().as_secs()).unwrap_or(u32::MAX);
+            if let Some(expiry) = publish
+                .properties
+                .as_mut()
+                .and_then(|p| p.message_expiry_interval.as_mut())
+            {
+                if waited >= *expiry {
+                    debug!("dropping a held publish that expired while held");
+                    continue;
+                }
+                *expiry -= waited;
+            }
+            sink(self, publish);
+        }
+    }
+
     pub(super) fn route(&self, publish: Publish) {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             warn!("dropping a publish whose topic is not UTF-8");

@@ -2,7 +2,9 @@
 //! §3.5.2.1, §3.9.3, §3.11.3). rumqttc keeps its own mappings private, so the
 //! few we need are spelled out here.
 
-use rumqttc::v5::mqttbytes::v5::{PubAckReason, PubRecReason, SubscribeReasonCode, UnsubAckReason};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, PubAckReason, PubRecReason, SubscribeReasonCode, UnsubAckReason,
+};
 use rumqttc::v5::mqttbytes::QoS;
 
 /// Code of a PUBACK.
@@ -100,5 +102,35 @@ pub(crate) fn unsuback(r: &UnsubAckReason) -> u8 {
         NotAuthorized => 0x87,
         TopicFilterInvalid => 0x8F,
         PacketIdentifierInUse => 0x91,
+    }
+}
+
+/// Code of a refused CONNACK (MQTT v5 §3.2.2.2); the codec's MQTT 3 style
+/// variants map to their v5 equivalents.
+pub(crate) fn connack(r: &ConnectReturnCode) -> u8 {
+    use ConnectReturnCode::*;
+    match r {
+        Success => 0x00,
+        UnspecifiedError => 0x80,
+        MalformedPacket => 0x81,
+        ProtocolError => 0x82,
+        ImplementationSpecificError => 0x83,
+        RefusedProtocolVersion | UnsupportedProtocolVersion => 0x84,
+        BadClientId | ClientIdentifierNotValid => 0x85,
+        BadUserNamePassword => 0x86,
+        NotAuthorized => 0x87,
+        ServiceUnavailable | ServerUnavailable => 0x88,
+        ServerBusy => 0x89,
+        Banned => 0x8A,
+        BadAuthenticationMethod => 0x8C,
+        TopicNameInvalid => 0x90,
+        PacketTooLarge => 0x95,
+        QuotaExceeded => 0x97,
+        PayloadFormatInvalid => 0x99,
+        RetainNotSupported => 0x9A,
+        QoSNotSupported => 0x9B,
+        UseAnotherServer => 0x9C,
+        ServerMoved => 0x9D,
+        ConnectionRateExceeded => 0x9F,
     }
 }

@@ -36,6 +36,8 @@ struct Loop {
     connacked: bool,
     /// Every `Transport` handle is gone: stop once nothing is in flight.
     closing: bool,
+    /// The reason code of a refused CONNACK on the current attempt.
+    refused: Option<u8>,
 }
 
 pub(super) async fn run<C: Connector>(
@@ -57,11 +59,13 @@ pub(super) async fn run<C: Connector>(
         connected_once: false,
         connacked: false,
         closing: false,
+        refused: None,
     };
     let mut delay = l.config.reconnect.map(|b| b.min);
     loop {
         l.set_state(ConnectionState::Connecting);
         l.connacked = false;
+        l.refused = None;
         let error = match l.connection(&mut connector).await {
             Ok(Stop::Disconnect(done)) => {
                 l.finish("disconnected".into());
@@ -83,8 +87,31 @@ pub(super) async fn run<C: Connector>(
         l.set_state(ConnectionState::Disconnected {
             error: error.to_string(),
             retry_in: Some(retry_in),
+            refused: l.refused,
         });
-        tokio::time::sleep(retry_in).await;
+        // While waiting, a disconnect (or every handle gone) stops the
+        // loop; publishes and subscriptions queue for the next link.
+        let wake = Instant::now() + retry_in;
+        loop {
+            tokio::select! {
+                _ = sleep_until(wake) => break,
+                c = l.cmd_rx.recv() => match c {
+                    Some(c) => {
+                        if let Some(Stop::Disconnect(done)) = l.command(c) {
+                            l.finish("disconnected".into());
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
+                            return;
+                        }
+                    }
+                    None => {
+                        l.finish("every handle dropped".into());
+                        return;
+                    }
+                },
+            }
+        }
         if let Some(b) = l.config.reconnect {
             delay = Some((retry_in * 2).min(b.max));
         }
@@ -102,6 +129,7 @@ impl Loop {
         self.set_state(ConnectionState::Disconnected {
             error,
             retry_in: None,
+            refused: self.refused,
         });
     }
 
@@ -111,6 +139,7 @@ impl Loop {
             session_expiry_interval: Some(c.session_expiry).filter(|e| *e > 0),
             receive_maximum: Some(c.receive_maximum),
             max_packet_size: Some(c.max_packet_size),
+            request_response_info: c.request_response_information.then_some(1),
             ..ConnectProperties::new()
         };
         let connect = Connect {
@@ -169,12 +198,14 @@ impl Loop {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no CONNACK"))??;
         if connack.code != ConnectReturnCode::Success {
+            self.refused = Some(super::codes::connack(&connack.code));
             return Err(io::Error::other(format!(
                 "CONNACK refused: {:?}",
                 connack.code
             )));
         }
-        self.session.on_connack(&connack);
+        self.session
+            .on_connack(&connack, self.config.resend_after_session_loss);
         self.connected_once = true;
         self.connacked = true;
         self.set_state(ConnectionState::Connected {

@@ -6,8 +6,8 @@
 //! code for *that* publish, every [`Transport::subscribe`] to the SUBACK's
 //! codes, incoming publishes come with a manual [`AckToken`], and connection
 //! changes arrive as [`Event::State`]. Nothing above this module sees a packet
-//! id. The design and its measurements are in the spike's
-//! `DESIGN-transport.md`.
+//! id. Why our own loop and what it costs: BENCHMARKS.md, "The transport
+//! spike".
 //!
 //! Files: [`connector`] opens streams (TCP; `tls`: `TlsConnector`;
 //! `websocket`: `WsConnector`), `session` holds the protocol state
@@ -43,6 +43,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use connector::{Connector, TcpConnector};
 #[cfg(feature = "tls")]
+pub(crate) use tls::client_config as tls_client_config;
+#[cfg(feature = "tls")]
 pub use tls::TlsConnector;
 #[cfg(feature = "websocket")]
 pub use websocket::{MaybeTlsStream, WsConnector, WsStream};
@@ -74,11 +76,19 @@ pub struct TransportConfig {
     /// Delays between reconnect attempts; `None`: no reconnect, the transport
     /// ends with the first lost link.
     pub reconnect: Option<Backoff>,
+    /// Ask the server for Response Information in CONNECT.
+    pub request_response_information: bool,
+    /// When a reconnect finds the session gone, send unacknowledged QoS 1
+    /// publishes again as new ones (`true`), or end them with
+    /// [`TransportError::SessionLost`] (`false`: for senders that have
+    /// already given up on them, e.g. calls failed at the link loss).
+    pub resend_after_session_loss: bool,
 }
 
 impl TransportConfig {
     /// Defaults: keep-alive 30 s, clean start, session expiry 0, 1 MiB
-    /// packets, Receive Maximum 100, reconnect after 100 ms doubling up to 5 s.
+    /// packets, Receive Maximum 100, reconnect after 100 ms doubling up to 5 s,
+    /// no Response Information asked, QoS 1 resent after a session loss.
     pub fn new(client_id: impl Into<String>) -> Self {
         TransportConfig {
             client_id: client_id.into(),
@@ -93,6 +103,8 @@ impl TransportConfig {
                 min: Duration::from_millis(100),
                 max: Duration::from_secs(5),
             }),
+            request_response_information: false,
+            resend_after_session_loss: true,
         }
     }
 }
@@ -254,6 +266,9 @@ pub struct ServerLimits {
     pub retain_available: bool,
     /// Topic Alias Maximum (the transport itself never uses aliases).
     pub topic_alias_maximum: u16,
+    /// Response Information (MQTT v5 §3.2.2.3.15), if asked for with
+    /// [`TransportConfig::request_response_information`] and granted.
+    pub response_information: Option<String>,
 }
 
 /// State of the link.
@@ -275,6 +290,9 @@ pub enum ConnectionState {
         error: String,
         /// When the next attempt starts; `None`: the transport has stopped.
         retry_in: Option<Duration>,
+        /// The CONNACK's reason code when the server refused the connection
+        /// (0x86 bad user name or password, 0x87 not authorized…).
+        refused: Option<u8>,
     },
 }
 

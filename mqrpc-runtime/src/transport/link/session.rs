@@ -386,7 +386,7 @@ impl Session {
 
     /// After an accepted CONNACK: take the server's limits, then resume (resend
     /// with DUP) or restart (QoS 1 as new publishes, QoS 2 `SessionLost`).
-    pub(crate) fn on_connack(&mut self, connack: &ConnAck) {
+    pub(crate) fn on_connack(&mut self, connack: &ConnAck, resend_after_session_loss: bool) {
         let props = connack.properties.as_ref();
         self.limits = ServerLimits {
             receive_maximum: props.and_then(|p| p.receive_max).unwrap_or(u16::MAX).max(1),
@@ -398,6 +398,7 @@ impl Session {
             },
             retain_available: props.and_then(|p| p.retain_available) != Some(0),
             topic_alias_maximum: props.and_then(|p| p.topic_alias_max).unwrap_or(0),
+            response_information: props.and_then(|p| p.response_information.clone()),
         };
         let mut inflight: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         inflight.sort_unstable_by_key(|(_, f)| f.order);
@@ -432,6 +433,9 @@ impl Session {
                     (QoS::ExactlyOnce, Some(code)) => drop(f.reply.send(Ok(ReasonCode(code)))),
                     // Sending again could deliver it twice.
                     (QoS::ExactlyOnce, None) => {
+                        drop(f.reply.send(Err(TransportError::SessionLost)))
+                    }
+                    _ if !resend_after_session_loss => {
                         drop(f.reply.send(Err(TransportError::SessionLost)))
                     }
                     _ => {
@@ -500,5 +504,6 @@ fn default_limits() -> ServerLimits {
         max_qos: QoS::ExactlyOnce,
         retain_available: true,
         topic_alias_maximum: 0,
+        response_information: None,
     }
 }
