@@ -43,6 +43,9 @@ async fn client_over(
     let (conn, (mut link, _)) =
         tokio::join!(Connection::connect(options), broker.accept_with(connack));
     let conn = conn.unwrap();
+    // Single requests only: these tests script every packet (batches have
+    // their own tests).
+    let client_options = client_options.batches(false);
     let (client, ()) = tokio::join!(
         CalculatorClient::with_options(&conn, client_options),
         answer_subscribe(&mut link)

@@ -232,22 +232,23 @@ async fn bench(args: Vec<String>) {
     // every MQTT system can jump between rounds (~40 µs vs ~120 µs), which
     // a ratio of per-system medians would mistake for a difference.
     let per_round = runs.len() / settings.rounds.max(1);
-    let ratio = |f: fn(&Row) -> f64, qos: u8, depth: usize| {
-        fn find<'a>(round: &'a [Row], system: &str, qos: u8, depth: usize) -> Option<&'a Row> {
+    // `(system, qos)` against `(system, qos)` on `add` at `depth`.
+    let ratio_of = |f: fn(&Row) -> f64,
+                    a: (&str, Option<u8>),
+                    b: (&str, Option<u8>),
+                    depth: usize| {
+        fn find<'r>(
+            round: &'r [Row],
+            (system, qos): (&str, Option<u8>),
+            depth: usize,
+        ) -> Option<&'r Row> {
             round.iter().find(|r| {
-                r.system == system
-                    && r.qos == Some(qos)
-                    && r.scenario == "add"
-                    && r.in_flight == depth
+                r.system == system && r.qos == qos && r.scenario == "add" && r.in_flight == depth
             })
         }
         let mut values: Vec<f64> = runs
             .chunks(per_round.max(1))
-            .filter_map(|round| {
-                let a = find(round, "mqrpc", qos, depth)?;
-                let b = find(round, "raw-rumqttc", qos, depth)?;
-                Some(f(a) / f(b))
-            })
+            .filter_map(|round| Some(f(find(round, a, depth)?) / f(find(round, b, depth)?)))
             .filter(|v| v.is_finite())
             .collect();
         values.sort_by(|a, b| a.total_cmp(b));
@@ -256,11 +257,21 @@ async fn bench(args: Vec<String>) {
             n => json!(values[n / 2]),
         }
     };
+    let ratio = |f: fn(&Row) -> f64, qos: u8, depth: usize| {
+        ratio_of(f, ("mqrpc", Some(qos)), ("raw-rumqttc", Some(qos)), depth)
+    };
+    let throughput = |r: &Row| r.calls_per_s;
     let ratios = json!({
         "mqrpc_vs_raw_p50": ratio(|r| r.p50_us, 1, 1),
-        "mqrpc_vs_raw_throughput_100": ratio(|r| r.calls_per_s, 1, 100),
+        "mqrpc_vs_raw_throughput_100": ratio(throughput, 1, 100),
+        "mqrpc_vs_raw_throughput_1000": ratio(throughput, 1, 1000),
         "mqrpc_vs_raw_p50_qos0": ratio(|r| r.p50_us, 0, 1),
-        "mqrpc_vs_raw_throughput_100_qos0": ratio(|r| r.calls_per_s, 0, 100),
+        "mqrpc_vs_raw_throughput_100_qos0": ratio(throughput, 0, 100),
+        "mqrpc_vs_raw_throughput_1000_qos0": ratio(throughput, 0, 1000),
+        // mqrpc through its embedded broker against raw rumqttc through
+        // Mosquitto (the raw floor runs on Mosquitto only).
+        "mqrpc_vs_raw_throughput_100_embedded": ratio_of(throughput, ("mqrpc-embedded", Some(1)), ("raw-rumqttc", Some(1)), 100),
+        "mqrpc_vs_nats_throughput_100": ratio_of(throughput, ("mqrpc", Some(1)), ("async-nats", None), 100),
     });
     println!(
         "\nratios (add, QoS 1 unless named): {}",
@@ -370,6 +381,12 @@ fn targets_met(
     json!({
         "mqrpc_vs_raw_p50 <= 1.10": check(ratios["mqrpc_vs_raw_p50"].as_f64(), 1.10, true),
         "mqrpc_vs_raw_throughput_100 >= 0.90": check(ratios["mqrpc_vs_raw_throughput_100"].as_f64(), 0.90, false),
+        // Issue 14: batches.
+        "mqrpc_vs_raw_throughput_100 >= 3.0": check(ratios["mqrpc_vs_raw_throughput_100"].as_f64(), 3.0, false),
+        "mqrpc_vs_raw_throughput_1000 >= 3.0": check(ratios["mqrpc_vs_raw_throughput_1000"].as_f64(), 3.0, false),
+        "mqrpc_vs_raw_throughput_100_qos0 >= 2.0": check(ratios["mqrpc_vs_raw_throughput_100_qos0"].as_f64(), 2.0, false),
+        "mqrpc_vs_raw_throughput_1000_qos0 >= 2.0": check(ratios["mqrpc_vs_raw_throughput_1000_qos0"].as_f64(), 2.0, false),
+        "mqrpc_vs_raw_throughput_100_embedded >= 2.0": check(ratios["mqrpc_vs_raw_throughput_100_embedded"].as_f64(), 2.0, false),
         "embedded_p50_us < 1000": check(embedded_p50, 1000.0, true),
         "rss_bytes_per_in_flight_call <= 1024": check(memory_value("rss_bytes_per_in_flight_call"), 1024.0, true),
         // "No growth": within 1 MiB over the run (allocator noise).
@@ -479,7 +496,7 @@ async fn measure_memory(settings: &Settings, url: &str) -> Vec<serde_json::Value
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<15} {:<5} {:<8} {:>9} {:>10} {:>10} {:>12} {:>10} {:>6}",
+        "\n{:<15} {:<5} {:<8} {:>9} {:>10} {:>10} {:>12} {:>10} {:>6} {:>8}",
         "system",
         "qos",
         "scenario",
@@ -488,11 +505,12 @@ fn print_table(rows: &[Row]) {
         "p99_us",
         "calls_per_s",
         "calls",
-        "lost"
+        "lost",
+        "msgs/call"
     );
     for r in rows {
         println!(
-            "{:<15} {:<5} {:<8} {:>9} {:>10.1} {:>10.1} {:>12.0} {:>10} {:>6}",
+            "{:<15} {:<5} {:<8} {:>9} {:>10.1} {:>10.1} {:>12.0} {:>10} {:>6} {:>8}",
             r.system,
             r.qos.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
             r.scenario,
@@ -501,7 +519,10 @@ fn print_table(rows: &[Row]) {
             r.p99_us,
             r.calls_per_s,
             r.calls,
-            r.lost
+            r.lost,
+            r.broker_messages_per_call
+                .map(|m| format!("{m:.2}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
 }

@@ -20,6 +20,10 @@ pub struct Row {
     pub calls_per_s: f64,
     pub calls: u64,
     pub lost: u64,
+    /// Messages through the broker per call: every PUBLISH the client and
+    /// server sent, counted once in and once out (PUBACKs of QoS 1 not
+    /// counted); `None` for systems without an MQTT broker.
+    pub broker_messages_per_call: Option<f64>,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -45,6 +49,7 @@ pub async fn run(
         let _ = target.call(scenario, i).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let publishes_before = target.publishes();
     let started = Instant::now();
     let mut workers = Vec::with_capacity(in_flight);
     for worker in 0..in_flight {
@@ -81,6 +86,13 @@ pub async fn run(
         lost += l;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // Calls still running when the clock stopped have sent requests too;
+    // they are few next to the count.
+    let calls = samples.len() as f64;
+    let broker_messages_per_call = match (publishes_before, target.publishes()) {
+        (Some(before), Some(after)) if calls > 0.0 => Some(2.0 * (after - before) as f64 / calls),
+        _ => target.fixed_publishes_per_call().map(|p| 2.0 * p),
+    };
     samples.sort_unstable();
     Row {
         system: system.to_string(),
@@ -92,6 +104,7 @@ pub async fn run(
         calls_per_s: samples.len() as f64 / elapsed,
         calls: samples.len() as u64 + lost,
         lost,
+        broker_messages_per_call,
     }
 }
 
@@ -124,6 +137,9 @@ pub fn median_of_rounds(runs: &[Row]) -> Vec<Row> {
             calls_per_s: median(|r| r.calls_per_s),
             calls: group.iter().map(|r| r.calls).sum(),
             lost: group.iter().map(|r| r.lost).sum(),
+            broker_messages_per_call: run
+                .broker_messages_per_call
+                .map(|_| median(|r| r.broker_messages_per_call.unwrap_or(f64::NAN))),
             ..run.clone()
         });
     }

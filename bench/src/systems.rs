@@ -59,6 +59,18 @@ pub fn echo_payload() -> Vec<u8> {
 pub trait Target: Send + Sync + 'static {
     /// Makes call number `i` of `scenario` and checks the answer.
     fn call(&self, scenario: Scenario, i: i64) -> CallFuture<'_>;
+
+    /// PUBLISH packets the client and server have sent so far (MQTT
+    /// systems; `None` for the others).
+    fn publishes(&self) -> Option<u64> {
+        None
+    }
+
+    /// PUBLISH packets per call when they are not counted (raw rumqttc:
+    /// one request and one answer).
+    fn fixed_publishes_per_call(&self) -> Option<f64> {
+        None
+    }
 }
 
 fn check_add(i: i64, got: i64) -> Result<(), String> {
@@ -141,6 +153,10 @@ impl Mqrpc {
 }
 
 impl Target for Mqrpc {
+    fn publishes(&self) -> Option<u64> {
+        Some(self._server.publish_counts().publishes + self._client_conn.publish_counts().publishes)
+    }
+
     fn call(&self, scenario: Scenario, i: i64) -> CallFuture<'_> {
         Box::pin(async move {
             match scenario {
@@ -287,6 +303,10 @@ impl Raw {
 }
 
 impl Target for Raw {
+    fn fixed_publishes_per_call(&self) -> Option<f64> {
+        Some(2.0)
+    }
+
     fn call(&self, scenario: Scenario, i: i64) -> CallFuture<'_> {
         Box::pin(async move {
             let id = self.next.fetch_add(1, Ordering::Relaxed);

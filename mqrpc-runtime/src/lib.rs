@@ -34,7 +34,7 @@ pub use server::{
 };
 #[cfg(feature = "embedded-broker")]
 pub use transport::EmbeddedBroker;
-pub use transport::{ConnectOptions, Connection};
+pub use transport::{ConnectOptions, Connection, PublishCounts};
 
 /// Not a public API and not covered by semver: what the code
 /// `#[mqrpc::service]` generates uses (through `mqrpc::__private`), and

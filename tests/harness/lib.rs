@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod batch;
 pub mod fake_broker;
 pub mod raw;
 pub mod security;

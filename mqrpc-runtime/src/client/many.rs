@@ -96,7 +96,7 @@ impl Client {
         self.check_size(&topic, payload.len(), &properties)?;
         let ack = self
             .conn
-            .publish(topic, qos, Bytes::from(payload), properties);
+            .publish(topic, qos, Bytes::from(payload), properties, false);
         if qos != QoS::AtMostOnce {
             // A refusal (no server subscribed, not authorized) ends the
             // answers at once.
@@ -216,7 +216,10 @@ impl Client {
             None => QoS::AtMostOnce,
             Some(_) => QoS::AtLeastOnce,
         };
-        drop(self.conn.publish(topic, qos, Bytes::new(), properties));
+        drop(
+            self.conn
+                .publish(topic, qos, Bytes::new(), properties, false),
+        );
     }
 
     /// Calls a method returning `mqrpc::Stream<T>`: its items, as they

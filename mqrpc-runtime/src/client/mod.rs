@@ -2,12 +2,14 @@
 //! calls waiting for answers, and [`Client`], the untyped stub that the
 //! generated `<Trait>Client` wraps.
 
+mod batching;
 mod discovery;
 mod items;
 mod many;
 mod pending;
 mod response;
 
+pub(crate) use batching::BatchTargets;
 pub use discovery::discover;
 pub(crate) use items::Control;
 pub use items::Items;
@@ -53,16 +55,18 @@ pub struct ClientOptions {
     timeout: Duration,
     qos: QoS,
     codec: Codec,
+    batches: bool,
 }
 
 impl Default for ClientOptions {
-    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard.
+    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard, batches on.
     fn default() -> Self {
         ClientOptions {
             prefix: Arc::from(DEFAULT_PREFIX),
             timeout: DEFAULT_TIMEOUT,
             qos: QoS::AtLeastOnce,
             codec: Codec::Postcard,
+            batches: true,
         }
     }
 }
@@ -89,6 +93,15 @@ impl ClientOptions {
     /// Codec of requests (default postcard).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// Whether calls queued together may travel as one batch message
+    /// (default on; PROTOCOL.md, "Batches"). A client batches only to
+    /// targets where a server answered its probe, and never holds a call
+    /// back to wait for others; off, every call is a single request.
+    pub fn batches(mut self, on: bool) -> Self {
+        self.batches = on;
         self
     }
 
@@ -126,6 +139,8 @@ pub struct Client {
     service: Arc<str>,
     /// `<prefix>/<service>/`: request topics are this plus the method.
     topic_base: Arc<str>,
+    /// Whether `topic_base` takes batches.
+    batch: Arc<batching::BatchTarget>,
     options: ClientOptions,
 }
 
@@ -160,11 +175,13 @@ impl Client {
             .clone()
             .downcast::<Caller>()
             .map_err(|_| Error::Mqtt("the connection's client state has another type".into()))?;
+        let topic_base = topic_base(&options.prefix, service);
         Ok(Client {
             conn: conn.clone(),
+            batch: caller.batch_targets.get(&topic_base),
             caller,
             service: Arc::from(service),
-            topic_base: topic_base(&options.prefix, service),
+            topic_base,
             options,
         })
     }
@@ -187,6 +204,7 @@ impl Client {
             topic_base(&self.options.prefix, &self.service),
             crate::protocol::INSTANCE_LEVEL
         ));
+        client.batch = self.caller.batch_targets.get(&client.topic_base);
         Ok(client)
     }
 
@@ -202,8 +220,14 @@ impl Client {
         topic::validate_prefix(&options.prefix)?;
         let mut client = self.clone();
         client.topic_base = topic_base(&options.prefix, &self.service);
+        client.batch = self.caller.batch_targets.get(&client.topic_base);
         client.options = options;
         Ok(client)
+    }
+
+    /// The connection this client calls through.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// This client's options.
@@ -319,7 +343,7 @@ impl Client {
         self.check_size(&topic, payload.len(), &properties)?;
         let ack = self
             .conn
-            .publish(topic, qos, Bytes::from(payload), properties);
+            .publish(topic, qos, Bytes::from(payload), properties, false);
         crate::transport::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
     }
 
@@ -365,9 +389,10 @@ impl Client {
         };
         let timeout = self.options.timeout;
         let exchange = async {
+            let batch = self.batchable();
             let ack = self
                 .conn
-                .publish(topic, qos, Bytes::from(payload), properties);
+                .publish(topic, qos, Bytes::from(payload), properties, batch);
             slot.sent.store(true, Ordering::Relaxed);
             let outcome = answer(ack, rx).await;
             if let Err(Failure::Refused(_)) = &outcome {
@@ -379,10 +404,13 @@ impl Client {
         let result =
             match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {
                 Ok(result) => result,
-                Err(_) => Err(Error::Timeout {
-                    method: method.to_string(),
-                    timeout,
-                }),
+                Err(_) => {
+                    self.batch_timed_out();
+                    Err(Error::Timeout {
+                        method: method.to_string(),
+                        timeout,
+                    })
+                }
             };
         drop(slot);
         let result = match result {
@@ -473,7 +501,7 @@ impl Client {
 /// The properties of a request (PROTOCOL.md, "Request"). Values that are
 /// the protocol's defaults are left out: every property costs allocations
 /// on both sides and in the broker.
-fn request_properties(
+pub(super) fn request_properties(
     reply_topic: &str,
     id: u64,
     codec: Codec,

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use crate::error::Failure;
+use crate::protocol::BATCH_CONTENT_TYPE;
 use crate::transport::link::PublishAck;
 use crate::transport::{ack_outcome, Connection, Sink};
 use crate::{Error, QoS};
@@ -45,6 +46,8 @@ pub(crate) struct Caller {
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Waiter>>,
     max_pending: usize,
+    /// Which request targets take batches.
+    pub(super) batch_targets: super::BatchTargets,
 }
 
 impl Caller {
@@ -57,6 +60,7 @@ impl Caller {
             next_id: AtomicU64::new(crate::transport::random_u64() >> 16),
             pending: Mutex::new(HashMap::new()),
             max_pending: conn.options().max_pending_calls_limit(),
+            batch_targets: Default::default(),
         });
         let weak = Arc::downgrade(&caller);
         let sink: Sink = Arc::new(move |_conn, publish| {
@@ -77,6 +81,9 @@ impl Caller {
     /// Hands a response to its waiting call; unknown or late ones are dropped.
     fn deliver(&self, mut publish: Publish) {
         let properties = publish.properties.take().unwrap_or_default();
+        if properties.content_type.as_deref() == Some(BATCH_CONTENT_TYPE) {
+            return self.deliver_batch(&publish.payload);
+        }
         let Some(id) = properties
             .correlation_data
             .as_deref()
@@ -107,6 +114,46 @@ impl Caller {
         waiter.finish(Response::from_publish(publish, properties).map_err(Failure::Error));
     }
 
+    /// The answers of a batch answer, each to its call.
+    fn deliver_batch(&self, frame: &bytes::Bytes) {
+        let answers = match crate::protocol::batch::decode_answers(frame) {
+            Ok(answers) => answers,
+            Err(reason) => {
+                debug!(topic = %self.reply_topic, %reason, "dropping an undecodable batch answer");
+                return;
+            }
+        };
+        for answer in answers {
+            let Some(id) = <[u8; 8]>::try_from(&answer.correlation[..])
+                .ok()
+                .map(u64::from_be_bytes)
+            else {
+                debug!("dropping a batched answer without valid Correlation Data");
+                continue;
+            };
+            let waiter = {
+                let mut pending = self.lock();
+                match pending.get(&id) {
+                    Some(Waiter::Many(tx)) => Waiter::Many(tx.clone()),
+                    Some(Waiter::Once(_)) => pending.remove(&id).expect("present"),
+                    None => {
+                        debug!(
+                            correlation = id,
+                            "dropping a late or unknown batched answer"
+                        );
+                        continue;
+                    }
+                }
+            };
+            let response = Response::from_parts(
+                answer.status.as_deref(),
+                answer.content_type.as_deref(),
+                answer.payload,
+            );
+            waiter.finish(response.map_err(Failure::Error));
+        }
+    }
+
     /// A new call waiting for its answer(s): its correlation id, unless
     /// the connection already has its maximum of calls pending.
     pub(super) fn register(&self, waiter: Waiter) -> Result<u64, Error> {
@@ -119,6 +166,13 @@ impl Caller {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         pending.insert(id, waiter);
         Ok(id)
+    }
+
+    /// A waiter outside the limit (the batch probe).
+    pub(super) fn register_unbounded(&self, waiter: Waiter) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, waiter);
+        id
     }
 
     /// The broker refused the call's request (no subscriber, not

@@ -31,36 +31,51 @@ impl Response {
         publish: Publish,
         properties: PublishProperties,
     ) -> Result<Response, Error> {
-        let status = match properties
-            .user_properties
-            .iter()
-            .find(|(key, _)| key == STATUS_PROPERTY)
-        {
+        let mut status = None;
+        let mut instance = None;
+        let mut seq = None;
+        for (key, value) in properties.user_properties {
+            match key.as_str() {
+                STATUS_PROPERTY => status = Some(value),
+                INSTANCE_PROPERTY => instance = Some(value),
+                SEQ_PROPERTY => seq = value.parse().ok(),
+                _ => {}
+            }
+        }
+        let mut response = Response::from_parts(
+            status.as_deref(),
+            properties.content_type.as_deref(),
+            publish.payload,
+        )?;
+        response.instance = instance;
+        response.seq = seq;
+        Ok(response)
+    }
+
+    /// An answer from its status (`None`: ok), Content Type and payload:
+    /// one answer of a batch answer, or the core of a single one.
+    pub(super) fn from_parts(
+        status: Option<&str>,
+        content_type: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Response, Error> {
+        let status = match status {
             None => Status::Ok,
-            Some((_, value)) => Status::parse(value).ok_or_else(|| Error::Protocol {
+            Some(value) => Status::parse(value).ok_or_else(|| Error::Protocol {
                 reason: format!("unknown {STATUS_PROPERTY} `{value}`"),
             })?,
         };
         let codec = if status.has_encoded_payload() {
-            Codec::from_content_type(properties.content_type.as_deref())?
+            Codec::from_content_type(content_type)?
         } else {
             Codec::default()
         };
-        let mut instance = None;
-        let mut seq = None;
-        for (key, value) in properties.user_properties {
-            if key == INSTANCE_PROPERTY {
-                instance = Some(value);
-            } else if key == SEQ_PROPERTY {
-                seq = value.parse().ok();
-            }
-        }
         Ok(Response {
             status,
             codec,
-            payload: publish.payload,
-            instance,
-            seq,
+            payload,
+            instance: None,
+            seq: None,
         })
     }
 

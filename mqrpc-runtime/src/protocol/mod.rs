@@ -1,6 +1,8 @@
 //! Names and values that appear on the wire. `PROTOCOL.md` is the
 //! human-readable version of this file; keep them in step.
 
+pub(crate) mod batch;
+pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
 pub(crate) mod codec;
 pub(crate) mod topic;

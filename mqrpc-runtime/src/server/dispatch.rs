@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::observe::{self};
+use crate::protocol::batch::BATCH_SUFFIX;
 use crate::protocol::topic;
 use crate::protocol::{
     Status, CANCEL_METHOD, CREDIT_METHOD, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SEQ_PROPERTY,
@@ -54,7 +55,55 @@ impl<S: Service> Dispatcher<S> {
     /// waits; handlers run on their own tasks.
     pub(super) fn admit(self: Arc<Self>, conn: &Connection, publish: Publish) {
         let now = Instant::now();
-        let mut request = Request::from_publish(publish, now);
+        if publish.topic.ends_with(BATCH_SUFFIX.as_bytes()) {
+            return self.admit_batch(conn, publish, now);
+        }
+        let request = Request::from_publish(publish, now);
+        self.admit_request(conn, request, now);
+    }
+
+    /// A batch request: each of its calls is admitted as if it had come
+    /// alone (duplicates, deadline, size, overload, cancellation apply per
+    /// call), and answered in a batch answer when answers are ready together.
+    fn admit_batch(self: Arc<Self>, conn: &Connection, mut publish: Publish, now: Instant) {
+        let properties = publish.properties.take().unwrap_or_default();
+        let batch = Request::from_batch(&properties, publish.qos.into(), now);
+        let calls = match crate::protocol::batch::decode_calls(&publish.payload) {
+            Ok(calls) => calls,
+            Err(reason) => {
+                warn!(service = S::NAME, %reason, "undecodable batch request");
+                let payload = Bytes::from(format!("undecodable batch request: {reason}"));
+                let status = Status::BadRequest;
+                tokio::spawn(send_reply(
+                    conn.clone(),
+                    batch,
+                    status,
+                    TEXT_CONTENT_TYPE,
+                    payload,
+                ));
+                return;
+            }
+        };
+        if calls.is_empty() {
+            // A probe: the client learns that this target takes batches.
+            let payload = Bytes::new();
+            let status = Status::Ok;
+            tokio::spawn(send_reply(
+                conn.clone(),
+                batch,
+                status,
+                POSTCARD_CONTENT_TYPE,
+                payload,
+            ));
+            return;
+        }
+        for call in calls {
+            let request = batch.entry(call);
+            self.clone().admit_request(conn, request, now);
+        }
+    }
+
+    fn admit_request(self: Arc<Self>, conn: &Connection, mut request: Request, now: Instant) {
         if request.broadcast {
             request.instance = Some(self.instance.clone());
         }
@@ -520,5 +569,11 @@ async fn send_reply(
     }
     // Not awaited: the broker's PUBACK concerns the answer's delivery, which
     // no one here can act on.
-    drop(conn.publish(response_topic, request.qos, payload, properties));
+    drop(conn.publish(
+        response_topic,
+        request.qos,
+        payload,
+        properties,
+        request.batched,
+    ));
 }

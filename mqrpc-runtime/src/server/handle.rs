@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::protocol::topic;
-use crate::protocol::{ANY_SERVICE, BROADCAST_LEVEL, CANCEL_METHOD};
+use crate::protocol::{ANY_SERVICE, BATCH_LEVELS, BROADCAST_LEVEL, CANCEL_METHOD, INSTANCE_LEVEL};
 use crate::server::duplicates::{CallTable, Limits};
 use crate::transport::{Connection, Sink};
 use crate::{Error, QoS};
@@ -162,6 +162,20 @@ pub async fn serve<S: Service>(
             options.qos,
         ),
     ];
+    // Batch requests (PROTOCOL.md, "Batches"), to the service and to this
+    // instance; their two levels keep them out of older servers' filters.
+    let batches = format!("{service_base}{BATCH_LEVELS}");
+    filters.push((
+        match &options.share_group {
+            Some(group) => format!("$share/{group}/{batches}"),
+            None => batches,
+        },
+        options.qos,
+    ));
+    filters.push((
+        format!("{service_base}{INSTANCE_LEVEL}/{instance}/{BATCH_LEVELS}"),
+        options.qos,
+    ));
     if options.share_group.is_some() {
         // In a group each request reaches one instance, and the client does
         // not know which: every instance hears every cancel (and ignores

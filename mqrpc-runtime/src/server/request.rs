@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use crate::observe::TraceContext;
+use crate::protocol::batch::{CallEntry, BATCH_METHOD};
 use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
@@ -39,6 +40,8 @@ pub(crate) struct Request {
     pub seq: Option<u64>,
     /// The caller's W3C trace context (`traceparent`, `tracestate`).
     pub trace: Option<TraceContext>,
+    /// Came in a batch request: its answer may go in a batch answer.
+    pub batched: bool,
 }
 
 impl Request {
@@ -80,19 +83,8 @@ impl Request {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.clone())
         };
-        // The caller's budget, capped by what the broker left of the Message
-        // Expiry Interval (which counts time spent queued at the broker).
         let budget = user(TIMEOUT_PROPERTY).and_then(|ms| ms.trim().parse::<u64>().ok());
-        let expiry = properties.message_expiry_interval;
-        let deadline = match (budget, expiry) {
-            (Some(ms), Some(s)) => {
-                Some(Duration::from_millis(ms).min(Duration::from_secs(s.into())))
-            }
-            (Some(ms), None) => Some(Duration::from_millis(ms)),
-            (None, Some(s)) => Some(Duration::from_secs(s.into())),
-            (None, None) => None,
-        }
-        .and_then(|d| now.checked_add(d));
+        let deadline = deadline(budget, properties.message_expiry_interval, now);
         Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
@@ -109,6 +101,64 @@ impl Request {
             instance: None,
             discovery: false,
             seq: None,
+            batched: false,
+        }
+    }
+
+    /// A batch request itself (method `_batch`), as the server answers it
+    /// when it is a probe or cannot be read.
+    pub(crate) fn from_batch(properties: &PublishProperties, qos: QoS, now: Instant) -> Request {
+        Request {
+            method: BATCH_METHOD.to_string(),
+            response_topic: properties.response_topic.clone(),
+            correlation: properties.correlation_data.clone(),
+            content_type: properties.content_type.clone(),
+            deadline: deadline(None, properties.message_expiry_interval, now),
+            qos,
+            payload: Bytes::new(),
+            cancel_of: None,
+            credit: None,
+            arrived: now,
+            broadcast: false,
+            instance: None,
+            discovery: false,
+            seq: None,
+            trace: None,
+            batched: false,
+        }
+    }
+
+    /// One call of this batch request, as if it had come alone.
+    pub(crate) fn entry(&self, call: CallEntry) -> Request {
+        let expiry = self
+            .deadline
+            .map(|d| d.saturating_duration_since(self.arrived));
+        let budget = call.timeout_ms.map(Duration::from_millis);
+        let deadline = match (budget, expiry) {
+            (Some(b), Some(e)) => Some(b.min(e)),
+            (b, e) => b.or(e),
+        }
+        .and_then(|d| self.arrived.checked_add(d));
+        Request {
+            method: call.method,
+            response_topic: self.response_topic.clone(),
+            correlation: Some(call.correlation),
+            content_type: call.content_type,
+            deadline,
+            qos: self.qos,
+            payload: call.args,
+            cancel_of: None,
+            credit: None,
+            arrived: self.arrived,
+            broadcast: false,
+            instance: None,
+            discovery: false,
+            seq: None,
+            trace: call.traceparent.map(|traceparent| TraceContext {
+                traceparent: Some(traceparent),
+                tracestate: call.tracestate,
+            }),
+            batched: true,
         }
     }
 
@@ -121,6 +171,18 @@ impl Request {
     pub(super) fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
     }
+}
+
+/// The budget of a request, capped by what the broker left of its Message
+/// Expiry Interval (which counts time spent queued at the broker).
+fn deadline(budget_ms: Option<u64>, expiry_s: Option<u32>, now: Instant) -> Option<Instant> {
+    match (budget_ms, expiry_s) {
+        (Some(ms), Some(s)) => Some(Duration::from_millis(ms).min(Duration::from_secs(s.into()))),
+        (Some(ms), None) => Some(Duration::from_millis(ms)),
+        (None, Some(s)) => Some(Duration::from_secs(s.into())),
+        (None, None) => None,
+    }
+    .and_then(|d| now.checked_add(d))
 }
 
 #[cfg(test)]

@@ -375,13 +375,17 @@ impl Connection {
 
     /// Queues a publish. The returned future resolves with the broker's
     /// answer to *this* publish (see [`ack_outcome`]); dropping it does not
-    /// cancel the publish.
+    /// cancel the publish. `batch`: it may travel in a batch frame with
+    /// others queued at the same time (a unary request to a target that
+    /// answered a batch probe, or the answer to a request that came in a
+    /// batch).
     pub(crate) fn publish(
         &self,
         topic: String,
         qos: QoS,
         payload: bytes::Bytes,
         properties: PublishProperties,
+        batch: bool,
     ) -> PublishAck {
         self.shared.transport.publish(OutgoingPublish {
             topic: topic.into(),
@@ -389,6 +393,7 @@ impl Connection {
             retain: false,
             payload,
             properties: Some(properties),
+            coalesce: batch,
         })
     }
 
@@ -417,6 +422,22 @@ impl Connection {
         )
     }
 
+    /// How many PUBLISH packets this connection has sent, and how many of
+    /// them were batches (PROTOCOL.md, "Batches"): requests and answers
+    /// that were queued together travel as one message.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// let conn = mqrpc_runtime::Connection::from_env_or_embedded().await?;
+    /// let counts = conn.publish_counts();
+    /// assert!(counts.merged_parts >= counts.merged);
+    /// # Ok(()) }
+    /// ```
+    pub fn publish_counts(&self) -> super::PublishCounts {
+        self.shared.transport.counts()
+    }
+
     /// The broker's Maximum Packet Size from CONNACK, if it sent one.
     pub(crate) fn broker_max_packet_size(&self) -> Option<u32> {
         match self.shared.broker_max_packet.load(Ordering::Relaxed) {
@@ -435,6 +456,7 @@ fn transport_config(options: &ConnectOptions, client_id: &str) -> TransportConfi
     // Ask for Response Information (MQTT v5 §3.1.2.11.7): a broker may
     // grant a topic space for responses.
     config.request_response_information = true;
+    config.coalescer = Some(Arc::new(super::coalesce::Batcher));
     match options.session_expiry {
         Some(expiry) => {
             config.clean_start = false;

@@ -2,6 +2,7 @@
 //! route incoming publishes to the clients and servers on it) over the
 //! session loop in `link`, its TLS settings, and the embedded broker.
 
+mod coalesce;
 pub(crate) mod connection;
 mod dial;
 mod driver;
@@ -18,6 +19,7 @@ pub use connection::Connection;
 pub(crate) use connection::{ack_outcome, publish_size, random_u64};
 #[cfg(feature = "embedded-broker")]
 pub use embedded_broker::EmbeddedBroker;
+pub use link::PublishCounts;
 pub use options::ConnectOptions;
 pub(crate) use options::{host_and_port, Scheme};
 pub(crate) use routing::Sink;

@@ -2,6 +2,8 @@
 //! queued packets, reading, keep-alive, and reconnecting with backoff.
 
 use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -15,7 +17,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::session::Session;
-use super::{Command, ConnectionState, Connector, Event, TransportConfig};
+use super::{
+    coalesce, Command, ConnectionState, Connector, Counts, Event, OutgoingPublish, ReasonCode,
+    Replies, Reply, TransportConfig,
+};
 
 /// How a connection ended without an I/O error.
 enum Stop {
@@ -38,6 +43,10 @@ struct Loop {
     closing: bool,
     /// The reason code of a refused CONNACK on the current attempt.
     refused: Option<u8>,
+    /// A command taken by the select, handled with the next drain so that
+    /// it can be merged with what queued behind it.
+    taken: Option<Command>,
+    counts: Arc<Counts>,
 }
 
 pub(super) async fn run<C: Connector>(
@@ -46,6 +55,7 @@ pub(super) async fn run<C: Connector>(
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
     state: watch::Sender<ConnectionState>,
+    counts: Arc<Counts>,
 ) {
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let session = Session::new(ack_tx, events.clone());
@@ -60,6 +70,8 @@ pub(super) async fn run<C: Connector>(
         connacked: false,
         closing: false,
         refused: None,
+        taken: None,
+        counts,
     };
     let mut delay = l.config.reconnect.map(|b| b.min);
     loop {
@@ -174,9 +186,45 @@ impl Loop {
         }
     }
 
+    /// Takes every queued command; publishes go to the session after the
+    /// coalescer (if any) merged what it can.
+    fn drain_commands(&mut self) -> Option<Stop> {
+        let coalescer = self.config.coalescer.clone();
+        let mut publishes: Vec<(OutgoingPublish, Reply<ReasonCode>)> = Vec::new();
+        let mut stop = None;
+        while let Some(c) = self.taken.take().or_else(|| self.cmd_rx.try_recv().ok()) {
+            match c {
+                Command::Publish(p, reply) if coalescer.is_some() => publishes.push((p, reply)),
+                other => {
+                    stop = self.command(other);
+                    if stop.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(coalescer) = coalescer {
+            let limits = self.config.coalesce_limits;
+            for (p, replies) in coalesce::coalesce(&*coalescer, limits, publishes) {
+                if let Replies::Merged(parts) = &replies {
+                    self.counts.merged.fetch_add(1, Relaxed);
+                    self.counts
+                        .merged_parts
+                        .fetch_add(parts.len() as u64, Relaxed);
+                }
+                self.counts.publishes.fetch_add(1, Relaxed);
+                self.session.publish(p, replies);
+            }
+        }
+        stop
+    }
+
     fn command(&mut self, c: Command) -> Option<Stop> {
         match c {
-            Command::Publish(p, reply) => self.session.publish(p, reply),
+            Command::Publish(p, reply) => {
+                self.counts.publishes.fetch_add(1, Relaxed);
+                self.session.publish(p, Replies::One(reply))
+            }
             Command::Subscribe(f, props, reply) => self.session.subscribe(f, props, reply),
             Command::Unsubscribe(f, reply) => self.session.unsubscribe(f, reply),
             Command::Disconnect(done) => return Some(Stop::Disconnect(Some(done))),
@@ -240,10 +288,8 @@ impl Loop {
         let max_in = Some(self.config.max_packet_size);
         loop {
             // Everything queued goes into the one buffer before the socket is touched.
-            while let Ok(c) = self.cmd_rx.try_recv() {
-                if let Some(stop) = self.command(c) {
-                    return self.stop(&mut wr, stop).await;
-                }
+            if let Some(stop) = self.drain_commands() {
+                return self.stop(&mut wr, stop).await;
             }
             while let Ok((seq, code)) = self.ack_rx.try_recv() {
                 self.session.app_ack(seq, code);
@@ -290,11 +336,7 @@ impl Loop {
                     }
                 }
                 c = self.cmd_rx.recv(), if s.wbuf.is_empty() && !self.closing => match c {
-                    Some(c) => {
-                        if let Some(stop) = self.command(c) {
-                            return self.stop(&mut wr, stop).await;
-                        }
-                    }
+                    Some(c) => self.taken = Some(c),
                     None => self.closing = true,
                 },
                 Some((seq, code)) = self.ack_rx.recv(), if s.wbuf.is_empty() => {

@@ -21,6 +21,7 @@
 //! the real answer. When a reconnect reports `session_present: false`, the
 //! layer above re-subscribes what it needs.
 
+mod coalesce;
 mod codes;
 pub mod connector;
 mod event_loop;
@@ -41,6 +42,8 @@ pub use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, PublishProperties, Subscr
 pub use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub(crate) use coalesce::Replies;
+pub use coalesce::{Coalesce, CoalesceLimits};
 pub use connector::{Connector, TcpConnector};
 #[cfg(feature = "tls")]
 pub(crate) use tls::client_config as tls_client_config;
@@ -78,6 +81,11 @@ pub struct TransportConfig {
     pub reconnect: Option<Backoff>,
     /// Ask the server for Response Information in CONNECT.
     pub request_response_information: bool,
+    /// Merges publishes queued together (see [`Coalesce`]); `None`: every
+    /// publish goes alone.
+    pub coalescer: Option<std::sync::Arc<dyn Coalesce>>,
+    /// Bounds of a merged publish.
+    pub coalesce_limits: CoalesceLimits,
     /// When a reconnect finds the session gone, send unacknowledged QoS 1
     /// publishes again as new ones (`true`), or end them with
     /// [`TransportError::SessionLost`] (`false`: for senders that have
@@ -104,6 +112,11 @@ impl TransportConfig {
                 max: Duration::from_secs(5),
             }),
             request_response_information: false,
+            coalescer: None,
+            coalesce_limits: CoalesceLimits {
+                max_parts: 64,
+                max_bytes: 64 * 1024,
+            },
             resend_after_session_loss: true,
         }
     }
@@ -179,6 +192,9 @@ pub struct OutgoingPublish {
     /// Response Topic, Correlation Data, user properties, Content Type,
     /// Message Expiry…
     pub properties: Option<PublishProperties>,
+    /// May be merged with other publishes queued at the same time (see
+    /// [`TransportConfig::coalescer`]).
+    pub coalesce: bool,
 }
 
 impl OutgoingPublish {
@@ -190,6 +206,7 @@ impl OutgoingPublish {
             retain: false,
             payload: payload.into(),
             properties: None,
+            coalesce: false,
         }
     }
 }
@@ -347,6 +364,26 @@ enum Command {
 pub struct Transport {
     cmd: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnectionState>,
+    counts: std::sync::Arc<Counts>,
+}
+
+/// What the transport has sent, counted as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) publishes: std::sync::atomic::AtomicU64,
+    pub(crate) merged: std::sync::atomic::AtomicU64,
+    pub(crate) merged_parts: std::sync::atomic::AtomicU64,
+}
+
+/// Publishes handed to the session loop so far (see [`Transport::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishCounts {
+    /// PUBLISH packets queued for the broker (a merged one counts once).
+    pub publishes: u64,
+    /// How many of them were merged by the [`Coalesce`]r.
+    pub merged: u64,
+    /// How many publishes those merged ones carried.
+    pub merged_parts: u64,
 }
 
 impl Transport {
@@ -356,8 +393,20 @@ impl Transport {
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ConnectionState::Connecting);
-        tokio::spawn(event_loop::run(config, connector, cmd_rx, events, state_tx));
-        (Transport { cmd, state }, Incoming(events_rx))
+        let counts = std::sync::Arc::new(Counts::default());
+        let looped = event_loop::run(config, connector, cmd_rx, events, state_tx, counts.clone());
+        tokio::spawn(looped);
+        (Transport { cmd, state, counts }, Incoming(events_rx))
+    }
+
+    /// Publishes sent so far, and how many were merged.
+    pub fn counts(&self) -> PublishCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        PublishCounts {
+            publishes: self.counts.publishes.load(Relaxed),
+            merged: self.counts.merged.load(Relaxed),
+            merged_parts: self.counts.merged_parts.load(Relaxed),
+        }
     }
 
     /// Queues a publish (no await needed). The returned future resolves: for

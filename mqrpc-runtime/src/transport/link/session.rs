@@ -15,14 +15,14 @@ use tokio::sync::mpsc;
 
 use super::packet_ids::PacketIds;
 use super::{
-    codes, AckToken, Event, IncomingPublish, OutgoingPublish, ReasonCode, Reply, ServerLimits,
-    TransportError,
+    codes, AckToken, Event, IncomingPublish, OutgoingPublish, ReasonCode, Replies, Reply,
+    ServerLimits, TransportError,
 };
 
 /// An outgoing QoS 1/2 publish on the wire, waiting for its ack.
 struct InFlight {
     publish: Publish,
-    reply: Reply<ReasonCode>,
+    reply: Replies,
     /// QoS 2: PUBREC received (code kept), PUBREL sent, waiting for PUBCOMP.
     released: Option<u8>,
     /// Send order, to resend in the original order after a reconnect.
@@ -58,13 +58,13 @@ pub(crate) struct Session {
     inflight: HashMap<u16, InFlight>,
     next_order: u64,
     /// QoS 1/2 publishes waiting for a Receive Maximum slot, in call order.
-    waiting: VecDeque<(Publish, Reply<ReasonCode>)>,
+    waiting: VecDeque<(Publish, Replies)>,
     subs: HashMap<u16, PendingSub>,
     acks: VecDeque<AckSlot>,
     next_seq: u64,
     incoming_qos2: HashMap<u16, Qos2In>,
     /// QoS 0 publishes in `wbuf`, resolved once it is written out.
-    qos0: Vec<Reply<ReasonCode>>,
+    qos0: Vec<Replies>,
     /// Everything to send, written with one write.
     pub(crate) wbuf: BytesMut,
     pub(crate) limits: ServerLimits,
@@ -124,9 +124,9 @@ impl Session {
         let _ = p.write(&mut self.wbuf, None);
     }
 
-    pub(crate) fn publish(&mut self, out: OutgoingPublish, reply: Reply<ReasonCode>) {
+    pub(crate) fn publish(&mut self, out: OutgoingPublish, reply: Replies) {
         if out.qos as u8 > self.limits.max_qos as u8 {
-            let _ = reply.send(Err(TransportError::QosNotSupported));
+            self.settle(reply, Err(TransportError::QosNotSupported));
             return;
         }
         let publish = Publish {
@@ -141,7 +141,7 @@ impl Session {
         if publish.qos == QoS::AtMostOnce {
             match self.encode_publish(&publish) {
                 Ok(()) => self.qos0.push(reply),
-                Err(e) => drop(reply.send(Err(e))),
+                Err(e) => self.settle(reply, Err(e)),
             }
         } else if self.inflight.len() >= self.receive_maximum() || !self.waiting.is_empty() {
             // Behind older waiting ones: order is kept.
@@ -151,21 +151,32 @@ impl Session {
         }
     }
 
+    /// Hands out a publish's answer; the parts of a refused merged publish
+    /// are sent again one by one (behind what waits already).
+    fn settle(&mut self, reply: Replies, answer: Result<ReasonCode, TransportError>) {
+        if let Some(parts) = reply.resolve(answer) {
+            for (mut part, reply) in parts {
+                part.coalesce = false;
+                self.publish(part, Replies::One(reply));
+            }
+        }
+    }
+
     fn receive_maximum(&self) -> usize {
         self.limits.receive_maximum as usize
     }
 
     /// Gives a QoS 1/2 publish a packet id and puts it on the wire.
-    fn send_new(&mut self, mut publish: Publish, reply: Reply<ReasonCode>) {
+    fn send_new(&mut self, mut publish: Publish, reply: Replies) {
         let Some(id) = self.ids.take() else {
-            let _ = reply.send(Err(TransportError::NoPacketId));
+            self.settle(reply, Err(TransportError::NoPacketId));
             return;
         };
         publish.pkid = id;
         publish.dup = false;
         if let Err(e) = self.encode_publish(&publish) {
             self.ids.release(id);
-            let _ = reply.send(Err(e));
+            self.settle(reply, Err(e));
             return;
         }
         let order = self.next_order;
@@ -319,7 +330,7 @@ impl Session {
             Packet::PubAck(a) => {
                 if let Some(f) = self.inflight.remove(&a.pkid) {
                     self.ids.release(a.pkid);
-                    let _ = f.reply.send(Ok(ReasonCode(codes::puback(&a.reason))));
+                    self.settle(f.reply, Ok(ReasonCode(codes::puback(&a.reason))));
                     self.drain_waiting();
                 }
             }
@@ -328,7 +339,7 @@ impl Session {
                 if code >= 0x80 {
                     if let Some(f) = self.inflight.remove(&r.pkid) {
                         self.ids.release(r.pkid);
-                        let _ = f.reply.send(Err(TransportError::Refused(code)));
+                        self.settle(f.reply, Err(TransportError::Refused(code)));
                         self.drain_waiting();
                     }
                 } else {
@@ -344,7 +355,7 @@ impl Session {
                 if let Some(f) = self.inflight.remove(&c.pkid) {
                     self.ids.release(c.pkid);
                     let code = f.released.unwrap_or(0);
-                    let _ = f.reply.send(Ok(ReasonCode(code)));
+                    self.settle(f.reply, Ok(ReasonCode(code)));
                     self.drain_waiting();
                 }
             }
@@ -417,7 +428,7 @@ impl Session {
                         Ok(()) => drop(self.inflight.insert(id, f)),
                         Err(e) => {
                             self.ids.release(id);
-                            let _ = f.reply.send(Err(e));
+                            self.settle(f.reply, Err(e));
                         }
                     }
                 }
@@ -430,13 +441,13 @@ impl Session {
                 self.ids.release(id);
                 match (f.publish.qos, f.released) {
                     // PUBREC means the broker owns it: it is delivered once.
-                    (QoS::ExactlyOnce, Some(code)) => drop(f.reply.send(Ok(ReasonCode(code)))),
+                    (QoS::ExactlyOnce, Some(code)) => self.settle(f.reply, Ok(ReasonCode(code))),
                     // Sending again could deliver it twice.
                     (QoS::ExactlyOnce, None) => {
-                        drop(f.reply.send(Err(TransportError::SessionLost)))
+                        self.settle(f.reply, Err(TransportError::SessionLost))
                     }
                     _ if !resend_after_session_loss => {
-                        drop(f.reply.send(Err(TransportError::SessionLost)))
+                        self.settle(f.reply, Err(TransportError::SessionLost))
                     }
                     _ => {
                         let mut p = f.publish;
@@ -465,8 +476,8 @@ impl Session {
 
     /// `wbuf` has been written out: QoS 0 publishes are on their way.
     pub(crate) fn written(&mut self) {
-        for reply in self.qos0.drain(..) {
-            let _ = reply.send(Ok(ReasonCode(0)));
+        for reply in std::mem::take(&mut self.qos0) {
+            self.settle(reply, Ok(ReasonCode(0)));
         }
     }
 
@@ -474,19 +485,19 @@ impl Session {
     /// after CONNACK), QoS 0 publishes not written fail.
     pub(crate) fn on_link_lost(&mut self) {
         self.wbuf.clear();
-        for reply in self.qos0.drain(..) {
-            let _ = reply.send(Err(TransportError::ConnectionLost));
+        for reply in std::mem::take(&mut self.qos0) {
+            self.settle(reply, Err(TransportError::ConnectionLost));
         }
     }
 
     /// The transport stops: everything still waiting fails with `Closed`.
     pub(crate) fn close(&mut self) {
         self.on_link_lost();
-        for (_, f) in self.inflight.drain() {
-            let _ = f.reply.send(Err(TransportError::Closed));
+        for (_, f) in std::mem::take(&mut self.inflight) {
+            self.settle(f.reply, Err(TransportError::Closed));
         }
-        for (_, reply) in self.waiting.drain(..) {
-            let _ = reply.send(Err(TransportError::Closed));
+        for (_, reply) in std::mem::take(&mut self.waiting) {
+            self.settle(reply, Err(TransportError::Closed));
         }
         for (_, s) in self.subs.drain() {
             let reply = match s {
