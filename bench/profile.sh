@@ -5,7 +5,7 @@
 # the cost of one call without start-up. Instruction counts do not depend
 # on other load on the machine, unlike times.
 #
-#   cargo build --release -p mqrpc-bench && sh bench/profile.sh [N1 N2 QOS]
+#   cargo build --release -p mqrpc-bench && sh bench/profile.sh [N1 N2 QOS IN_FLIGHT]
 #
 # Leaves callgrind.out.<system>.qos<QOS>.<N> in target/mqrpc-bench/profile/; see the
 # functions with e.g.
@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 N1=${1:-1000}
 N2=${2:-3000}
 QOS=${3:-1}
+DEPTH=${4:-1}
 BIN=target/release/mqrpc-bench
 OUT=target/mqrpc-bench/profile
 mkdir -p "$OUT"
@@ -24,11 +25,11 @@ total() {
 }
 for system in mqrpc raw-rumqttc; do
     for n in "$N1" "$N2"; do
-        valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.$system.qos$QOS.$n" \
-            "$BIN" --profile "$system" --calls "$n" --qos "$QOS" \
-            > "$OUT/$system.qos$QOS.$n.json" 2> "$OUT/$system.qos$QOS.$n.valgrind.log"
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.$system.qos$QOS.d$DEPTH.$n" \
+            "$BIN" --profile "$system" --calls "$n" --qos "$QOS" --in-flight "$DEPTH" \
+            > "$OUT/$system.qos$QOS.d$DEPTH.$n.json" 2> "$OUT/$system.qos$QOS.d$DEPTH.$n.valgrind.log"
     done
-    a=$(total "$OUT/callgrind.out.$system.qos$QOS.$N1")
-    b=$(total "$OUT/callgrind.out.$system.qos$QOS.$N2")
-    echo "$system qos$QOS: $(( (b - a) / (N2 - N1) )) instructions per call ($N1 vs $N2 calls); allocations: $(cat "$OUT/$system.qos$QOS.$N2.json")"
+    a=$(total "$OUT/callgrind.out.$system.qos$QOS.d$DEPTH.$N1")
+    b=$(total "$OUT/callgrind.out.$system.qos$QOS.d$DEPTH.$N2")
+    echo "$system qos$QOS, $DEPTH in flight: $(( (b - a) / (N2 - N1) )) instructions per call ($N1 vs $N2 calls); allocations: $(cat "$OUT/$system.qos$QOS.d$DEPTH.$N2.json")"
 done

@@ -336,7 +336,16 @@ impl Loop {
                     }
                 }
                 c = self.cmd_rx.recv(), if s.wbuf.is_empty() && !self.closing => match c {
-                    Some(c) => self.taken = Some(c),
+                    Some(c) => {
+                        self.taken = Some(c);
+                        if self.config.coalescer.is_some() {
+                            // Tasks woken together (by the answers of one read)
+                            // queue their publishes before this one goes out:
+                            // they can travel together. Not a timer: only what
+                            // is ready to run runs first.
+                            tokio::task::yield_now().await;
+                        }
+                    }
                     None => self.closing = true,
                 },
                 Some((seq, code)) = self.ack_rx.recv(), if s.wbuf.is_empty() => {
