@@ -70,8 +70,14 @@ async fn checked_call(
     }
 }
 
-/// `calls` calls, `in_flight` at a time, spread over `clients` connections.
-async fn load(url: &str, calls: u64, in_flight: u64, clients: usize) -> (Tally, Duration) {
+/// `calls` calls, `in_flight` at a time, spread over `clients` connections;
+/// with the PUBLISH counts of the client connections.
+async fn load(
+    url: &str,
+    calls: u64,
+    in_flight: u64,
+    clients: usize,
+) -> (Tally, Duration, mqrpc::PublishCounts) {
     let server_conn = Connection::connect_url(url).await.unwrap();
     let _server = CalculatorServer::new(Calc::default())
         .serve(&server_conn)
@@ -111,7 +117,14 @@ async fn load(url: &str, calls: u64, in_flight: u64, clients: usize) -> (Tally, 
         worker.await.unwrap();
     }
     let elapsed = started.elapsed();
-    (Arc::into_inner(tally).unwrap(), elapsed)
+    let mut sent = mqrpc::PublishCounts::default();
+    for (conn, _) in &stubs {
+        let counts = conn.publish_counts();
+        sent.publishes += counts.publishes;
+        sent.merged += counts.merged;
+        sent.merged_parts += counts.merged_parts;
+    }
+    (Arc::into_inner(tally).unwrap(), elapsed, sent)
 }
 
 fn start_mosquitto() -> Option<Mosquitto> {
@@ -126,10 +139,13 @@ async fn load_case(calls: u64, in_flight: u64, clients: usize) {
         return;
     };
     let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let (tally, elapsed) = load(&url, calls, in_flight, clients).await;
+    let (tally, elapsed, sent) = load(&url, calls, in_flight, clients).await;
     let errors = tally.errors();
     println!(
-        "load: {calls} calls, {in_flight} in flight, {clients} clients: ok {}, lost {}, mismatched {}, hung {} in {:.2} s ({:.0} calls/s)",
+        "load: {calls} calls, {in_flight} in flight, {clients} clients: {} request messages ({} batches carrying {} calls), ok {}, lost {}, mismatched {}, hung {} in {:.2} s ({:.0} calls/s)",
+        sent.publishes,
+        sent.merged,
+        sent.merged_parts,
         tally.ok.load(Ordering::Relaxed),
         errors.len(),
         tally.mismatched.load(Ordering::Relaxed),
@@ -146,6 +162,8 @@ async fn load_case(calls: u64, in_flight: u64, clients: usize) {
     assert_eq!(tally.mismatched.load(Ordering::Relaxed), 0);
     assert_eq!(tally.hung.load(Ordering::Relaxed), 0);
     assert_eq!(tally.ok.load(Ordering::Relaxed), calls);
+    // The batched path carried most of the load.
+    assert!(sent.merged_parts > calls / 2, "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,8 +199,8 @@ pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
     asyncapi, context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
-    ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, QoS, Reply, Response,
-    ServerHandle, ServerOptions, Service, ServiceInfo, ServiceStats, Status, Stream,
+    ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, PublishCounts, QoS, Reply,
+    Response, ServerHandle, ServerOptions, Service, ServiceInfo, ServiceStats, Status, Stream,
     DEFAULT_TIMEOUT, STREAM_WINDOW,
 };
 

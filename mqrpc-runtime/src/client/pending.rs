@@ -1,7 +1,7 @@
 //! The calls of one connection waiting for answers, by Correlation Data.
 
 use super::{Client, Response};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -44,7 +44,7 @@ impl Waiter {
 pub(crate) struct Caller {
     pub(super) reply_topic: String,
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, Waiter>>,
+    pending: Mutex<FxHashMap<u64, Waiter>>,
     max_pending: usize,
     /// Which request targets take batches.
     pub(super) batch_targets: super::BatchTargets,
@@ -58,7 +58,7 @@ impl Caller {
         let caller = Arc::new(Caller {
             reply_topic: reply_topic.clone(),
             next_id: AtomicU64::new(crate::transport::random_u64() >> 16),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(FxHashMap::default()),
             max_pending: conn.options().max_pending_calls_limit(),
             batch_targets: Default::default(),
         });
@@ -192,7 +192,7 @@ impl Caller {
         }
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Waiter>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -191,7 +191,15 @@ impl<S: Service> Dispatcher<S> {
             }
         };
         let active = self.activity.enter();
-        tokio::spawn(self.run(conn.clone(), request, key, permit, active));
+        // Boxed: the task then holds a pointer, not the whole future, which
+        // tokio would copy several times while spawning.
+        tokio::spawn(Box::pin(self.run(
+            conn.clone(),
+            request,
+            key,
+            permit,
+            active,
+        )));
     }
 
     /// The answer to a built-in method (`_ping`, `_info`, `_stats`), or

@@ -34,7 +34,7 @@ impl Coalesce for Batcher {
     fn key(&self, publish: &OutgoingPublish) -> Option<u64> {
         let properties = publish.properties.as_ref()?;
         properties.correlation_data.as_ref()?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = rustc_hash::FxHasher::default();
         (publish.qos as u8).hash(&mut hasher);
         if is_request(properties) {
             // Requests to one target from one response topic.

@@ -190,11 +190,16 @@ impl Loop {
     /// coalescer (if any) merged what it can.
     fn drain_commands(&mut self) -> Option<Stop> {
         let coalescer = self.config.coalescer.clone();
-        let mut publishes: Vec<(OutgoingPublish, Reply<ReasonCode>)> = Vec::new();
+        // Usually one publish is queued: it goes on without a Vec.
+        let mut first: Option<(OutgoingPublish, Reply<ReasonCode>)> = None;
+        let mut more: Vec<(OutgoingPublish, Reply<ReasonCode>)> = Vec::new();
         let mut stop = None;
         while let Some(c) = self.taken.take().or_else(|| self.cmd_rx.try_recv().ok()) {
             match c {
-                Command::Publish(p, reply) if coalescer.is_some() => publishes.push((p, reply)),
+                Command::Publish(p, reply) if coalescer.is_some() => match first {
+                    None => first = Some((p, reply)),
+                    Some(_) => more.push((p, reply)),
+                },
                 other => {
                     stop = self.command(other);
                     if stop.is_some() {
@@ -203,18 +208,26 @@ impl Loop {
                 }
             }
         }
-        if let Some(coalescer) = coalescer {
-            let limits = self.config.coalesce_limits;
-            for (p, replies) in coalesce::coalesce(&*coalescer, limits, publishes) {
-                if let Replies::Merged(parts) = &replies {
-                    self.counts.merged.fetch_add(1, Relaxed);
-                    self.counts
-                        .merged_parts
-                        .fetch_add(parts.len() as u64, Relaxed);
+        match (coalescer, first) {
+            (Some(coalescer), Some(first)) if !more.is_empty() => {
+                more.insert(0, first);
+                let limits = self.config.coalesce_limits;
+                for (p, replies) in coalesce::coalesce(&*coalescer, limits, more) {
+                    if let Replies::Merged(parts) = &replies {
+                        self.counts.merged.fetch_add(1, Relaxed);
+                        self.counts
+                            .merged_parts
+                            .fetch_add(parts.len() as u64, Relaxed);
+                    }
+                    self.counts.publishes.fetch_add(1, Relaxed);
+                    self.session.publish(p, replies);
                 }
-                self.counts.publishes.fetch_add(1, Relaxed);
-                self.session.publish(p, replies);
             }
+            (_, Some((p, reply))) => {
+                self.counts.publishes.fetch_add(1, Relaxed);
+                self.session.publish(p, Replies::One(reply));
+            }
+            (_, None) => {}
         }
         stop
     }

@@ -2,7 +2,9 @@
 //! commands and packets, it encodes what must be sent into `wbuf` and resolves
 //! the callers' futures. It outlives connections (session resume).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::io;
 
 use bytes::BytesMut;
@@ -79,13 +81,13 @@ impl Session {
     ) -> Self {
         Session {
             ids: PacketIds::new(),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             next_order: 0,
             waiting: VecDeque::new(),
-            subs: HashMap::new(),
+            subs: HashMap::default(),
             acks: VecDeque::new(),
             next_seq: 0,
-            incoming_qos2: HashMap::new(),
+            incoming_qos2: HashMap::default(),
             qos0: Vec::new(),
             wbuf: BytesMut::with_capacity(16 * 1024),
             limits: default_limits(),
