@@ -46,6 +46,8 @@ struct Loop {
     /// A command taken by the select, handled with the next drain so that
     /// it can be merged with what queued behind it.
     taken: Option<Command>,
+    /// The last read brought more than one publish.
+    several_woken: bool,
     counts: Arc<Counts>,
 }
 
@@ -71,6 +73,7 @@ pub(super) async fn run<C: Connector>(
         closing: false,
         refused: None,
         taken: None,
+        several_woken: false,
         counts,
     };
     let mut delay = l.config.reconnect.map(|b| b.min);
@@ -317,6 +320,7 @@ impl Loop {
                     if n? == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
+                    let mut publishes = 0;
                     loop {
                         // The codec refuses a DISCONNECT without reason code (0x00).
                         if rbuf.starts_with(&[0xE0, 0x00]) {
@@ -324,8 +328,16 @@ impl Loop {
                         }
                         match Packet::read(&mut rbuf, max_in) {
                             Ok(Packet::PingResp(_)) => ping_outstanding = false,
-                            Ok(p) => s.incoming(p)?,
-                            Err(CodecError::InsufficientBytes(_)) => break,
+                            Ok(p) => {
+                                publishes += usize::from(matches!(p, Packet::Publish(_)));
+                                s.incoming(p)?
+                            }
+                            Err(CodecError::InsufficientBytes(_)) => {
+                                // Several publishes in one read woke several
+                                // tasks: what they send may travel together.
+                                self.several_woken = publishes > 1;
+                                break;
+                            }
                             Err(e) => return Err(io::Error::other(e.to_string())),
                         }
                     }
@@ -351,11 +363,14 @@ impl Loop {
                 c = self.cmd_rx.recv(), if s.wbuf.is_empty() && !self.closing => match c {
                     Some(c) => {
                         self.taken = Some(c);
-                        if self.config.coalescer.is_some() {
-                            // Tasks woken together (by the answers of one read)
-                            // queue their publishes before this one goes out:
-                            // they can travel together. Not a timer: only what
-                            // is ready to run runs first.
+                        if self.config.coalescer.is_some()
+                            && (self.several_woken || s.has_unacked())
+                        {
+                            // Calls overlap: tasks woken together (by the
+                            // publishes of one read) queue their publishes
+                            // before this one goes out, so they can travel
+                            // together. Not a timer: only what is ready to
+                            // run runs first. One call at a time skips it.
                             tokio::task::yield_now().await;
                         }
                     }

@@ -101,6 +101,11 @@ impl Session {
         self.inflight.is_empty() && self.waiting.is_empty() && self.subs.is_empty()
     }
 
+    /// Some QoS 1/2 publish of ours waits for its acknowledgement.
+    pub(crate) fn has_unacked(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
     /// Encodes a publish unless it exceeds the server's Maximum Packet Size.
     fn encode_publish(&mut self, p: &Publish) -> Result<(), TransportError> {
         let size = p.size();
