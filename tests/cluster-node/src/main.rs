@@ -5,7 +5,7 @@
 //! ```text
 //! mqrpc-cluster-node --id 1 --mqtt 127.0.0.1:21881 --grpc 127.0.0.1:21981 \
 //!     --peers 1@127.0.0.1:21981,2@127.0.0.1:21982,3@127.0.0.1:21983 \
-//!     [--grpc-timeout-ms 1000] [--log warn]
+//!     [--grpc-timeout-ms 1000] [--breaker-open-ms 10000] [--log warn]
 //! ```
 //!
 //! `--peers` lists every node's gRPC address, this one's included. Logs go
@@ -25,15 +25,18 @@ struct Args {
     grpc: SocketAddr,
     peers: Vec<String>,
     grpc_timeout: Duration,
+    breaker_open: Duration,
     log: log::LevelFilter,
 }
 
 const USAGE: &str = "usage: mqrpc-cluster-node --id N --mqtt HOST:PORT --grpc HOST:PORT \
---peers ID@HOST:PORT,... [--grpc-timeout-ms MS] [--log off|error|warn|info|debug]";
+--peers ID@HOST:PORT,... [--grpc-timeout-ms MS] [--breaker-open-ms MS] \
+[--log off|error|warn|info|debug]";
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut id, mut mqtt, mut grpc, mut peers) = (None, None, None, None);
     let mut grpc_timeout = Duration::from_secs(1);
+    let mut breaker_open = Duration::from_secs(10);
     let mut log = log::LevelFilter::Warn;
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -77,6 +80,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .map_err(|_| format!("--grpc-timeout-ms {v}: not a number"))?;
                 grpc_timeout = Duration::from_millis(ms.max(1));
             }
+            "--breaker-open-ms" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--breaker-open-ms {v}: not a number"))?;
+                breaker_open = Duration::from_millis(ms.max(1));
+            }
             "--log" => {
                 let v = value()?;
                 log = v.parse().map_err(|_| format!("--log {v}: not a level"))?;
@@ -92,6 +102,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         grpc: grpc.ok_or_else(|| missing("--grpc"))?,
         peers: peers.ok_or_else(|| missing("--peers"))?,
         grpc_timeout,
+        breaker_open,
         log,
     };
     let me = format!("{}@{}", args.id, args.grpc);
@@ -147,7 +158,8 @@ async fn run(args: Args) -> rmqtt::Result<()> {
         format!("node_grpc_addrs = [{peers}]\nnode_grpc_client_timeout = \"{timeout_ms}ms\"\n");
     // rmqtt's default breaker needs 10 failed calls within 45 s before it
     // stops waiting for a dead peer: at one call per gRPC timeout that never
-    // happens, and every publish waits the timeout. Three failures open it.
+    // happens, and every publish waits the timeout. Three failures open it
+    // for `--breaker-open-ms`.
     let breaker = CircuitBreakerConfig {
         minimum_number_of_calls: 3,
         window: TimeBasedWindowConfig {
@@ -155,7 +167,7 @@ async fn run(args: Args) -> rmqtt::Result<()> {
             ..TimeBasedWindowConfig::default()
         }
         .into(),
-        wait_duration_in_open: Duration::from_secs(10),
+        wait_duration_in_open: args.breaker_open,
         ..CircuitBreakerConfig::default()
     };
     let scx = ServerContext::new()
