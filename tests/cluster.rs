@@ -236,6 +236,30 @@ async fn a_stream_crosses_nodes_with_its_credits_and_its_cancel() {
     );
 }
 
+/// A call nobody serves, on any node, ends with a clear error: rmqtt
+/// acknowledges such a request with PUBACK 0x00, not 0x10 No matching
+/// subscribers (Mosquitto), so the call ends at its own timeout instead of
+/// with `NoResponder` at once (printed, for the README's broker table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_serves_ends_with_a_clear_error() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    // A server of another service on node 2: the cluster has subscribers,
+    // just none for this one.
+    let (_other, _) = serve_where(&cluster.url(1), "node2").await;
+    let conn = connect(&cluster.url(0)).await;
+    let client = CalculatorClient::with_options(
+        &conn,
+        ClientOptions::default().timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let err = client.add(1, 2).await.unwrap_err();
+    println!("a call nobody serves, on the cluster: {err:?}");
+    assert!(err.is_timeout() || err.is_no_responder(), "{err:?}");
+}
+
 /// Outcomes of one caller's calls.
 #[derive(Default)]
 struct Tally {
@@ -269,7 +293,10 @@ impl Load {
                     let mut n = w << 40;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let call = tokio::time::timeout(timeout + Duration::from_secs(5), client.whoami(n));
+                        let call = tokio::time::timeout(
+                            timeout + Duration::from_secs(5),
+                            client.whoami(n),
+                        );
                         match call.await {
                             Err(_) => {
                                 tally.hung.fetch_add(1, Ordering::Relaxed);
@@ -354,7 +381,9 @@ async fn a_node_killed_mid_load_every_call_resolves_and_its_clients_and_servers_
     let (_s3, on_3) = serve_where(&cluster.urls_from(2), "node3").await;
     let options = ClientOptions::default().timeout(client_timeout());
     let c1_conn = connect(&cluster.urls_from(0)).await;
-    let c1 = WhereClient::with_options(&c1_conn, options.clone()).await.unwrap();
+    let c1 = WhereClient::with_options(&c1_conn, options.clone())
+        .await
+        .unwrap();
     let c3_conn = connect(&cluster.urls_from(2)).await;
     let c3 = WhereClient::with_options(&c3_conn, options).await.unwrap();
 
@@ -362,7 +391,9 @@ async fn a_node_killed_mid_load_every_call_resolves_and_its_clients_and_servers_
     let on_1 = Load::start(&c1, 20, killed_at.clone());
     let on_3_load = Load::start(&c3, 20, killed_at.clone());
     assert!(
-        until(Duration::from_secs(60), || on_1.ok() >= 500 && on_3_load.ok() >= 500).await,
+        until(Duration::from_secs(60), || on_1.ok() >= 500
+            && on_3_load.ok() >= 500)
+        .await,
         "no load before the kill: {} and {} calls answered",
         on_1.ok(),
         on_3_load.ok()
@@ -376,7 +407,9 @@ async fn a_node_killed_mid_load_every_call_resolves_and_its_clients_and_servers_
     // The survivors go on; what was on node 3 comes back through another
     // node: its client's calls and its server's share.
     let recovered = until(Duration::from_secs(60), || {
-        on_1.ok_after_kill() >= 500 && on_3_load.ok_after_kill() >= 500 && on_3.served() > served_by_3_at_kill
+        on_1.ok_after_kill() >= 500
+            && on_3_load.ok_after_kill() >= 500
+            && on_3.served() > served_by_3_at_kill
     })
     .await;
     let served_by_3_after = on_3.served() - served_by_3_at_kill;
@@ -397,7 +430,11 @@ async fn a_node_killed_mid_load_every_call_resolves_and_its_clients_and_servers_
             tally.mismatched.load(Ordering::Relaxed),
             tally.hung.load(Ordering::Relaxed),
         );
-        assert_eq!(tally.hung.load(Ordering::Relaxed), 0, "{name}: calls outlived their deadline");
+        assert_eq!(
+            tally.hung.load(Ordering::Relaxed),
+            0,
+            "{name}: calls outlived their deadline"
+        );
         assert_eq!(tally.mismatched.load(Ordering::Relaxed), 0, "{name}");
         for e in &errors {
             assert!(

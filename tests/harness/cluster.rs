@@ -76,8 +76,7 @@ impl Cluster {
         // Held until all are chosen, so the six ports differ.
         let mut holders = Vec::new();
         for _ in 0..2 * NODES {
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             ports.push(listener.local_addr().map_err(|e| e.to_string())?.port());
             holders.push(listener);
         }
@@ -121,15 +120,27 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for i in 0..NODES {
-                if let Some(status) = self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok()?) {
-                    return Err(format!("node {} exited with {status}: {}", i + 1, self.log(i)));
+                if let Some(status) = self.nodes[i]
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok()?)
+                {
+                    return Err(format!(
+                        "node {} exited with {status}: {}",
+                        i + 1,
+                        self.log(i)
+                    ));
                 }
             }
-            if (0..NODES).all(|i| std::net::TcpStream::connect(("127.0.0.1", self.port(i))).is_ok()) {
+            if (0..NODES).all(|i| std::net::TcpStream::connect(("127.0.0.1", self.port(i))).is_ok())
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("the nodes did not listen within 30 s: {}", self.logs()));
+                return Err(format!(
+                    "the nodes did not listen within 30 s: {}",
+                    self.logs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -145,12 +156,19 @@ impl Cluster {
             peers.push(RawPeer::connect(self.port(i), &[&topic(i)]).await);
         }
         let mut missing: Vec<(usize, usize)> = (0..NODES)
-            .flat_map(|from| (0..NODES).filter(move |&to| to != from).map(move |to| (from, to)))
+            .flat_map(|from| {
+                (0..NODES)
+                    .filter(move |&to| to != from)
+                    .map(move |to| (from, to))
+            })
             .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !missing.is_empty() {
             if Instant::now() > deadline {
-                return Err(format!("no delivery across {missing:?} (from, to) within 30 s: {}", self.logs()));
+                return Err(format!(
+                    "no delivery across {missing:?} (from, to) within 30 s: {}",
+                    self.logs()
+                ));
             }
             for &(from, to) in &missing {
                 peers[from]
@@ -158,8 +176,8 @@ impl Cluster {
                     .await;
             }
             let mut arrived = Vec::new();
-            for to in 0..NODES {
-                while let Some(publish) = peers[to].next_publish(Duration::from_millis(300)).await {
+            for (to, peer) in peers.iter_mut().enumerate() {
+                while let Some(publish) = peer.next_publish(Duration::from_millis(300)).await {
                     if let Ok(from) = std::str::from_utf8(&publish.payload).unwrap_or("").parse() {
                         arrived.push((from, to));
                     }

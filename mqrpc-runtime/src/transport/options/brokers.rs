@@ -136,7 +136,12 @@ mod tests {
 
     #[test]
     fn bad_entries_are_clear_errors() {
-        for url in ["mqtt://h1,,h2", "mqtt://h1,", "mqtt://,h2", "mqtt://u:p@,h2"] {
+        for url in [
+            "mqtt://h1,,h2",
+            "mqtt://h1,",
+            "mqtt://,h2",
+            "mqtt://u:p@,h2",
+        ] {
             let why = reason(url);
             assert!(why.contains("empty entry"), "{url}: {why}");
         }
