@@ -45,7 +45,7 @@ pub fn cluster_node_binary() -> Option<PathBuf> {
                 None => format!("{CLUSTER_NODE_ENV} is not set"),
             };
             if std::env::var(REQUIRE_CLUSTER_ENV).as_deref() == Ok("1") {
-                panic!("{why} and {REQUIRE_CLUSTER_ENV}=1: build tests/cluster-node (cargo build --release --locked --manifest-path tests/cluster-node/Cargo.toml) and point {CLUSTER_NODE_ENV} at target/release/mqrpc-cluster-node");
+                panic!("{why} and {REQUIRE_CLUSTER_ENV}=1: build tests/cluster-node (cargo build --release --locked --manifest-path tests/cluster-node/Cargo.toml) and point {CLUSTER_NODE_ENV} at tests/cluster-node/target/release/mqrpc-cluster-node");
             }
             eprintln!("NOTICE: {why}; skipping this cluster case (set {REQUIRE_CLUSTER_ENV}=1 to fail instead)");
             None
