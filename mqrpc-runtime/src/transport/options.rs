@@ -186,34 +186,6 @@ impl ConnectOptions {
         }
     }
 
-    /// Adds a broker to try when the ones before it fail: the nodes of a
-    /// clustered broker, each with this options' credentials, TLS and
-    /// WebSocket settings. `mqtt://h1:1883,h2:1884` in
-    /// [`from_url`](Self::from_url) (and so in `MQRPC_BROKER`) does the
-    /// same. IPv6 hosts with or without brackets.
-    ///
-    /// ```
-    /// use mqrpc_runtime::ConnectOptions;
-    /// let opts = ConnectOptions::new("node1", 1883)
-    ///     .fallback_broker("node2", 1883)
-    ///     .fallback_broker("::1", 1884);
-    /// assert_eq!(opts.broker_address(), "node1:1883"); // the primary
-    /// ```
-    pub fn fallback_broker(mut self, host: impl Into<String>, port: u16) -> Self {
-        let host = host.into();
-        self.fallbacks
-            .push((brokers::bare_host(&host).to_string(), port));
-        self
-    }
-
-    /// Every broker to try, in order: the primary (`host`, `port`), then
-    /// the [fallbacks](Self::fallback_broker). Hosts without brackets.
-    pub(crate) fn brokers(&self) -> Vec<(String, u16)> {
-        std::iter::once((self.host.clone(), self.port))
-            .chain(self.fallbacks.iter().cloned())
-            .collect()
-    }
-
     /// Sets the MQTT client id (default: `mqrpc-` and 16 random hex digits).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());

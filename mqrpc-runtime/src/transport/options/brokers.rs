@@ -1,7 +1,36 @@
 //! Several broker addresses in one URL: `mqtt://h1:1883,h2:1884` — the
 //! nodes of a clustered broker, tried in turn.
 
-use super::{host_and_port, Scheme};
+use super::{host_and_port, ConnectOptions, Scheme};
+
+impl ConnectOptions {
+    /// Adds a broker to try when the ones before it fail: the nodes of a
+    /// clustered broker, each with this options' credentials, TLS and
+    /// WebSocket settings. `mqtt://h1:1883,h2:1884` in
+    /// [`from_url`](Self::from_url) (and so in `MQRPC_BROKER`) does the
+    /// same. IPv6 hosts with or without brackets.
+    ///
+    /// ```
+    /// use mqrpc_runtime::ConnectOptions;
+    /// let opts = ConnectOptions::new("node1", 1883)
+    ///     .fallback_broker("node2", 1883)
+    ///     .fallback_broker("::1", 1884);
+    /// assert_eq!(opts.broker_address(), "node1:1883"); // the primary
+    /// ```
+    pub fn fallback_broker(mut self, host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        self.fallbacks.push((bare_host(&host).to_string(), port));
+        self
+    }
+
+    /// Every broker to try, in order: the primary (`host`, `port`), then
+    /// the [fallbacks](Self::fallback_broker). Hosts without brackets.
+    pub(crate) fn brokers(&self) -> Vec<(String, u16)> {
+        std::iter::once((self.host.clone(), self.port))
+            .chain(self.fallbacks.iter().cloned())
+            .collect()
+    }
+}
 
 /// Splits `scheme://[user[:password]@]h1[:p1],h2[:p2]…[/path][?query]`
 /// into the URL of the first broker (credentials, path and query kept)
@@ -46,7 +75,7 @@ pub(super) fn parse_entry(entry: &str, scheme: Scheme) -> Result<(String, u16), 
 }
 
 /// `host` without the brackets of an IPv6 literal.
-pub(super) fn bare_host(host: &str) -> &str {
+fn bare_host(host: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
