@@ -101,7 +101,11 @@ async fn servers_on_two_nodes_share_the_calls_of_a_client_on_a_third() {
     // Sequential calls, every one across two nodes and back.
     let (by_node, cross) = timed_calls(&client, 1_000).await;
     assert_eq!(by_node.values().sum::<u64>(), 1_000, "{by_node:?}");
-    assert!(by_node["node2"] > 0 && by_node["node3"] > 0, "{by_node:?}");
+    assert!(
+        by_node.get("node2").is_some_and(|&n| n > 0)
+            && by_node.get("node3").is_some_and(|&n| n > 0),
+        "both servers get calls: {by_node:?}"
+    );
 
     // 200 at once: each answered once, by one of the two.
     let calls = (0..200u64).map(|i| {

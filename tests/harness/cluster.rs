@@ -30,7 +30,13 @@ struct Node {
 pub struct Cluster {
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
+    /// One cluster at a time in a test process: fifteen nodes on a small
+    /// machine time out each other's gRPC calls, and a node's circuit
+    /// breaker then hides its peers' subscribers.
+    turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The node binary, or `None` with a notice when `MQRPC_CLUSTER_NODE` is
 /// unset or names no file. Panics instead when `MQRPC_REQUIRE_CLUSTER=1`.
@@ -59,11 +65,15 @@ impl Cluster {
     /// when the binary is missing, see [`cluster_node_binary`].
     pub async fn start() -> Option<Cluster> {
         let binary = cluster_node_binary()?;
+        let turn = TURN.lock().await;
         let mut last_error = String::new();
         // A free port may be taken by someone else before a node binds it.
         for _ in 0..3 {
             match Self::start_once(&binary).await {
-                Ok(cluster) => return Some(cluster),
+                Ok(mut cluster) => {
+                    cluster.turn = Some(turn);
+                    return Some(cluster);
+                }
                 Err(e) => last_error = e,
             }
         }
@@ -91,6 +101,7 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             dir,
+            turn: None,
         };
         for i in 0..NODES {
             let log = std::fs::File::create(cluster.log_path(i)).map_err(|e| e.to_string())?;
@@ -239,5 +250,7 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+        // The next cluster's turn, once these nodes are gone.
+        self.turn.take();
     }
 }
