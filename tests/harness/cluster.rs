@@ -19,6 +19,9 @@ pub const REQUIRE_CLUSTER_ENV: &str = "MQRPC_REQUIRE_CLUSTER";
 /// Nodes in a cluster.
 pub const NODES: usize = 3;
 
+/// How long a node waits for a peer's gRPC answer.
+pub const GRPC_TIMEOUT_MS: u64 = 3_000;
+
 /// One node process.
 struct Node {
     child: Option<Child>,
@@ -111,6 +114,11 @@ impl Cluster {
                 .args(["--grpc", &format!("127.0.0.1:{}", grpc_ports[i])])
                 .args(["--peers", &peers])
                 .args(["--log", "warn"])
+                // rmqtt's default is 60 s; 1 s made calls between nodes of
+                // a loaded machine time out, opening the breaker (hiding
+                // that peer's subscribers for 10 s). The cost: after a kill,
+                // publishes wait up to this long until the breaker opens.
+                .args(["--grpc-timeout-ms", &GRPC_TIMEOUT_MS.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -249,6 +257,20 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        if std::thread::panicking() {
+            // What the nodes said last (warnings and errors), for the failure.
+            for i in 0..self.nodes.len() {
+                let log = self.log(i);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                eprintln!(
+                    "--- node {} log, last {} of {} lines ---\n{tail}",
+                    i + 1,
+                    lines.len().min(30),
+                    lines.len()
+                );
+            }
         }
         // The next cluster's turn, once these nodes are gone.
         self.turn.take();
