@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod batch;
+pub mod cluster;
 pub mod fake_broker;
 pub mod raw;
 pub mod security;

@@ -7,6 +7,8 @@ use crate::protocol::BROKER_ENV;
 use crate::transport::tls::TlsSettings;
 use crate::Error;
 
+mod brokers;
+
 /// Where and how to connect.
 ///
 /// ```
@@ -15,11 +17,16 @@ use crate::Error;
 /// assert_eq!(opts.broker_address(), "127.0.0.1:1884");
 /// assert_eq!(opts.get_client_id(), Some("billing-1"));
 /// assert!(ConnectOptions::from_url("http://x").is_err());
+/// // The nodes of a clustered broker, tried in turn:
+/// let cluster = ConnectOptions::from_url("mqtt://node1:1883,node2:1883,[fd00::3]").unwrap();
+/// assert_eq!(cluster.broker_address(), "node1:1883");
 /// ```
 #[derive(Clone)]
 pub struct ConnectOptions {
     pub(super) host: String,
     pub(super) port: u16,
+    /// Further brokers (host without brackets, port), after `host:port`.
+    pub(super) fallbacks: Vec<(String, u16)>,
     pub(super) client_id: Option<String>,
     pub(super) credentials: Option<(String, String)>,
     pub(super) keep_alive: Duration,
@@ -40,6 +47,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("broker", &self.broker_address())
+            .field("fallback_brokers", &&self.brokers()[1..])
             .field("client_id", &self.client_id)
             .field("user", &self.credentials.as_ref().map(|(user, _)| user))
             .field("tls", &self.tls.as_ref().map(TlsSettings::redacted))
@@ -66,6 +74,7 @@ impl ConnectOptions {
         ConnectOptions {
             host: host.into(),
             port,
+            fallbacks: Vec::new(),
             client_id: None,
             credentials: None,
             keep_alive: Duration::from_secs(30),
@@ -91,12 +100,20 @@ impl ConnectOptions {
     /// `wss://host[:port]/path` (port 443, same query parameters) speak
     /// MQTT over a WebSocket. User, password and query values are
     /// percent-decoded (`+` stays `+`).
+    ///
+    /// Several brokers (the nodes of a cluster) go comma-separated after
+    /// the one scheme, `mqtt://[user[:password]@]h1[:port],h2[:port]…`
+    /// (IPv6 hosts in brackets): the first is the primary, the others
+    /// are [fallbacks](Self::fallback_broker) tried in turn when a
+    /// connection fails; credentials, path and query apply to all. An
+    /// empty or malformed entry is an [`Error::InvalidUrl`] naming it.
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let (primary, further) = brokers::split_hosts(url).map_err(|e| invalid(&e))?;
+        let parsed = url::Url::parse(&primary).map_err(|e| invalid(&e.to_string()))?;
         let scheme = Scheme::parse(parsed.scheme())
             .ok_or_else(|| invalid("the scheme must be mqtt://, mqtts://, ws:// or wss://"))?;
         let (tls, websocket) = (scheme.is_tls(), scheme.is_websocket());
@@ -114,6 +131,10 @@ impl ConnectOptions {
         }
         let (host, port) = host_and_port(&parsed, scheme).ok_or_else(|| invalid("no host"))?;
         let mut opts = ConnectOptions::new(host, port);
+        for entry in &further {
+            let fallback = brokers::parse_entry(entry, scheme).map_err(|e| invalid(&e))?;
+            opts.fallbacks.push(fallback);
+        }
         if websocket {
             opts.websocket_path = Some(parsed.path().to_string());
         }
@@ -348,7 +369,7 @@ impl ConnectOptions {
         self
     }
 
-    /// `host:port` of the broker.
+    /// `host:port` of the (primary) broker.
     pub fn broker_address(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
