@@ -53,7 +53,8 @@ pub(crate) struct Dialer {
 impl Dialer {
     /// Reads TLS files now, so a bad path fails `connect` at once.
     pub(crate) fn new(options: &ConnectOptions) -> Result<Dialer, Error> {
-        let ways = addresses(options)
+        let ways = options
+            .brokers()
             .into_iter()
             .map(|(host, port)| way(options, host, port))
             .collect::<Result<Vec<Way>, Error>>()?;
@@ -83,11 +84,6 @@ impl Connector for Dialer {
         }
         opened
     }
-}
-
-/// Every broker address of the options, the primary first.
-fn addresses(options: &ConnectOptions) -> Vec<(String, u16)> {
-    vec![(options.host.clone(), options.port)]
 }
 
 fn way(options: &ConnectOptions, host: String, port: u16) -> Result<Way, Error> {
