@@ -47,17 +47,8 @@ pub(crate) struct Shared {
     /// What the client layer keeps per connection (its pending calls),
     /// opaque here so that the transport does not depend on the client.
     pub(crate) client_state: tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>,
-    pub(super) driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
     #[cfg(feature = "embedded-broker")]
     pub(super) _embedded: Option<crate::EmbeddedBroker>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(driver) = self.driver.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            driver.abort();
-        }
-    }
 }
 
 /// A connection to an MQTT v5 broker, shared by all clients and servers
@@ -142,8 +133,13 @@ impl Connection {
             .clone()
             .unwrap_or_else(|| format!("mqrpc-{:016x}", random_u64()));
         let dialer = Dialer::new(&options)?;
-        let (transport, incoming) =
-            Transport::start(transport_config(&options, &client_id), dialer);
+        let (connected_tx, connected_rx) = oneshot::channel();
+        let driver = Arc::new(super::driver::Driver::new(connected_tx));
+        let transport =
+            Transport::start_with_handler(transport_config(&options, &client_id), dialer, {
+                let driver = driver.clone();
+                move |event| driver.handle(event)
+            });
         let broker = options.broker_address();
         let shared = Arc::new(Shared {
             transport,
@@ -159,17 +155,10 @@ impl Connection {
             broker_max_packet: AtomicU32::new(0),
             link_lost: Mutex::new(Vec::new()),
             client_state: tokio::sync::OnceCell::new(),
-            driver: Mutex::new(None),
             #[cfg(feature = "embedded-broker")]
             _embedded: embedded,
         });
-        let (connected_tx, connected_rx) = oneshot::channel();
-        let driver = tokio::spawn(super::driver::drive(
-            Arc::downgrade(&shared),
-            incoming,
-            connected_tx,
-        ));
-        *shared.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(driver);
+        driver.attach(Arc::downgrade(&shared));
         let outcome = match connected_rx.await {
             Ok(outcome) => outcome,
             Err(_) => Err(Error::Connect {
@@ -220,20 +209,6 @@ impl Connection {
         // Writes what is queued, then DISCONNECT; pending acks end `Closed`.
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.shared.transport.disconnect()).await;
-        let driver = self
-            .shared
-            .driver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(mut driver) = driver {
-            if tokio::time::timeout(Duration::from_millis(500), &mut driver)
-                .await
-                .is_err()
-            {
-                driver.abort();
-            }
-        }
     }
 
     /// Registers what to do when the link drops or the connection closes.

@@ -1,9 +1,9 @@
-//! The task that reads the session loop's events: routes incoming
-//! publishes, follows the link's state (ready, lost, reconnected), and
-//! re-subscribes when a reconnect lost the session.
+//! What the connection does with the session loop's events: routes
+//! incoming publishes, follows the link's state (ready, lost, reconnected),
+//! and re-subscribes when a reconnect lost the session.
 
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{Mutex, Weak};
 
 use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
@@ -12,16 +12,48 @@ use tracing::{debug, info, warn};
 use crate::{Error, QoS};
 
 use super::connection::{Connection, Shared};
-use super::link::{ConnectionState, Event, Incoming, IncomingPublish};
+use super::link::{ConnectionState, Event, IncomingPublish};
 
-/// Holds only a weak reference, so dropping the last `Connection` ends it.
-pub(super) async fn drive(
-    shared: Weak<Shared>,
-    mut incoming: Incoming,
-    connected: oneshot::Sender<Result<(), Error>>,
-) {
-    let mut connected = Some(connected);
-    while let Some(event) = incoming.recv().await {
+/// Handles the session loop's events on the loop's own task (one task
+/// switch less per incoming publish than a task of its own). Holds only a
+/// weak reference: the connection owns the transport, not the other way.
+pub(super) struct Driver {
+    shared: std::sync::OnceLock<Weak<Shared>>,
+    /// Events that came before the connection existed (none in practice:
+    /// the first CONNACK is a network round trip away).
+    early: Mutex<Vec<Event>>,
+    connected: Mutex<Option<oneshot::Sender<Result<(), Error>>>>,
+}
+
+impl Driver {
+    pub(super) fn new(connected: oneshot::Sender<Result<(), Error>>) -> Driver {
+        Driver {
+            shared: std::sync::OnceLock::new(),
+            early: Mutex::new(Vec::new()),
+            connected: Mutex::new(Some(connected)),
+        }
+    }
+
+    /// Called once the connection exists; handles what came before.
+    pub(super) fn attach(&self, shared: Weak<Shared>) {
+        let early = {
+            let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.shared.set(shared);
+            std::mem::take(&mut *early)
+        };
+        for event in early {
+            self.handle(event);
+        }
+    }
+
+    pub(super) fn handle(&self, event: Event) {
+        let shared = {
+            let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+            match self.shared.get() {
+                Some(shared) => shared.clone(),
+                None => return early.push(event),
+            }
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -41,7 +73,8 @@ pub(super) async fn drive(
                 conn.shared
                     .broker_max_packet
                     .store(server.max_packet_size.unwrap_or(0), Ordering::Relaxed);
-                if let Some(first) = connected.take() {
+                let first = self.first();
+                if let Some(first) = first {
                     *conn
                         .shared
                         .response_information
@@ -61,12 +94,12 @@ pub(super) async fn drive(
                 retry_in,
                 refused,
             }) => {
-                if let Some(first) = connected.take() {
+                if let Some(first) = self.first() {
                     let _ = first.send(Err(connect_error(&conn.shared.broker, error, refused)));
                     return;
                 }
                 if conn.shared.closed.load(Ordering::Acquire) {
-                    continue;
+                    return;
                 }
                 let was_ready = conn.shared.ready.swap(false, Ordering::AcqRel);
                 if retry_in.is_none() {
@@ -89,6 +122,14 @@ pub(super) async fn drive(
             }
             Event::State(ConnectionState::Connecting) => {}
         }
+    }
+
+    /// The sender of the first connection's outcome, once.
+    fn first(&self) -> Option<oneshot::Sender<Result<(), Error>>> {
+        self.connected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 

@@ -18,8 +18,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::session::Session;
 use super::{
-    coalesce, Command, ConnectionState, Connector, Counts, Event, OutgoingPublish, ReasonCode,
-    Replies, Reply, TransportConfig,
+    coalesce, Command, ConnectionState, Connector, Counts, Event, EventSink, OutgoingPublish,
+    ReasonCode, Replies, Reply, TransportConfig,
 };
 
 /// How a connection ended without an I/O error.
@@ -33,7 +33,7 @@ struct Loop {
     session: Session,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     ack_rx: mpsc::UnboundedReceiver<(u64, u8)>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSink,
     state: watch::Sender<ConnectionState>,
     /// Clean Start is asked for on the first CONNECT only.
     connected_once: bool,
@@ -55,7 +55,7 @@ pub(super) async fn run<C: Connector>(
     config: TransportConfig,
     mut connector: C,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSink,
     state: watch::Sender<ConnectionState>,
     counts: Arc<Counts>,
 ) {
@@ -135,7 +135,7 @@ pub(super) async fn run<C: Connector>(
 
 impl Loop {
     fn set_state(&mut self, s: ConnectionState) {
-        let _ = self.events.send(Event::State(s.clone()));
+        self.events.send(Event::State(s.clone()));
         self.state.send_replace(s);
     }
 

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::packet_ids::PacketIds;
 use super::{
-    codes, AckToken, Event, IncomingPublish, OutgoingPublish, ReasonCode, Replies, Reply,
-    ServerLimits, TransportError,
+    codes, AckToken, Event, EventSink, IncomingPublish, OutgoingPublish, ReasonCode, Replies,
+    Reply, ServerLimits, TransportError,
 };
 
 /// An outgoing QoS 1/2 publish on the wire, waiting for its ack.
@@ -71,14 +71,11 @@ pub(crate) struct Session {
     pub(crate) wbuf: BytesMut,
     pub(crate) limits: ServerLimits,
     ack_tx: mpsc::UnboundedSender<(u64, u8)>,
-    events: mpsc::UnboundedSender<Event>,
+    events: EventSink,
 }
 
 impl Session {
-    pub(crate) fn new(
-        ack_tx: mpsc::UnboundedSender<(u64, u8)>,
-        events: mpsc::UnboundedSender<Event>,
-    ) -> Self {
+    pub(crate) fn new(ack_tx: mpsc::UnboundedSender<(u64, u8)>, events: EventSink) -> Self {
         Session {
             ids: PacketIds::new(),
             inflight: HashMap::default(),
@@ -289,7 +286,7 @@ impl Session {
     }
 
     fn deliver(&mut self, p: Publish, token: Option<AckToken>) {
-        let _ = self.events.send(Event::Publish(IncomingPublish {
+        self.events.send(Event::Publish(IncomingPublish {
             topic: p.topic,
             qos: p.qos,
             dup: p.dup,
