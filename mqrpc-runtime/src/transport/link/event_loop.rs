@@ -305,13 +305,13 @@ impl Loop {
         loop {
             // Everything queued goes into the one buffer before the socket is touched.
             if let Some(stop) = self.drain_commands() {
-                return self.stop(&mut wr, stop).await;
+                return self.stop(&mut rd, &mut wr, stop).await;
             }
             while let Ok((seq, code)) = self.ack_rx.try_recv() {
                 self.session.app_ack(seq, code);
             }
             if self.closing && self.session.is_idle() && self.session.wbuf.is_empty() {
-                return self.stop(&mut wr, Stop::Disconnect(None)).await;
+                return self.stop(&mut rd, &mut wr, Stop::Disconnect(None)).await;
             }
             let s = &mut self.session;
             tokio::select! {
@@ -399,13 +399,26 @@ impl Loop {
 
     /// Writes what is queued and a DISCONNECT, then closes the stream
     /// (shutting down flushes it).
-    async fn stop<W: AsyncWrite + Unpin>(&mut self, wr: &mut W, stop: Stop) -> io::Result<Stop> {
+    /// Then waits (briefly) for the server to close its side: once it has,
+    /// it has taken the DISCONNECT, and no longer routes messages (a shared
+    /// subscription's next request) to this client.
+    async fn stop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        stop: Stop,
+    ) -> io::Result<Stop> {
         let _ = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
             .write(&mut self.session.wbuf, None);
         let _ = wr.write_all(&self.session.wbuf).await;
         self.session.wbuf.clear();
         self.session.written();
         let _ = wr.shutdown().await;
+        let closed = async {
+            let mut sink = [0u8; 512];
+            while let Ok(1..) = rd.read(&mut sink).await {}
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), closed).await;
         Ok(stop)
     }
 }
