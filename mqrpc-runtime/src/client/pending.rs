@@ -96,22 +96,25 @@ impl Caller {
             );
             return;
         };
-        let mut pending = self.lock();
-        let waiter = match pending.get(&id) {
-            // A broadcast stays pending for more answers.
-            Some(Waiter::Many(tx)) => Waiter::Many(tx.clone()),
-            Some(Waiter::Once(_)) => pending.remove(&id).expect("present"),
-            None => {
-                drop(pending);
-                debug!(
-                    correlation = id,
-                    "dropping a late or unknown response (its call already ended)"
-                );
-                return;
-            }
+        let Some(waiter) = self.waiter_of(id) else {
+            debug!(
+                correlation = id,
+                "dropping a late or unknown response (its call already ended)"
+            );
+            return;
         };
-        drop(pending);
         waiter.finish(Response::from_publish(publish, properties).map_err(Failure::Error));
+    }
+
+    /// Where an answer to call `id` goes: a call's waiter is taken (one
+    /// answer), a broadcast's stays pending for more; `None` when the call
+    /// already ended.
+    fn waiter_of(&self, id: u64) -> Option<Waiter> {
+        let mut pending = self.lock();
+        match pending.get(&id)? {
+            Waiter::Many(tx) => Some(Waiter::Many(tx.clone())),
+            Waiter::Once(_) => pending.remove(&id),
+        }
     }
 
     /// The answers of a batch answer, each to its call.
@@ -131,19 +134,12 @@ impl Caller {
                 debug!("dropping a batched answer without valid Correlation Data");
                 continue;
             };
-            let waiter = {
-                let mut pending = self.lock();
-                match pending.get(&id) {
-                    Some(Waiter::Many(tx)) => Waiter::Many(tx.clone()),
-                    Some(Waiter::Once(_)) => pending.remove(&id).expect("present"),
-                    None => {
-                        debug!(
-                            correlation = id,
-                            "dropping a late or unknown batched answer"
-                        );
-                        continue;
-                    }
-                }
+            let Some(waiter) = self.waiter_of(id) else {
+                debug!(
+                    correlation = id,
+                    "dropping a late or unknown batched answer"
+                );
+                continue;
             };
             let response = Response::from_parts(
                 answer.status.as_deref(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::link::connector::socket_addr;
 use super::link::Connector;
 use super::options::ConnectOptions;
 use crate::Error;
@@ -114,13 +115,4 @@ fn way(options: &ConnectOptions, host: String, port: u16) -> Result<Way, Error> 
         addr: socket_addr(&host, port),
         nodelay: options.tcp_nodelay,
     })
-}
-
-fn socket_addr(host: &str, port: u16) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }

@@ -50,3 +50,13 @@ pub(crate) async fn tcp(addr: &str) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+/// `host:port`, IPv6 hosts in brackets.
+pub(crate) fn socket_addr(host: &str, port: u16) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

@@ -8,7 +8,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::connector::{tcp, Connector};
+use super::connector::{socket_addr, tcp, Connector};
 use crate::transport::tls::TlsSettings;
 use crate::{ConnectOptions, Error};
 
@@ -74,16 +74,6 @@ impl Connector for TlsConnector {
 /// connectors.
 pub(crate) fn client_config(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Error> {
     settings.client_config().map(Arc::new)
-}
-
-/// `host:port`, IPv6 hosts in brackets.
-pub(crate) fn socket_addr(host: &str, port: u16) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 /// A rustls configuration and the name the broker's certificate must carry.
