@@ -139,6 +139,30 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// The server instance the call was bound to went away before it
+    /// answered: its connection dropped without a clean disconnect (the
+    /// broker published its Last Will: a crash, a kill, a lost network) or
+    /// it shut down. Calls sent to one instance
+    /// ([`Client::to_instance`](crate::Client::to_instance)) and streams
+    /// (once their first item named the instance serving them) end with it
+    /// as soon as the notice arrives, instead of at their deadline
+    /// (PROTOCOL.md, "Server gone"). The call may or may not have run.
+    ///
+    /// ```
+    /// let err = mqrpc_runtime::Error::ServerGone {
+    ///     instance: "billing-1".into(),
+    ///     method: "charge".into(),
+    /// };
+    /// assert!(err.is_server_gone());
+    /// assert_eq!(err.to_string(), "the server instance `billing-1` serving `charge` is gone");
+    /// ```
+    #[error("the server instance `{instance}` serving `{method}` is gone")]
+    ServerGone {
+        /// The instance id of the server that went away.
+        instance: String,
+        /// Wire name of the method.
+        method: String,
+    },
     /// The server answered that it has no such method.
     #[error("the server has no method `{method}`")]
     UnknownMethod {
@@ -226,6 +250,12 @@ impl Error {
         )
     }
 
+    /// True for [`Error::ServerGone`]: the server serving the call went
+    /// away. Another instance may serve it if called again.
+    pub fn is_server_gone(&self) -> bool {
+        matches!(self, Error::ServerGone { .. })
+    }
+
     /// True when the broker link is the cause ([`Error::Disconnected`],
     /// [`Error::Connect`], [`Error::Closed`]): retrying later may succeed.
     pub fn is_connection(&self) -> bool {
@@ -269,6 +299,8 @@ impl Refusal {
 pub(crate) enum Failure {
     Refused(Refusal),
     Error(Error),
+    /// The instance serving the call is gone (its notice arrived).
+    Gone(std::sync::Arc<str>),
 }
 
 impl Failure {
@@ -277,6 +309,10 @@ impl Failure {
         match self {
             Failure::Refused(refusal) => refusal.into_error(method),
             Failure::Error(error) => error,
+            Failure::Gone(instance) => Error::ServerGone {
+                instance: instance.to_string(),
+                method: method.to_string(),
+            },
         }
     }
 }

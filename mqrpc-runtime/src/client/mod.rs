@@ -141,6 +141,9 @@ pub struct Client {
     topic_base: Arc<str>,
     /// Whether `topic_base` takes batches.
     batch: Arc<batching::BatchTarget>,
+    /// The instance `topic_base` names ([`to_instance`](Self::to_instance)):
+    /// its calls end when it is gone.
+    instance: Option<Arc<str>>,
     options: ClientOptions,
 }
 
@@ -182,6 +185,7 @@ impl Client {
             caller,
             service: Arc::from(service),
             topic_base,
+            instance: None,
             options,
         })
     }
@@ -196,9 +200,42 @@ impl Client {
     /// The same client, sending to one instance of the service (its
     /// [`ServerHandle::instance`](crate::ServerHandle::instance)) instead of
     /// any: `<prefix>/<service>/_to/<instance>/<method>`.
+    ///
+    /// When that instance goes away (its process dies, its connection
+    /// closes, it shuts down), its calls still waiting end at once with
+    /// [`Error::ServerGone`] rather than at their deadline (PROTOCOL.md,
+    /// "Server gone").
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use std::time::Duration;
+    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, Service};
+    /// struct Slow;
+    /// impl Service for Slow {
+    ///     const NAME: &'static str = "Slow";
+    ///     const METHODS: &'static [&'static str] = &["wait"];
+    ///     async fn call(&self, _method: &str, codec: Codec, _payload: &[u8]) -> Reply {
+    ///         std::future::pending::<()>().await; // never answers
+    ///         Reply::ok(codec, &())
+    ///     }
+    /// }
+    /// let server_conn = Connection::from_env_or_embedded().await?;
+    /// let server = mqrpc_runtime::serve(&server_conn, Slow, Default::default()).await?;
+    /// let conn = Connection::connect_url(&server_conn.broker_url()).await?;
+    /// let client = Client::new(&conn, "Slow", ClientOptions::default()).await?;
+    /// let one = client.with_timeout(Duration::from_secs(60)).to_instance(server.instance())?;
+    /// let call = tokio::spawn(async move { one.call::<_, ()>("wait", &()).await });
+    /// tokio::time::sleep(Duration::from_millis(200)).await; // the call runs
+    /// server_conn.close().await; // the server goes away mid-call
+    /// let err = call.await.unwrap().unwrap_err();
+    /// assert!(err.is_server_gone(), "{err}"); // at once, not after 60 s
+    /// # Ok(()) }
+    /// ```
     pub fn to_instance(&self, instance: &str) -> Result<Client, Error> {
         topic::validate_level(instance)?;
         let mut client = self.clone();
+        client.instance = Some(Arc::from(instance));
         client.topic_base = Arc::from(format!(
             "{}{}/{instance}/",
             topic_base(&self.options.prefix, &self.service),
@@ -215,12 +252,14 @@ impl Client {
         client
     }
 
-    /// The same client with other options (prefix, QoS, codec, timeout).
+    /// The same client with other options (prefix, QoS, codec, timeout),
+    /// sending to any instance of the service.
     pub fn with_options(&self, options: ClientOptions) -> Result<Client, Error> {
         topic::validate_prefix(&options.prefix)?;
         let mut client = self.clone();
         client.topic_base = topic_base(&options.prefix, &self.service);
         client.batch = self.caller.batch_targets.get(&client.topic_base);
+        client.instance = None;
         client.options = options;
         Ok(client)
     }
@@ -449,7 +488,7 @@ impl Client {
         self.conn.ensure_open()?;
         let caller = &*self.caller;
         let (tx, rx) = oneshot::channel();
-        let id = caller.register(Waiter::Once(tx))?;
+        let id = caller.register(Waiter::Once(tx), self.instance.clone())?;
         let slot = PendingSlot {
             client: self,
             id,

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use crate::QoS;
 
+use super::link::AckToken;
 use super::Connection;
 
 /// Publishes held for routes not (yet) registered, with a persistent
@@ -25,8 +26,10 @@ pub(super) struct Held {
 }
 
 /// A handler for publishes whose topic matches a route's filter. Runs on the
-/// event-loop task: it must not block (spawn or send, never await).
-pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish) + Send + Sync>;
+/// event-loop task: it must not block (spawn or send, never await). It may
+/// take the publish's ack token (QoS 1/2) to acknowledge it later; one it
+/// leaves is acked when it returns.
+pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish, &mut Option<AckToken>) + Send + Sync>;
 
 pub(super) struct Route {
     pub(super) id: u64,
@@ -72,11 +75,12 @@ impl Connection {
                 }
                 *expiry -= waited;
             }
-            sink(self, publish);
+            // Acked when it was held.
+            sink(self, publish, &mut None);
         }
     }
 
-    pub(super) fn route(&self, publish: Publish) {
+    pub(super) fn route(&self, publish: Publish, ack: &mut Option<AckToken>) {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             warn!("dropping a publish whose topic is not UTF-8");
             return;
@@ -99,11 +103,11 @@ impl Connection {
             }
             Some((first, more))
         };
-        let deliver = |(first, more): (Sink, Vec<Sink>), publish: Publish| {
+        let mut deliver = |(first, more): (Sink, Vec<Sink>), publish: Publish| {
             for sink in &more {
-                sink(self, publish.clone());
+                sink(self, publish.clone(), &mut None);
             }
-            first(self, publish);
+            first(self, publish, ack);
         };
         if self.shared.options.session_expiry.is_none() {
             match find() {
