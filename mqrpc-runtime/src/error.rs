@@ -149,12 +149,30 @@ pub enum Error {
     /// (PROTOCOL.md, "Server gone"). The call may or may not have run.
     ///
     /// ```
-    /// let err = mqrpc_runtime::Error::ServerGone {
-    ///     instance: "billing-1".into(),
-    ///     method: "charge".into(),
-    /// };
-    /// assert!(err.is_server_gone());
-    /// assert_eq!(err.to_string(), "the server instance `billing-1` serving `charge` is gone");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use std::time::Duration;
+    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, Service};
+    /// struct Slow;
+    /// impl Service for Slow {
+    ///     const NAME: &'static str = "Slow";
+    ///     const METHODS: &'static [&'static str] = &["wait"];
+    ///     async fn call(&self, _method: &str, codec: Codec, _payload: &[u8]) -> Reply {
+    ///         std::future::pending::<()>().await; // never answers
+    ///         Reply::ok(codec, &())
+    ///     }
+    /// }
+    /// let server_conn = Connection::from_env_or_embedded().await?;
+    /// let server = mqrpc_runtime::serve(&server_conn, Slow, Default::default()).await?;
+    /// let conn = Connection::connect_url(&server_conn.broker_url()).await?;
+    /// let client = Client::new(&conn, "Slow", ClientOptions::default()).await?;
+    /// let one = client.with_timeout(Duration::from_secs(60)).to_instance(server.instance())?;
+    /// let call = tokio::spawn(async move { one.call::<_, ()>("wait", &()).await });
+    /// tokio::time::sleep(Duration::from_millis(200)).await; // the call runs
+    /// server_conn.close().await; // the server goes away mid-call
+    /// let err = call.await.unwrap().unwrap_err();
+    /// assert!(err.is_server_gone(), "{err}"); // at once, not after 60 s
+    /// # Ok(()) }
     /// ```
     #[error("the server instance `{instance}` serving `{method}` is gone")]
     ServerGone {
@@ -252,6 +270,15 @@ impl Error {
 
     /// True for [`Error::ServerGone`]: the server serving the call went
     /// away. Another instance may serve it if called again.
+    ///
+    /// ```
+    /// let err = mqrpc_runtime::Error::ServerGone {
+    ///     instance: "billing-1".into(),
+    ///     method: "charge".into(),
+    /// };
+    /// assert!(err.is_server_gone() && !err.is_timeout());
+    /// assert_eq!(err.to_string(), "the server instance `billing-1` serving `charge` is gone");
+    /// ```
     pub fn is_server_gone(&self) -> bool {
         matches!(self, Error::ServerGone { .. })
     }

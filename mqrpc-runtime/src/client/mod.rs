@@ -204,34 +204,7 @@ impl Client {
     /// When that instance goes away (its process dies, its connection
     /// closes, it shuts down), its calls still waiting end at once with
     /// [`Error::ServerGone`] rather than at their deadline (PROTOCOL.md,
-    /// "Server gone").
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// use std::time::Duration;
-    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, Service};
-    /// struct Slow;
-    /// impl Service for Slow {
-    ///     const NAME: &'static str = "Slow";
-    ///     const METHODS: &'static [&'static str] = &["wait"];
-    ///     async fn call(&self, _method: &str, codec: Codec, _payload: &[u8]) -> Reply {
-    ///         std::future::pending::<()>().await; // never answers
-    ///         Reply::ok(codec, &())
-    ///     }
-    /// }
-    /// let server_conn = Connection::from_env_or_embedded().await?;
-    /// let server = mqrpc_runtime::serve(&server_conn, Slow, Default::default()).await?;
-    /// let conn = Connection::connect_url(&server_conn.broker_url()).await?;
-    /// let client = Client::new(&conn, "Slow", ClientOptions::default()).await?;
-    /// let one = client.with_timeout(Duration::from_secs(60)).to_instance(server.instance())?;
-    /// let call = tokio::spawn(async move { one.call::<_, ()>("wait", &()).await });
-    /// tokio::time::sleep(Duration::from_millis(200)).await; // the call runs
-    /// server_conn.close().await; // the server goes away mid-call
-    /// let err = call.await.unwrap().unwrap_err();
-    /// assert!(err.is_server_gone(), "{err}"); // at once, not after 60 s
-    /// # Ok(()) }
-    /// ```
+    /// "Server gone"; an example is at [`Error::ServerGone`]).
     pub fn to_instance(&self, instance: &str) -> Result<Client, Error> {
         topic::validate_level(instance)?;
         let mut client = self.clone();

@@ -144,16 +144,9 @@ impl Caller {
                 // A broadcast or stream stays pending for more answers; a
                 // stream is bound to the instance its first answer names.
                 Some(waiter) => {
-                    if let (
-                        Waiter::Stream(_),
-                        None,
-                        Ok(Response {
-                            instance: Some(instance),
-                            ..
-                        }),
-                    ) = (&waiter, &entry.instance, &response)
-                    {
-                        entry.instance = Some(Arc::from(instance.as_str()));
+                    let unbound = entry.instance.is_none();
+                    if let (Waiter::Stream(_), true, Ok(answer)) = (&waiter, unbound, &response) {
+                        entry.instance = answer.instance.as_deref().map(Arc::from);
                     }
                     waiter
                 }

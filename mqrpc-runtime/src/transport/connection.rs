@@ -16,8 +16,7 @@ use crate::{Error, QoS};
 
 use super::dial::Dialer;
 use super::link::{
-    Filter, LastWill, OutgoingPublish, PublishAck, ReasonCode, Transport, TransportConfig,
-    TransportError,
+    Filter, OutgoingPublish, PublishAck, ReasonCode, Transport, TransportConfig, TransportError,
 };
 use super::options::ConnectOptions;
 use super::routing::{Held, Route, Sink};
@@ -48,7 +47,7 @@ pub(crate) struct Shared {
     pub(super) link_lost: Mutex<Vec<LinkLost>>,
     /// Instance ids of the servers running on this connection, with how
     /// many servers use each: the notices owed when they stop.
-    pub(super) served: Mutex<std::collections::HashMap<String, usize>>,
+    pub(super) served: super::gone::Served,
     /// What the client layer keeps per connection (its pending calls),
     /// opaque here so that the transport does not depend on the client.
     pub(crate) client_state: tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>,
@@ -61,11 +60,9 @@ impl Drop for Shared {
         // The transport ends with a DISCONNECT, which discards the Will:
         // announce the instances still served first (queued before it).
         if !self.closed.load(Ordering::Acquire) {
-            for instance in served_instances(&self.served) {
-                drop(
-                    self.transport
-                        .publish(gone_notice(&self.options, &instance)),
-                );
+            for instance in super::gone::served_instances(&self.served) {
+                let notice = super::gone::notice(&self.options, &instance);
+                drop(self.transport.publish(notice));
             }
         }
     }
@@ -229,60 +226,11 @@ impl Connection {
             return;
         }
         self.shared.ready.store(false, Ordering::Release);
-        for instance in served_instances(&self.shared.served) {
-            drop(
-                self.shared
-                    .transport
-                    .publish(gone_notice(&self.shared.options, &instance)),
-            );
-        }
+        self.announce_all_gone();
         self.link_lost(&Error::Closed);
         // Writes what is queued, then DISCONNECT; pending acks end `Closed`.
         let _ =
             tokio::time::timeout(Duration::from_secs(1), self.shared.transport.disconnect()).await;
-    }
-
-    /// A server with this instance id starts on this connection.
-    pub(crate) fn serving(&self, instance: &str) {
-        *self
-            .shared
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(instance.to_string())
-            .or_default() += 1;
-    }
-
-    /// A server with this instance id stopped: true when it was the last
-    /// one on this connection (its instance is gone).
-    pub(crate) fn stopped_serving(&self, instance: &str) -> bool {
-        let mut served = self.shared.served.lock().unwrap_or_else(|e| e.into_inner());
-        match served.get_mut(instance) {
-            Some(1) => {
-                served.remove(instance);
-                true
-            }
-            Some(n) => {
-                *n -= 1;
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// `<reply prefix>/_gone/<instance>` (`+` for the filter of all).
-    pub(crate) fn gone_topic(&self, instance: &str) -> String {
-        crate::protocol::topic::gone_topic(&self.shared.options.reply_prefix, instance)
-    }
-
-    /// Publishes the notice that `instance` is gone (QoS 1) and waits for
-    /// the broker to take it.
-    pub(crate) async fn announce_gone(&self, instance: &str) -> Result<(), Error> {
-        let acked = self
-            .shared
-            .transport
-            .publish(gone_notice(&self.shared.options, instance));
-        ack_outcome(acked.await).map_err(|failure| failure.into_error("_gone"))
     }
 
     /// Registers what to do when the link drops or the connection closes.
@@ -496,51 +444,10 @@ impl Connection {
     }
 }
 
-/// The instances with servers on this connection.
-fn served_instances(served: &Mutex<std::collections::HashMap<String, usize>>) -> Vec<String> {
-    served
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect()
-}
-
-/// The notice that `instance` is gone (PROTOCOL.md, "Server gone"): an
-/// empty QoS 1 message to `<reply prefix>/_gone/<instance>`.
-fn gone_notice(options: &ConnectOptions, instance: &str) -> OutgoingPublish {
-    let topic = crate::protocol::topic::gone_topic(&options.reply_prefix, instance);
-    OutgoingPublish::new(topic, QoS::AtLeastOnce.into(), bytes::Bytes::new())
-}
-
 /// The session loop's settings for these options.
 fn transport_config(options: &ConnectOptions, client_id: &str) -> TransportConfig {
     let mut config = TransportConfig::new(client_id);
-    // Last Will: the notice that this connection's default instance (its
-    // client id as a topic level) is gone, published by the broker when
-    // the link ends without a DISCONNECT. With a kept session it waits as
-    // long as the session does: a server back in time with the same
-    // client id finds its requests and answers them.
-    let instance = crate::protocol::topic::as_level(client_id);
-    let notice = gone_notice(options, &instance);
-    let delay = options
-        .session_expiry
-        .map(|expiry| u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX).max(1));
-    config.last_will = Some(LastWill {
-        topic: notice.topic,
-        message: notice.payload,
-        qos: notice.qos,
-        retain: false,
-        properties: delay.map(|delay| LastWillProperties {
-            delay_interval: Some(delay),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        }),
-    });
+    config.last_will = Some(super::gone::last_will(options, client_id));
     config.keep_alive = options.keep_alive.max(Duration::from_secs(1));
     config.credentials = options.credentials.clone();
     config.max_packet_size = options.max_packet_size;
