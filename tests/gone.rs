@@ -19,6 +19,7 @@ use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
 mqrpc_tests::on_both_brokers!(
     killed_server_ends_its_instance_calls_and_stream_with_server_gone,
     closing_a_connection_announces_every_instance_it_served,
+    dropping_a_serving_connection_announces_its_instance,
     shutdown_announces_the_instance_after_its_last_server_and_answers,
     discover_leaves_out_a_server_gone_within_its_window,
     ack_after_answer_serves_calls_batches_streams_and_slow_calls,
@@ -182,6 +183,23 @@ async fn closing_a_connection_announces_every_instance_it_served(broker: TestBro
     ];
     expected.sort();
     assert_eq!(noticed, expected);
+}
+
+async fn dropping_a_serving_connection_announces_its_instance(broker: TestBroker) {
+    let mut watcher = RawPeer::connect(broker.port(), &["mqrpc/_gone/+"]).await;
+    let instance = unique("calc-dropped");
+    let (conn, _) = broker
+        .serve_calc_with(ServerOptions::default().instance(instance.as_str()))
+        .await;
+    // A client on the same connection: its own notices are not owed.
+    let client = CalculatorClient::new(&conn).await.unwrap();
+    drop(client);
+    drop(conn); // the last handle: no close(), no handler running
+    let notice = watcher.next_publish(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        String::from_utf8(notice.topic.to_vec()).unwrap(),
+        format!("mqrpc/_gone/{instance}")
+    );
 }
 
 /// A second service, to run two servers under one instance id.

@@ -92,11 +92,10 @@ impl Caller {
                 caller.deliver(publish);
             }
         });
-        conn.subscribe(reply_topic, QoS::AtLeastOnce, sink).await?;
         // Notices of server instances gone (Last Wills and clean
         // shutdowns), so that calls bound to one end at once.
         let weak = Arc::downgrade(&caller);
-        let sink: Sink = Arc::new(move |_conn, publish, _ack| {
+        let gone: Sink = Arc::new(move |_conn, publish, _ack| {
             let instance = std::str::from_utf8(&publish.topic)
                 .ok()
                 .and_then(|topic| topic.rsplit('/').next());
@@ -104,8 +103,18 @@ impl Caller {
                 caller.instance_gone(instance);
             }
         });
-        let gone = conn.gone_topic("+");
-        if let Err(error) = conn.subscribe(gone, QoS::AtLeastOnce, sink).await {
+        // One SUBSCRIBE for both.
+        let routes = vec![
+            (reply_topic, QoS::AtLeastOnce, sink),
+            (conn.gone_topic("+"), QoS::AtLeastOnce, gone),
+        ];
+        let mut subscribed = conn.subscribe_routes(routes).await?.into_iter();
+        let missing = || Error::Subscribe {
+            filter: caller.reply_topic.clone(),
+            reason: "the SUBACK has no reason code for it".into(),
+        };
+        subscribed.next().unwrap_or_else(|| Err(missing()))?;
+        if let Some(Err(error)) = subscribed.next() {
             // E.g. an ACL that allows the response topic only: calls still
             // work, bound ones end at their deadline instead.
             tracing::warn!(%error, "no notices of servers gone on this connection");

@@ -316,7 +316,7 @@ impl Connection {
         }
     }
 
-    fn remove_route(&self, route_id: u64) -> Option<String> {
+    pub(super) fn remove_route(&self, route_id: u64) -> Option<String> {
         let mut routes = self
             .shared
             .routes
@@ -326,7 +326,7 @@ impl Connection {
         Some(routes.remove(index).filter)
     }
 
-    fn ack_timeout(&self) -> Duration {
+    pub(super) fn ack_timeout(&self) -> Duration {
         self.shared
             .options
             .connect_timeout
@@ -336,38 +336,41 @@ impl Connection {
 
     /// One SUBSCRIBE for all `filters`; fails if the broker refuses any.
     pub(super) async fn subscribe_filters(&self, filters: Vec<(String, QoS)>) -> Result<(), Error> {
+        self.subscribe_each(filters).await?.into_iter().collect()
+    }
+
+    /// One SUBSCRIBE for all `filters`: the broker's answer for each, or an
+    /// error if there was no SUBACK.
+    pub(super) async fn subscribe_each(
+        &self,
+        filters: Vec<(String, QoS)>,
+    ) -> Result<Vec<Result<(), Error>>, Error> {
         let first = filters.first().map(|(f, _)| f.clone()).unwrap_or_default();
         let packet = filters
             .iter()
             .map(|(filter, qos)| Filter::new(filter.clone(), (*qos).into()))
             .collect();
         let acked = self.shared.transport.subscribe(packet, None);
-        let codes = match tokio::time::timeout(self.ack_timeout(), acked).await {
-            Ok(Ok(codes)) => codes,
-            Ok(Err(e)) => {
-                return Err(Error::Subscribe {
-                    filter: first,
-                    reason: e.to_string(),
-                })
+        let reason = match tokio::time::timeout(self.ack_timeout(), acked).await {
+            Ok(Ok(codes)) => {
+                let outcome = |(code, (filter, _)): (&ReasonCode, &(String, QoS))| {
+                    if code.is_success() {
+                        return Ok(());
+                    }
+                    Err(Error::Subscribe {
+                        filter: filter.clone(),
+                        reason: format!("the broker answered {}", describe(*code)),
+                    })
+                };
+                return Ok(codes.iter().zip(&filters).map(outcome).collect());
             }
-            Err(_) => {
-                return Err(Error::Subscribe {
-                    filter: first,
-                    reason: format!("no SUBACK within {:?}", self.ack_timeout()),
-                })
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no SUBACK within {:?}", self.ack_timeout()),
         };
-        match codes
-            .iter()
-            .zip(&filters)
-            .find(|(code, _)| !code.is_success())
-        {
-            None => Ok(()),
-            Some((code, (filter, _))) => Err(Error::Subscribe {
-                filter: filter.clone(),
-                reason: format!("the broker answered {}", describe(*code)),
-            }),
-        }
+        Err(Error::Subscribe {
+            filter: first,
+            reason,
+        })
     }
 
     /// Queues a publish. The returned future resolves with the broker's

@@ -10,6 +10,7 @@ use rumqttc::v5::mqttbytes::v5::LastWillProperties;
 use super::connection::{ack_outcome, Connection};
 use super::link::{LastWill, OutgoingPublish};
 use super::options::ConnectOptions;
+use crate::protocol::GONE_LEVEL;
 use crate::{Error, QoS};
 
 /// Instance ids of the servers running on a connection, with how many
@@ -51,13 +52,23 @@ impl Connection {
     }
 
     /// Publishes the notice that `instance` is gone (QoS 1) and waits for
-    /// the broker to take it.
+    /// the broker to take it: [`Error::Disconnected`] at once while the
+    /// broker is away, [`Error::Timeout`] if it does not acknowledge it in
+    /// time.
     pub(crate) async fn announce_gone(&self, instance: &str) -> Result<(), Error> {
+        self.ensure_open()?;
         let acked = self
             .shared
             .transport
             .publish(notice(&self.shared.options, instance));
-        ack_outcome(acked.await).map_err(|failure| failure.into_error("_gone"))
+        let wait = self.ack_timeout();
+        match tokio::time::timeout(wait, acked).await {
+            Ok(acked) => ack_outcome(acked).map_err(|failure| failure.into_error(GONE_LEVEL)),
+            Err(_) => Err(Error::Timeout {
+                method: GONE_LEVEL.to_string(),
+                timeout: wait,
+            }),
+        }
     }
 
     /// Queues the notices of every instance still served here (before a

@@ -3,6 +3,7 @@
 //! before their route is back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -78,6 +79,43 @@ impl Connection {
             // Acked when it was held.
             sink(self, publish, &mut None);
         }
+    }
+
+    /// Adds routes and subscribes their filters in one SUBSCRIBE: for each,
+    /// its route id, or the broker's refusal (its route removed again).
+    pub(crate) async fn subscribe_routes(
+        &self,
+        routes: Vec<(String, QoS, Sink)>,
+    ) -> Result<Vec<Result<u64, crate::Error>>, crate::Error> {
+        self.ensure_open()?;
+        let mut ids = Vec::new();
+        let mut filters = Vec::new();
+        for (filter, qos, sink) in routes {
+            let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
+            // Route first: a message may arrive right after the SUBACK.
+            self.add_route(Route {
+                id,
+                filter: filter.clone(),
+                matcher: crate::protocol::topic::Filter::new(&filter),
+                qos,
+                sink,
+            });
+            ids.push(id);
+            filters.push((filter, qos));
+        }
+        let outcomes = match self.subscribe_each(filters).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                ids.iter().for_each(|id| drop(self.remove_route(*id)));
+                return Err(e);
+            }
+        };
+        let subscribed = ids.into_iter().zip(outcomes).map(|(id, outcome)| {
+            outcome
+                .map(|()| id)
+                .inspect_err(|_| drop(self.remove_route(id)))
+        });
+        Ok(subscribed.collect())
     }
 
     pub(super) fn route(&self, publish: Publish, ack: &mut Option<AckToken>) {
