@@ -20,7 +20,6 @@ use super::link::{
 };
 use super::options::ConnectOptions;
 use super::routing::{Held, Route, Sink};
-use rumqttc::v5::mqttbytes::v5::LastWillProperties;
 
 /// Told the error when the link drops or the connection closes (the
 /// clients fail their pending calls): the transport knows nothing of calls.
