@@ -139,6 +139,48 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// The server instance the call was bound to went away before it
+    /// answered: its connection dropped without a clean disconnect (the
+    /// broker published its Last Will: a crash, a kill, a lost network) or
+    /// it shut down. Calls sent to one instance
+    /// ([`Client::to_instance`](crate::Client::to_instance)) and streams
+    /// (once their first item named the instance serving them) end with it
+    /// as soon as the notice arrives, instead of at their deadline
+    /// (PROTOCOL.md, "Server gone"). The call may or may not have run.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use std::time::Duration;
+    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, Service};
+    /// struct Slow;
+    /// impl Service for Slow {
+    ///     const NAME: &'static str = "Slow";
+    ///     const METHODS: &'static [&'static str] = &["wait"];
+    ///     async fn call(&self, _method: &str, codec: Codec, _payload: &[u8]) -> Reply {
+    ///         std::future::pending::<()>().await; // never answers
+    ///         Reply::ok(codec, &())
+    ///     }
+    /// }
+    /// let server_conn = Connection::from_env_or_embedded().await?;
+    /// let server = mqrpc_runtime::serve(&server_conn, Slow, Default::default()).await?;
+    /// let conn = Connection::connect_url(&server_conn.broker_url()).await?;
+    /// let client = Client::new(&conn, "Slow", ClientOptions::default()).await?;
+    /// let one = client.with_timeout(Duration::from_secs(60)).to_instance(server.instance())?;
+    /// let call = tokio::spawn(async move { one.call::<_, ()>("wait", &()).await });
+    /// tokio::time::sleep(Duration::from_millis(200)).await; // the call runs
+    /// server_conn.close().await; // the server goes away mid-call
+    /// let err = call.await.unwrap().unwrap_err();
+    /// assert!(err.is_server_gone(), "{err}"); // at once, not after 60 s
+    /// # Ok(()) }
+    /// ```
+    #[error("the server instance `{instance}` serving `{method}` is gone")]
+    ServerGone {
+        /// The instance id of the server that went away.
+        instance: String,
+        /// Wire name of the method.
+        method: String,
+    },
     /// The server answered that it has no such method.
     #[error("the server has no method `{method}`")]
     UnknownMethod {
@@ -226,6 +268,21 @@ impl Error {
         )
     }
 
+    /// True for [`Error::ServerGone`]: the server serving the call went
+    /// away. Another instance may serve it if called again.
+    ///
+    /// ```
+    /// let err = mqrpc_runtime::Error::ServerGone {
+    ///     instance: "billing-1".into(),
+    ///     method: "charge".into(),
+    /// };
+    /// assert!(err.is_server_gone() && !err.is_timeout());
+    /// assert_eq!(err.to_string(), "the server instance `billing-1` serving `charge` is gone");
+    /// ```
+    pub fn is_server_gone(&self) -> bool {
+        matches!(self, Error::ServerGone { .. })
+    }
+
     /// True when the broker link is the cause ([`Error::Disconnected`],
     /// [`Error::Connect`], [`Error::Closed`]): retrying later may succeed.
     pub fn is_connection(&self) -> bool {
@@ -269,6 +326,8 @@ impl Refusal {
 pub(crate) enum Failure {
     Refused(Refusal),
     Error(Error),
+    /// The instance serving the call is gone (its notice arrived).
+    Gone(std::sync::Arc<str>),
 }
 
 impl Failure {
@@ -277,6 +336,10 @@ impl Failure {
         match self {
             Failure::Refused(refusal) => refusal.into_error(method),
             Failure::Error(error) => error,
+            Failure::Gone(instance) => Error::ServerGone {
+                instance: instance.to_string(),
+                method: method.to_string(),
+            },
         }
     }
 }

@@ -1,17 +1,37 @@
 //! The test service in a process of its own, so a test can kill it:
 //! `MQRPC_BROKER=mqtt://127.0.0.1:PORT calc-server` serves until killed.
+//!
+//! Optional settings, from the environment:
+//! - `CALC_SESSION_EXPIRY_S`: keep the MQTT session this many seconds
+//!   (`ConnectOptions::session_expiry`; give the client id in the URL,
+//!   `?client_id=ID`, to come back to it);
+//! - `CALC_ACK_AFTER_ANSWER=1`: `ServerOptions::ack_after_answer(true)`;
+//! - `CALC_INSTANCE`: `ServerOptions::instance`.
+
+use std::time::Duration;
 
 use mqrpc_tests::{Calc, CalculatorServer};
 
 #[tokio::main]
 async fn main() {
-    let conn = mqrpc::Connection::from_env()
+    let fail = |e: mqrpc::Error| -> ! { panic!("calc-server: {e}") };
+    let mut options = mqrpc::ConnectOptions::from_env().unwrap_or_else(|e| fail(e));
+    if let Ok(seconds) = std::env::var("CALC_SESSION_EXPIRY_S") {
+        let seconds = seconds.parse().expect("CALC_SESSION_EXPIRY_S: seconds");
+        options = options.session_expiry(Duration::from_secs(seconds));
+    }
+    let conn = mqrpc::Connection::connect(options)
         .await
-        .unwrap_or_else(|e| panic!("calc-server: {e}"));
+        .unwrap_or_else(|e| fail(e));
+    let mut server = mqrpc::ServerOptions::default()
+        .ack_after_answer(std::env::var("CALC_ACK_AFTER_ANSWER").as_deref() == Ok("1"));
+    if let Ok(instance) = std::env::var("CALC_INSTANCE") {
+        server = server.instance(instance);
+    }
     let _server = CalculatorServer::new(Calc::default())
-        .serve(&conn)
+        .serve_with(&conn, server)
         .await
-        .unwrap_or_else(|e| panic!("calc-server: {e}"));
+        .unwrap_or_else(|e| fail(e));
     println!("serving");
     std::future::pending::<()>().await;
 }

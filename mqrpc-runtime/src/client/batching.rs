@@ -128,6 +128,7 @@ impl Client {
                     Ok(Ok(response)) => format!("{:?}", response.status),
                     Ok(Err(Failure::Refused(refusal))) => format!("{refusal:?}"),
                     Ok(Err(Failure::Error(e))) => e.to_string(),
+                    Ok(Err(Failure::Gone(instance))) => format!("{instance} gone"),
                     Err(_) => "no answer".into(),
                 };
                 debug!(service = %self.service, target = %self.topic_base, %outcome, "no batches");

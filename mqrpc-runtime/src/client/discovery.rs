@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::protocol::builtins::ServiceInfo;
 
 /// Every server of every service under `prefix` that answers `_info`
-/// within `within`: discovery without a registry.
+/// within `within`: discovery without a registry. A server whose notice
+/// that it is gone (PROTOCOL.md, "Server gone") arrives within `within`
+/// is not listed, even if it answered before.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -26,6 +28,7 @@ pub async fn discover(
         .prefix(prefix)
         .timeout(within);
     let everyone = crate::Client::new(conn, crate::protocol::ANY_SERVICE, options).await?;
+    let mut gone_notices = everyone.caller.gone_notices();
     let answers = everyone.info().await?;
     let mut found = Vec::new();
     let mut answers = std::pin::pin!(answers);
@@ -37,6 +40,17 @@ pub async fn discover(
             Err(e) => return Err(e),
         }
     }
+    let mut gone = std::collections::HashSet::new();
+    loop {
+        match gone_notices.try_recv() {
+            Ok(instance) => {
+                gone.insert(instance);
+            }
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    found.retain(|info| !gone.contains(info.instance.as_str()));
     found.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
     Ok(found)
 }

@@ -10,7 +10,9 @@ use crate::{Error, Status};
 /// The caller's side of a streaming call: a [`futures_util::Stream`] of
 /// the items, in order. It ends after the last item, or with one error:
 /// the server's (e.g. a panicking producer), [`Error::Timeout`] at the
-/// call's deadline (which covers the whole stream), or
+/// call's deadline (which covers the whole stream),
+/// [`Error::ServerGone`] when the instance serving it goes away (known
+/// from its first item, or named with `to_instance`), or
 /// [`Error::Protocol`] if an item went missing. Dropping it stops the
 /// server's producer.
 pub struct Items<T> {

@@ -44,7 +44,9 @@ impl Client {
             topic_base(&self.options.prefix, &self.service)
         );
         let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
-        let (rx, slot) = self.send_many(topic, qos, schema, args, capacity).await?;
+        let (rx, slot) = self
+            .send_many(topic, qos, schema, args, capacity, false)
+            .await?;
         Ok(Answers {
             rx,
             deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
@@ -57,7 +59,8 @@ impl Client {
 
     /// Sends a request whose answers come as a stream (broadcast, server
     /// streaming): the call stays pending, each answer goes to the
-    /// returned receiver, until the returned slot is dropped.
+    /// returned receiver, until the returned slot is dropped. A stream is
+    /// bound to one instance (this client's, or the first to answer).
     async fn send_many<A: Serialize + ?Sized>(
         &self,
         topic: String,
@@ -65,6 +68,7 @@ impl Client {
         schema: Option<&'static str>,
         args: &A,
         capacity: usize,
+        stream: bool,
     ) -> Result<
         (
             tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
@@ -77,7 +81,11 @@ impl Client {
         let payload = self.options.codec.encode(args)?;
         let caller = self.caller.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        let id = caller.register(Waiter::Many(tx))?;
+        let id = if stream {
+            caller.register(Waiter::Stream(tx), self.instance.clone())?
+        } else {
+            caller.register(Waiter::Many(tx), None)?
+        };
         // Made before publishing, so a failed publish clears the entry.
         let slot = BroadcastSlot {
             caller: caller.clone(),
@@ -244,7 +252,9 @@ impl Client {
         // Room for a whole window plus the end marker: the server never
         // sends more, so nothing is dropped.
         let capacity = crate::STREAM_WINDOW as usize + 2;
-        let (rx, slot) = self.send_many(topic, qos, schema, args, capacity).await?;
+        let (rx, slot) = self
+            .send_many(topic, qos, schema, args, capacity, true)
+            .await?;
         Ok(Items {
             rx,
             deadline: Box::pin(tokio::time::sleep(self.options.timeout)),

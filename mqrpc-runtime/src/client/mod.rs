@@ -141,6 +141,9 @@ pub struct Client {
     topic_base: Arc<str>,
     /// Whether `topic_base` takes batches.
     batch: Arc<batching::BatchTarget>,
+    /// The instance `topic_base` names ([`to_instance`](Self::to_instance)):
+    /// its calls end when it is gone.
+    instance: Option<Arc<str>>,
     options: ClientOptions,
 }
 
@@ -182,6 +185,7 @@ impl Client {
             caller,
             service: Arc::from(service),
             topic_base,
+            instance: None,
             options,
         })
     }
@@ -196,9 +200,15 @@ impl Client {
     /// The same client, sending to one instance of the service (its
     /// [`ServerHandle::instance`](crate::ServerHandle::instance)) instead of
     /// any: `<prefix>/<service>/_to/<instance>/<method>`.
+    ///
+    /// When that instance goes away (its process dies, its connection
+    /// closes, it shuts down), its calls still waiting end at once with
+    /// [`Error::ServerGone`] rather than at their deadline (PROTOCOL.md,
+    /// "Server gone"; an example is at [`Error::ServerGone`]).
     pub fn to_instance(&self, instance: &str) -> Result<Client, Error> {
         topic::validate_level(instance)?;
         let mut client = self.clone();
+        client.instance = Some(Arc::from(instance));
         client.topic_base = Arc::from(format!(
             "{}{}/{instance}/",
             topic_base(&self.options.prefix, &self.service),
@@ -215,12 +225,14 @@ impl Client {
         client
     }
 
-    /// The same client with other options (prefix, QoS, codec, timeout).
+    /// The same client with other options (prefix, QoS, codec, timeout),
+    /// sending to any instance of the service.
     pub fn with_options(&self, options: ClientOptions) -> Result<Client, Error> {
         topic::validate_prefix(&options.prefix)?;
         let mut client = self.clone();
         client.topic_base = topic_base(&options.prefix, &self.service);
         client.batch = self.caller.batch_targets.get(&client.topic_base);
+        client.instance = None;
         client.options = options;
         Ok(client)
     }
@@ -449,7 +461,7 @@ impl Client {
         self.conn.ensure_open()?;
         let caller = &*self.caller;
         let (tx, rx) = oneshot::channel();
-        let id = caller.register(Waiter::Once(tx))?;
+        let id = caller.register(Waiter::Once(tx), self.instance.clone())?;
         let slot = PendingSlot {
             client: self,
             id,

@@ -25,6 +25,9 @@ pub(crate) enum Waiter {
     Once(oneshot::Sender<Result<Response, Failure>>),
     /// A broadcast: every answer, until the stream is dropped.
     Many(tokio::sync::mpsc::Sender<Result<Response, Failure>>),
+    /// A stream: every answer, from one instance (bound to it by the
+    /// first answer that names it, if the call did not name it).
+    Stream(tokio::sync::mpsc::Sender<Result<Response, Failure>>),
 }
 
 impl Waiter {
@@ -33,21 +36,41 @@ impl Waiter {
             Waiter::Once(tx) => {
                 let _ = tx.send(outcome);
             }
-            Waiter::Many(tx) => {
+            Waiter::Many(tx) | Waiter::Stream(tx) => {
                 let _ = tx.try_send(outcome);
             }
         }
     }
+
+    /// The same sender again, for one more answer (`None` for a call,
+    /// which takes one only).
+    fn again(&self) -> Option<Waiter> {
+        match self {
+            Waiter::Once(_) => None,
+            Waiter::Many(tx) => Some(Waiter::Many(tx.clone())),
+            Waiter::Stream(tx) => Some(Waiter::Stream(tx.clone())),
+        }
+    }
+}
+
+/// A call waiting for its answer(s), and the server instance it is bound
+/// to, if any: a notice that this instance is gone ends it
+/// (PROTOCOL.md, "Server gone").
+pub(crate) struct Pending {
+    pub(crate) waiter: Waiter,
+    pub(crate) instance: Option<Arc<str>>,
 }
 
 /// Calls of one connection waiting for answers, keyed by correlation id.
 pub(crate) struct Caller {
     pub(super) reply_topic: String,
     next_id: AtomicU64,
-    pending: Mutex<FxHashMap<u64, Waiter>>,
+    pending: Mutex<FxHashMap<u64, Pending>>,
     max_pending: usize,
     /// Which request targets take batches.
     pub(super) batch_targets: super::BatchTargets,
+    /// Every notice of an instance gone, for whoever listens (`discover`).
+    gone: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl Caller {
@@ -61,14 +84,41 @@ impl Caller {
             pending: Mutex::new(FxHashMap::default()),
             max_pending: conn.options().max_pending_calls_limit(),
             batch_targets: Default::default(),
+            gone: tokio::sync::broadcast::channel(64).0,
         });
         let weak = Arc::downgrade(&caller);
-        let sink: Sink = Arc::new(move |_conn, publish| {
+        let sink: Sink = Arc::new(move |_conn, publish, _ack| {
             if let Some(caller) = weak.upgrade() {
                 caller.deliver(publish);
             }
         });
-        conn.subscribe(reply_topic, QoS::AtLeastOnce, sink).await?;
+        // Notices of server instances gone (Last Wills and clean
+        // shutdowns), so that calls bound to one end at once.
+        let weak = Arc::downgrade(&caller);
+        let gone: Sink = Arc::new(move |_conn, publish, _ack| {
+            let instance = std::str::from_utf8(&publish.topic)
+                .ok()
+                .and_then(|topic| topic.rsplit('/').next());
+            if let (Some(caller), Some(instance)) = (weak.upgrade(), instance) {
+                caller.instance_gone(instance);
+            }
+        });
+        // One SUBSCRIBE for both.
+        let routes = vec![
+            (reply_topic, QoS::AtLeastOnce, sink),
+            (conn.gone_topic("+"), QoS::AtLeastOnce, gone),
+        ];
+        let mut subscribed = conn.subscribe_routes(routes).await?.into_iter();
+        let missing = || Error::Subscribe {
+            filter: caller.reply_topic.clone(),
+            reason: "the SUBACK has no reason code for it".into(),
+        };
+        subscribed.next().unwrap_or_else(|| Err(missing()))?;
+        if let Some(Err(error)) = subscribed.next() {
+            // E.g. an ACL that allows the response topic only: calls still
+            // work, bound ones end at their deadline instead.
+            tracing::warn!(%error, "no notices of servers gone on this connection");
+        }
         let weak = Arc::downgrade(&caller);
         conn.on_link_lost(Box::new(move |error| {
             if let Some(caller) = weak.upgrade() {
@@ -96,24 +146,33 @@ impl Caller {
             );
             return;
         };
-        let Some(waiter) = self.waiter_of(id) else {
+        let response = Response::from_publish(publish, properties).map_err(Failure::Error);
+        let answered_by = response.as_ref().ok().and_then(|answer| answer.instance.as_deref());
+        let Some(waiter) = self.waiter_of(id, answered_by) else {
             debug!(
                 correlation = id,
                 "dropping a late or unknown response (its call already ended)"
             );
             return;
         };
-        waiter.finish(Response::from_publish(publish, properties).map_err(Failure::Error));
+        waiter.finish(response);
     }
 
     /// Where an answer to call `id` goes: a call's waiter is taken (one
-    /// answer), a broadcast's stays pending for more; `None` when the call
-    /// already ended.
-    fn waiter_of(&self, id: u64) -> Option<Waiter> {
+    /// answer), a broadcast's or stream's stays pending for more, and a
+    /// stream is bound to the instance that answered first; `None` when the
+    /// call already ended.
+    fn waiter_of(&self, id: u64, answered_by: Option<&str>) -> Option<Waiter> {
         let mut pending = self.lock();
-        match pending.get(&id)? {
-            Waiter::Many(tx) => Some(Waiter::Many(tx.clone())),
-            Waiter::Once(_) => pending.remove(&id),
+        let entry = pending.get_mut(&id)?;
+        match entry.waiter.again() {
+            Some(waiter) => {
+                if matches!(waiter, Waiter::Stream(_)) && entry.instance.is_none() {
+                    entry.instance = answered_by.map(Arc::from);
+                }
+                Some(waiter)
+            }
+            None => pending.remove(&id).map(|entry| entry.waiter),
         }
     }
 
@@ -134,7 +193,8 @@ impl Caller {
                 debug!("dropping a batched answer without valid Correlation Data");
                 continue;
             };
-            let Some(waiter) = self.waiter_of(id) else {
+            // Streams are never batched: no instance to bind here.
+            let Some(waiter) = self.waiter_of(id, None) else {
                 debug!(
                     correlation = id,
                     "dropping a late or unknown batched answer"
@@ -152,7 +212,12 @@ impl Caller {
 
     /// A new call waiting for its answer(s): its correlation id, unless
     /// the connection already has its maximum of calls pending.
-    pub(super) fn register(&self, waiter: Waiter) -> Result<u64, Error> {
+    /// `instance`: the server instance the call is bound to, if known.
+    pub(super) fn register(
+        &self,
+        waiter: Waiter,
+        instance: Option<Arc<str>>,
+    ) -> Result<u64, Error> {
         let mut pending = self.lock();
         if pending.len() >= self.max_pending {
             return Err(Error::TooManyPending {
@@ -160,14 +225,20 @@ impl Caller {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        pending.insert(id, waiter);
+        pending.insert(id, Pending { waiter, instance });
         Ok(id)
     }
 
     /// A waiter outside the limit (the batch probe).
     pub(super) fn register_unbounded(&self, waiter: Waiter) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, waiter);
+        self.lock().insert(
+            id,
+            Pending {
+                waiter,
+                instance: None,
+            },
+        );
         id
     }
 
@@ -175,20 +246,47 @@ impl Caller {
     /// authorized, ...) or the link dropped before it was taken: the call
     /// names its method in the error.
     pub(crate) fn fail_call(&self, id: u64, failure: Failure) {
-        let waiter = self.lock().remove(&id);
-        if let Some(waiter) = waiter {
-            waiter.finish(Err(failure));
+        let entry = self.lock().remove(&id);
+        if let Some(entry) = entry {
+            entry.waiter.finish(Err(failure));
         }
     }
 
     pub(crate) fn fail_all(&self, error: &Error) {
-        let waiters: Vec<Waiter> = self.lock().drain().map(|(_, w)| w).collect();
+        let waiters: Vec<Waiter> = self.lock().drain().map(|(_, p)| p.waiter).collect();
         for waiter in waiters {
             waiter.finish(Err(Failure::Error(error.clone())));
         }
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Waiter>> {
+    /// `instance` is gone: every call bound to it ends with
+    /// [`Error::ServerGone`]; [`gone_notices`](Self::gone_notices) hear it.
+    pub(crate) fn instance_gone(&self, instance: &str) {
+        let ended: Vec<(Arc<str>, Waiter)> = {
+            let mut pending = self.lock();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.instance.as_deref() == Some(instance))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| pending.remove(id))
+                .filter_map(|p| Some((p.instance?, p.waiter)))
+                .collect()
+        };
+        debug!(instance, calls = ended.len(), "server instance gone");
+        for (instance, waiter) in ended {
+            waiter.finish(Err(Failure::Gone(instance)));
+        }
+        let _ = self.gone.send(Arc::from(instance));
+    }
+
+    /// Notices of instances gone from now on (for `discover`).
+    pub(crate) fn gone_notices(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.gone.subscribe()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -177,6 +177,7 @@ pub(crate) fn error_label(error: &Error) -> &'static str {
         Error::TooLarge { .. } => "too-large",
         Error::TooManyPending { .. } => "too-many-pending",
         Error::Encode { .. } => "encode",
+        Error::ServerGone { .. } => "server-gone",
         Error::Decode { .. } | Error::Protocol { .. } => "bad-response",
         _ => "failed",
     }

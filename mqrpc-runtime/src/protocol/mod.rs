@@ -75,6 +75,15 @@ pub const DEFAULT_SHARE_GROUP: &str = "mqrpc";
 /// Service names may not start with `_`, so it cannot collide with one.
 pub const REPLY_LEVEL: &str = "_reply";
 
+/// Topic level, under the connection's reply prefix, of the notices that
+/// an instance is gone: `<reply prefix>/_gone/<instance>`. Every
+/// connection sets it as its Last Will (with its client id as the
+/// instance, the default instance id of its servers), and a server that
+/// stops cleanly publishes it itself. Clients subscribe
+/// `<reply prefix>/_gone/+` and end the calls bound to that instance with
+/// [`Error::ServerGone`](crate::Error::ServerGone). The payload is empty.
+pub const GONE_LEVEL: &str = "_gone";
+
 /// Environment variable naming the broker, e.g. `mqtt://127.0.0.1:1883`.
 pub const BROKER_ENV: &str = "MQRPC_BROKER";
 

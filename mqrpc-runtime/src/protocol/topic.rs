@@ -2,7 +2,7 @@
 //! `<prefix>/_reply/<client id>` for responses, plus MQTT filter matching
 //! used to route incoming publishes to the client or to a server.
 
-use crate::protocol::{INSTANCE_LEVEL, REPLY_LEVEL};
+use crate::protocol::{GONE_LEVEL, INSTANCE_LEVEL, REPLY_LEVEL};
 use crate::Error;
 
 /// Filter a server subscribes to: every method of the service, so it can
@@ -20,6 +20,12 @@ pub(crate) fn request_topic(prefix: &str, service: &str, method: &str) -> String
 /// The one stable response topic of a client.
 pub(crate) fn reply_topic(prefix: &str, client_id: &str) -> String {
     format!("{prefix}/{REPLY_LEVEL}/{}", as_level(client_id))
+}
+
+/// Where the notice that `instance` is gone goes:
+/// `<reply prefix>/_gone/<instance>`.
+pub(crate) fn gone_topic(reply_prefix: &str, instance: &str) -> String {
+    format!("{reply_prefix}/{GONE_LEVEL}/{instance}")
 }
 
 /// `name` made usable as one topic level (`/`, `+`, `#` become `_`).

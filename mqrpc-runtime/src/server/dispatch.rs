@@ -22,6 +22,7 @@ use crate::protocol::{
 };
 use crate::server::context::CallContext;
 use crate::server::duplicates::{Admission, CachedReply, CallId, CallKey, CallTable};
+use crate::transport::link::AckToken;
 use crate::transport::Connection;
 use crate::{Codec, QoS};
 
@@ -44,7 +45,14 @@ pub(super) struct Dispatcher<S> {
     pub(super) calls: Mutex<CallTable>,
     pub(super) max_queued: usize,
     pub(super) max_request_size: usize,
+    /// Keep each request's ack token until its answer is queued
+    /// ([`ServerOptions::ack_after_answer`](super::ServerOptions::ack_after_answer)).
+    pub(super) ack_after_answer: bool,
 }
+
+/// A request's acknowledgement, held until its answer is queued; shared by
+/// the calls of a batch (acked when the last one is answered).
+type HeldAck = Option<Arc<AckToken>>;
 
 impl<S: Service> Dispatcher<S> {
     fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
@@ -53,19 +61,36 @@ impl<S: Service> Dispatcher<S> {
 
     /// Runs on the connection's event-loop task: decides at once, never
     /// waits; handlers run on their own tasks.
-    pub(super) fn admit(self: Arc<Self>, conn: &Connection, publish: Publish) {
+    /// `ack`: the request's ack token, taken only if answers come first.
+    pub(super) fn admit(
+        self: Arc<Self>,
+        conn: &Connection,
+        publish: Publish,
+        ack: &mut Option<AckToken>,
+    ) {
         let now = Instant::now();
+        let held = if self.ack_after_answer {
+            ack.take().map(Arc::new)
+        } else {
+            None
+        };
         if publish.topic.ends_with(BATCH_SUFFIX.as_bytes()) {
-            return self.admit_batch(conn, publish, now);
+            return self.admit_batch(conn, publish, now, held);
         }
         let request = Request::from_publish(publish, now);
-        self.admit_request(conn, request, now);
+        self.admit_request(conn, request, now, held);
     }
 
     /// A batch request: each of its calls is admitted as if it had come
     /// alone (duplicates, deadline, size, overload, cancellation apply per
     /// call), and answered in a batch answer when answers are ready together.
-    fn admit_batch(self: Arc<Self>, conn: &Connection, mut publish: Publish, now: Instant) {
+    fn admit_batch(
+        self: Arc<Self>,
+        conn: &Connection,
+        mut publish: Publish,
+        now: Instant,
+        ack: HeldAck,
+    ) {
         let properties = publish.properties.take().unwrap_or_default();
         let batch = Request::from_batch(&properties, publish.qos.into(), now);
         let calls = match crate::protocol::batch::decode_calls(&publish.payload) {
@@ -99,11 +124,17 @@ impl<S: Service> Dispatcher<S> {
         }
         for call in calls {
             let request = batch.entry(call);
-            self.clone().admit_request(conn, request, now);
+            self.clone().admit_request(conn, request, now, ack.clone());
         }
     }
 
-    fn admit_request(self: Arc<Self>, conn: &Connection, mut request: Request, now: Instant) {
+    fn admit_request(
+        self: Arc<Self>,
+        conn: &Connection,
+        mut request: Request,
+        now: Instant,
+        ack: HeldAck,
+    ) {
         if request.broadcast {
             request.instance = Some(self.instance.clone());
         }
@@ -125,13 +156,8 @@ impl<S: Service> Dispatcher<S> {
                     debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
                     let (status, content_type) = (reply.status, reply.content_type);
                     let payload = reply.payload.clone();
-                    tokio::spawn(send_reply(
-                        conn.clone(),
-                        request,
-                        status,
-                        content_type,
-                        payload,
-                    ));
+                    let reply = send_reply(conn.clone(), request, status, content_type, payload);
+                    tokio::spawn(acked_after(reply, ack));
                     return;
                 }
                 Admission::Answered(None) => {
@@ -156,13 +182,8 @@ impl<S: Service> Dispatcher<S> {
                 std::time::Duration::ZERO,
             );
             let payload = Bytes::from(message);
-            tokio::spawn(send_reply(
-                conn.clone(),
-                request,
-                status,
-                TEXT_CONTENT_TYPE,
-                payload,
-            ));
+            let reply = send_reply(conn.clone(), request, status, TEXT_CONTENT_TYPE, payload);
+            tokio::spawn(acked_after(reply, ack.clone()));
         };
         if request.payload.len() > self.max_request_size {
             let message = format!(
@@ -199,6 +220,7 @@ impl<S: Service> Dispatcher<S> {
             key,
             permit,
             active,
+            ack,
         )));
     }
 
@@ -371,6 +393,8 @@ impl<S: Service> Dispatcher<S> {
         key: Option<CallId>,
         permit: Option<OwnedSemaphorePermit>,
         _active: ActivityGuard,
+        // Dropped (acked) when this returns: after the answer is queued.
+        ack: HeldAck,
     ) {
         let _permit = match permit {
             Some(permit) => permit,
@@ -480,6 +504,9 @@ impl<S: Service> Dispatcher<S> {
         #[cfg(feature = "metrics")]
         observe::server_request(S::NAME, method, reply.status, started.elapsed());
         if let Some(items) = reply.stream.clone() {
+            // A stream is acked once it started: a copy run elsewhere
+            // would start its items again from 0.
+            drop(ack);
             return self
                 .stream_items(conn, request, key, items, content_type, stop_rx)
                 .await;
@@ -501,6 +528,12 @@ impl<S: Service> Dispatcher<S> {
         }
         send_reply(conn, request, reply.status, content_type, payload).await;
     }
+}
+
+/// `reply`, then the ack it held back.
+async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck) {
+    reply.await;
+    drop(ack);
 }
 
 /// The wire name of `name` if the service has such a method: a label

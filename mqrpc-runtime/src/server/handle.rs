@@ -68,8 +68,10 @@ impl ServerHandle {
 
     /// Unsubscribes; requests published afterwards are no longer served.
     /// Handlers already running still answer, later (see
-    /// [`shutdown`](Self::shutdown) to wait for them).
+    /// [`shutdown`](Self::shutdown) to wait for them). Publishes no notice
+    /// that the instance is gone: its answers are still to come.
     pub async fn stop(self) -> Result<(), Error> {
+        self.conn.stopped_serving(&self.instance);
         self.unsubscribe().await
     }
 
@@ -86,6 +88,34 @@ impl ServerHandle {
     /// Graceful shutdown: unsubscribes, then waits until every request
     /// already received (running or waiting for a slot) is answered.
     /// Bound the wait with `tokio::time::timeout` if you must.
+    ///
+    /// Then, if no other server on this connection has the same instance
+    /// id, it publishes the notice that the instance is gone
+    /// (`<reply prefix>/_gone/<instance>`, PROTOCOL.md "Server gone"):
+    /// calls that clients still send to this instance end with
+    /// [`Error::ServerGone`] instead of waiting for their deadline. While
+    /// the broker is away the notice cannot go out: the error is then
+    /// [`Error::Disconnected`] (the server has stopped all the same).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use mqrpc_runtime::{Codec, Connection, Reply, ServerOptions, Service};
+    /// struct Echo;
+    /// impl Service for Echo {
+    ///     const NAME: &'static str = "Echo";
+    ///     const METHODS: &'static [&'static str] = &["echo"];
+    ///     async fn call(&self, _method: &str, codec: Codec, payload: &[u8]) -> Reply {
+    ///         Reply::ok(codec, &payload.len())
+    ///     }
+    /// }
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let opts = ServerOptions::default().instance("echo-1");
+    /// let server = mqrpc_runtime::serve(&conn, Echo, opts).await?;
+    /// assert_eq!(server.instance(), "echo-1");
+    /// server.shutdown().await?; // waits for running calls, then `mqrpc/_gone/echo-1`
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(self) -> Result<(), Error> {
         let unsubscribed = self.unsubscribe().await;
         loop {
@@ -95,7 +125,12 @@ impl ServerHandle {
             }
             idle.await;
         }
-        unsubscribed
+        let announced = if self.conn.stopped_serving(&self.instance) {
+            self.conn.announce_gone(&self.instance).await
+        } else {
+            Ok(())
+        };
+        unsubscribed.and(announced)
     }
 }
 
@@ -147,8 +182,10 @@ pub async fn serve<S: Service>(
         })),
         max_queued: options.max_queued,
         max_request_size: options.max_request_size,
+        ack_after_answer: options.ack_after_answer,
     });
-    let sink: Sink = Arc::new(move |conn, publish| dispatcher.clone().admit(conn, publish));
+    let sink: Sink =
+        Arc::new(move |conn, publish, ack| dispatcher.clone().admit(conn, publish, ack));
     let service_base = &topics[..method_offset]; // `<prefix>/<service>/`
     let mut filters = vec![
         (filter.clone(), options.qos),
@@ -194,6 +231,7 @@ pub async fn serve<S: Service>(
             }
         }
     }
+    conn.serving(&instance);
     Ok(ServerHandle {
         conn: conn.clone(),
         route_ids,

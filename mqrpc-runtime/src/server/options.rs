@@ -32,6 +32,7 @@ pub struct ServerOptions {
     pub(super) dedup_entries: usize,
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
+    pub(super) ack_after_answer: bool,
 }
 
 impl Default for ServerOptions {
@@ -51,6 +52,7 @@ impl Default for ServerOptions {
             dedup_entries: 10_000,
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
+            ack_after_answer: false,
         }
     }
 }
@@ -124,6 +126,44 @@ impl ServerOptions {
         self.dedup_bytes = bytes;
         self.dedup_window = window;
         self
+    }
+
+    /// Acknowledge each request (its PUBACK) only once it is answered,
+    /// instead of as soon as it arrives (default off).
+    ///
+    /// On, a request whose server dies before answering is still
+    /// unacknowledged at the broker, which sends it again: to the same
+    /// server when it comes back with its session
+    /// ([`ConnectOptions::session_expiry`](crate::ConnectOptions::session_expiry)
+    /// and the same client id), or, with brokers that do this, to another
+    /// member of the share group (MQTT 5.0 §4.8.2; neither Mosquitto 2.0
+    /// nor the embedded broker does: README, "Brokers"). Copies of a call
+    /// still running or answered are not run twice (PROTOCOL.md,
+    /// "Duplicates"). A stream is acknowledged once its handler returned
+    /// it, before its items.
+    ///
+    /// Off by default because acknowledgements leave in arrival order
+    /// (MQTT 5.0 §4.6): one slow call holds back the acks of every request
+    /// that came after it on the connection, and the broker sends a
+    /// connection no more unacknowledged requests than its Receive Maximum
+    /// (100 here) or its own in-flight limit (20 on Mosquitto), so a server
+    /// with slow and fast calls mixed would stall behind the slow ones.
+    ///
+    /// ```
+    /// use mqrpc_runtime::ServerOptions;
+    /// let opts = ServerOptions::default().ack_after_answer(true);
+    /// assert!(opts.get_ack_after_answer());
+    /// assert!(!ServerOptions::default().get_ack_after_answer());
+    /// ```
+    pub fn ack_after_answer(mut self, on: bool) -> Self {
+        self.ack_after_answer = on;
+        self
+    }
+
+    /// Whether requests are acknowledged only once answered
+    /// ([`ack_after_answer`](Self::ack_after_answer)).
+    pub fn get_ack_after_answer(&self) -> bool {
+        self.ack_after_answer
     }
 
     /// The configured concurrency limit.

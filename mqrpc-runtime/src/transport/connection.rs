@@ -44,11 +44,27 @@ pub(crate) struct Shared {
     /// Maximum Packet Size from the broker's CONNACK (0: none given).
     pub(super) broker_max_packet: AtomicU32,
     pub(super) link_lost: Mutex<Vec<LinkLost>>,
+    /// Instance ids of the servers running on this connection, with how
+    /// many servers use each: the notices owed when they stop.
+    pub(super) served: super::gone::Served,
     /// What the client layer keeps per connection (its pending calls),
     /// opaque here so that the transport does not depend on the client.
     pub(crate) client_state: tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>,
     #[cfg(feature = "embedded-broker")]
     pub(super) _embedded: Option<crate::EmbeddedBroker>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The transport ends with a DISCONNECT, which discards the Will:
+        // announce the instances still served first (queued before it).
+        if !self.closed.load(Ordering::Acquire) {
+            for instance in super::gone::served_instances(&self.served) {
+                let notice = super::gone::notice(&self.options, &instance);
+                drop(self.transport.publish(notice));
+            }
+        }
+    }
 }
 
 /// A connection to an MQTT v5 broker, shared by all clients and servers
@@ -154,6 +170,7 @@ impl Connection {
             response_information: Mutex::new(None),
             broker_max_packet: AtomicU32::new(0),
             link_lost: Mutex::new(Vec::new()),
+            served: Mutex::new(std::collections::HashMap::new()),
             client_state: tokio::sync::OnceCell::new(),
             #[cfg(feature = "embedded-broker")]
             _embedded: embedded,
@@ -199,12 +216,16 @@ impl Connection {
     }
 
     /// Disconnects from the broker. Calls in flight fail with
-    /// [`Error::Closed`]; later calls fail the same way.
+    /// [`Error::Closed`]; later calls fail the same way. Before the
+    /// DISCONNECT it announces every server instance still running on
+    /// this connection as gone (PROTOCOL.md, "Server gone"), so that their
+    /// callers' calls end at once: a clean DISCONNECT discards the Will.
     pub async fn close(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         self.shared.ready.store(false, Ordering::Release);
+        self.announce_all_gone();
         self.link_lost(&Error::Closed);
         // Writes what is queued, then DISCONNECT; pending acks end `Closed`.
         let _ =
@@ -294,7 +315,7 @@ impl Connection {
         }
     }
 
-    fn remove_route(&self, route_id: u64) -> Option<String> {
+    pub(super) fn remove_route(&self, route_id: u64) -> Option<String> {
         let mut routes = self
             .shared
             .routes
@@ -304,7 +325,7 @@ impl Connection {
         Some(routes.remove(index).filter)
     }
 
-    fn ack_timeout(&self) -> Duration {
+    pub(super) fn ack_timeout(&self) -> Duration {
         self.shared
             .options
             .connect_timeout
@@ -314,38 +335,41 @@ impl Connection {
 
     /// One SUBSCRIBE for all `filters`; fails if the broker refuses any.
     pub(super) async fn subscribe_filters(&self, filters: Vec<(String, QoS)>) -> Result<(), Error> {
+        self.subscribe_each(filters).await?.into_iter().collect()
+    }
+
+    /// One SUBSCRIBE for all `filters`: the broker's answer for each, or an
+    /// error if there was no SUBACK.
+    pub(super) async fn subscribe_each(
+        &self,
+        filters: Vec<(String, QoS)>,
+    ) -> Result<Vec<Result<(), Error>>, Error> {
         let first = filters.first().map(|(f, _)| f.clone()).unwrap_or_default();
         let packet = filters
             .iter()
             .map(|(filter, qos)| Filter::new(filter.clone(), (*qos).into()))
             .collect();
         let acked = self.shared.transport.subscribe(packet, None);
-        let codes = match tokio::time::timeout(self.ack_timeout(), acked).await {
-            Ok(Ok(codes)) => codes,
-            Ok(Err(e)) => {
-                return Err(Error::Subscribe {
-                    filter: first,
-                    reason: e.to_string(),
-                })
+        let reason = match tokio::time::timeout(self.ack_timeout(), acked).await {
+            Ok(Ok(codes)) => {
+                let outcome = |(code, (filter, _)): (&ReasonCode, &(String, QoS))| {
+                    if code.is_success() {
+                        return Ok(());
+                    }
+                    Err(Error::Subscribe {
+                        filter: filter.clone(),
+                        reason: format!("the broker answered {}", describe(*code)),
+                    })
+                };
+                return Ok(codes.iter().zip(&filters).map(outcome).collect());
             }
-            Err(_) => {
-                return Err(Error::Subscribe {
-                    filter: first,
-                    reason: format!("no SUBACK within {:?}", self.ack_timeout()),
-                })
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no SUBACK within {:?}", self.ack_timeout()),
         };
-        match codes
-            .iter()
-            .zip(&filters)
-            .find(|(code, _)| !code.is_success())
-        {
-            None => Ok(()),
-            Some((code, (filter, _))) => Err(Error::Subscribe {
-                filter: filter.clone(),
-                reason: format!("the broker answered {}", describe(*code)),
-            }),
-        }
+        Err(Error::Subscribe {
+            filter: first,
+            reason,
+        })
     }
 
     /// Queues a publish. The returned future resolves with the broker's
@@ -425,6 +449,7 @@ impl Connection {
 /// The session loop's settings for these options.
 fn transport_config(options: &ConnectOptions, client_id: &str) -> TransportConfig {
     let mut config = TransportConfig::new(client_id);
+    config.last_will = Some(super::gone::last_will(options, client_id));
     config.keep_alive = options.keep_alive.max(Duration::from_secs(1));
     config.credentials = options.credentials.clone();
     config.max_packet_size = options.max_packet_size;

@@ -60,10 +60,11 @@ impl Driver {
         let conn = Connection { shared };
         match event {
             Event::Publish(mut publish) => {
-                // Acked once routed (a sink only queues or spawns); acks leave
-                // in arrival order whatever happens to the message next.
-                let ack = publish.ack.take();
-                conn.route(into_publish(publish));
+                // Acked once routed (a sink only queues or spawns), unless
+                // the sink kept the token (a server acking a request once
+                // answered); acks leave in arrival order either way.
+                let mut ack = publish.ack.take();
+                conn.route(into_publish(publish), &mut ack);
                 drop(ack);
             }
             Event::State(ConnectionState::Connected {

@@ -10,6 +10,7 @@ mod driver;
 mod embedded_broker;
 /// The session loop under [`Connection`]: exact acknowledgements by packet
 /// id, Receive Maximum, resume.
+mod gone;
 pub(crate) mod link;
 mod options;
 mod routing;

@@ -347,6 +347,9 @@ impl ConnectOptions {
     /// Default: none (clean start; the connection re-subscribes after every
     /// reconnect). QoS 1 and 2 state survives a reconnect that resumes the
     /// session: unacknowledged publishes are sent again (QoS 2 exactly once).
+    /// The Last Will that announces this connection's servers gone waits
+    /// as long (Will Delay Interval): it is published only if the
+    /// connection does not come back in time (PROTOCOL.md, "Server gone").
     pub fn session_expiry(mut self, expiry: Duration) -> Self {
         self.session_expiry = Some(expiry);
         self
@@ -354,8 +357,11 @@ impl ConnectOptions {
 
     /// Prefix of this connection's response topic when the broker gives no
     /// Response Information: `<reply_prefix>/_reply/<client id>` (default
-    /// `mqrpc`). Set it to the tenant's prefix when ACLs confine a client
-    /// to it.
+    /// `mqrpc`), and of the notices that a server is gone,
+    /// `<reply_prefix>/_gone/<instance>` (its Last Will among them; see
+    /// PROTOCOL.md, "Server gone"): clients and servers that should hear
+    /// each other's notices share it. Set it to the tenant's prefix when
+    /// ACLs confine a client to it.
     pub fn reply_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.reply_prefix = prefix.into();
         self

@@ -3,6 +3,7 @@
 //! before their route is back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -10,6 +11,7 @@ use tracing::{debug, warn};
 
 use crate::QoS;
 
+use super::link::AckToken;
 use super::Connection;
 
 /// Publishes held for routes not (yet) registered, with a persistent
@@ -25,8 +27,10 @@ pub(super) struct Held {
 }
 
 /// A handler for publishes whose topic matches a route's filter. Runs on the
-/// event-loop task: it must not block (spawn or send, never await).
-pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish) + Send + Sync>;
+/// event-loop task: it must not block (spawn or send, never await). It may
+/// take the publish's ack token (QoS 1/2) to acknowledge it later; one it
+/// leaves is acked when it returns.
+pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish, &mut Option<AckToken>) + Send + Sync>;
 
 pub(super) struct Route {
     pub(super) id: u64,
@@ -72,11 +76,49 @@ impl Connection {
                 }
                 *expiry -= waited;
             }
-            sink(self, publish);
+            // Acked when it was held.
+            sink(self, publish, &mut None);
         }
     }
 
-    pub(super) fn route(&self, publish: Publish) {
+    /// Adds routes and subscribes their filters in one SUBSCRIBE: for each,
+    /// its route id, or the broker's refusal (its route removed again).
+    pub(crate) async fn subscribe_routes(
+        &self,
+        routes: Vec<(String, QoS, Sink)>,
+    ) -> Result<Vec<Result<u64, crate::Error>>, crate::Error> {
+        self.ensure_open()?;
+        let mut ids = Vec::new();
+        let mut filters = Vec::new();
+        for (filter, qos, sink) in routes {
+            let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
+            // Route first: a message may arrive right after the SUBACK.
+            self.add_route(Route {
+                id,
+                filter: filter.clone(),
+                matcher: crate::protocol::topic::Filter::new(&filter),
+                qos,
+                sink,
+            });
+            ids.push(id);
+            filters.push((filter, qos));
+        }
+        let outcomes = match self.subscribe_each(filters).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                ids.iter().for_each(|id| drop(self.remove_route(*id)));
+                return Err(e);
+            }
+        };
+        let subscribed = ids.into_iter().zip(outcomes).map(|(id, outcome)| {
+            outcome
+                .map(|()| id)
+                .inspect_err(|_| drop(self.remove_route(id)))
+        });
+        Ok(subscribed.collect())
+    }
+
+    pub(super) fn route(&self, publish: Publish, ack: &mut Option<AckToken>) {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             warn!("dropping a publish whose topic is not UTF-8");
             return;
@@ -99,11 +141,11 @@ impl Connection {
             }
             Some((first, more))
         };
-        let deliver = |(first, more): (Sink, Vec<Sink>), publish: Publish| {
+        let mut deliver = |(first, more): (Sink, Vec<Sink>), publish: Publish| {
             for sink in &more {
-                sink(self, publish.clone());
+                sink(self, publish.clone(), &mut None);
             }
-            first(self, publish);
+            first(self, publish, ack);
         };
         if self.shared.options.session_expiry.is_none() {
             match find() {
