@@ -6,7 +6,8 @@
 //! `target/mqrpc-bench/summary.json`.
 //!
 //! Flags: `--quick`, `--systems a,b` (system names, plus `memory` and
-//! `compile`), `--seconds S` per case, `--rounds N`, `--no-compile`,
+//! `compile`), `--seconds S` per case, `--rounds N`, `--depths 1,100` (calls in
+//! flight), `--no-compile`,
 //! `--compile-reps N`; `--profile mqrpc|raw-rumqttc [--calls N] [--qos Q]`
 //! is a separate mode for profiling (see `profile.rs`).
 
@@ -72,7 +73,9 @@ async fn bench(args: Vec<String>) {
             None if quick => Duration::from_millis(700),
             None => Duration::from_secs(5),
         },
-        depths: vec![1, 10, 100, 1000],
+        depths: value_of("--depths")
+            .map(|d| d.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 10, 100, 1000]),
         memory_calls: 10_000,
         growth_calls: if quick { 20_000 } else { 200_000 },
         rounds: value_of("--rounds")
