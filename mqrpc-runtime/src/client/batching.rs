@@ -17,6 +17,7 @@ use tracing::debug;
 use super::{request_properties, Client, Waiter};
 use crate::error::Failure;
 use crate::protocol::{Status, BATCH_CONTENT_TYPE, BATCH_LEVELS};
+use crate::transport::AckTo;
 
 const UNKNOWN: u8 = 0;
 const PROBING: u8 = 1;
@@ -109,14 +110,15 @@ impl Client {
             ..properties
         };
         let topic = [&*self.topic_base, BATCH_LEVELS].concat();
-        let ack = self.conn.publish(
+        self.conn.publish_to(
             topic,
             self.options.qos,
             Bytes::from_static(&[0x00]),
             properties,
             false,
+            AckTo::Listener(self.caller.clone(), id),
         );
-        let answer = tokio::time::timeout(self.options.timeout, super::answer(ack, rx)).await;
+        let answer = tokio::time::timeout(self.options.timeout, super::answer(rx)).await;
         self.caller.lock().remove(&id);
         match answer {
             Ok(Ok(response)) if response.status == Status::Ok => {

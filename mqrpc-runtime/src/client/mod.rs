@@ -6,6 +6,7 @@ mod batching;
 mod discovery;
 mod items;
 mod many;
+mod options;
 mod pending;
 mod response;
 
@@ -15,6 +16,7 @@ pub(crate) use items::Control;
 pub use items::Items;
 pub use many::Answers;
 pub(crate) use many::BroadcastSlot;
+pub use options::{ClientOptions, DEFAULT_TIMEOUT};
 use pending::answer;
 pub(crate) use pending::{Caller, PendingSlot, Waiter};
 pub use response::Response;
@@ -30,86 +32,9 @@ use tokio::sync::oneshot;
 
 use crate::error::Failure;
 use crate::protocol::topic;
-use crate::protocol::{Status, DEFAULT_PREFIX, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
-use crate::transport::Connection;
+use crate::protocol::{Status, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
+use crate::transport::{AckTo, Connection};
 use crate::{observe, Codec, Error, QoS};
-
-/// Default time a call waits for its answer.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Per-client settings.
-///
-/// ```
-/// use std::time::Duration;
-/// use mqrpc_runtime::{ClientOptions, Codec, QoS};
-/// let opts = ClientOptions::default()
-///     .prefix("acme/prod")
-///     .timeout(Duration::from_secs(2))
-///     .qos(QoS::AtMostOnce)
-///     .codec(Codec::Json);
-/// assert_eq!(opts.get_timeout(), Duration::from_secs(2));
-/// ```
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    prefix: Arc<str>,
-    timeout: Duration,
-    qos: QoS,
-    codec: Codec,
-    batches: bool,
-}
-
-impl Default for ClientOptions {
-    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard, batches on.
-    fn default() -> Self {
-        ClientOptions {
-            prefix: Arc::from(DEFAULT_PREFIX),
-            timeout: DEFAULT_TIMEOUT,
-            qos: QoS::AtLeastOnce,
-            codec: Codec::Postcard,
-            batches: true,
-        }
-    }
-}
-
-impl ClientOptions {
-    /// Topic prefix of the service (default `mqrpc`); must match the server's.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Arc::from(prefix.into());
-        self
-    }
-
-    /// Time a call waits for its answer (default 10 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// QoS of requests (default 1, at least once).
-    pub fn qos(mut self, qos: QoS) -> Self {
-        self.qos = qos;
-        self
-    }
-
-    /// Codec of requests (default postcard).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
-
-    /// Whether calls queued together may travel as one batch message
-    /// (default on; PROTOCOL.md, "Batches"). A client batches only to
-    /// targets where a server answered its probe, and never holds a call
-    /// back to wait for others; off, every call is a single request.
-    pub fn batches(mut self, on: bool) -> Self {
-        self.batches = on;
-        self
-    }
-
-    /// The configured timeout.
-    pub fn get_timeout(&self) -> Duration {
-        self.timeout
-    }
-}
 
 /// An untyped client of one service: what a generated `<Trait>Client`
 /// wraps. Use it directly to call methods by name.
@@ -402,16 +327,15 @@ impl Client {
         let timeout = self.options.timeout;
         let exchange = async {
             let batch = self.batchable();
-            let ack = self
-                .conn
-                .publish(topic, qos, Bytes::from(payload), properties, batch);
+            // A refusal ends the call through the caller, which also takes
+            // its entry: no cancel is sent for a request no server has.
+            let ack = AckTo::Listener(self.caller.clone(), slot.id);
+            self.conn
+                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
             slot.sent.store(true, Ordering::Relaxed);
-            let outcome = answer(ack, rx).await;
-            if let Err(Failure::Refused(_)) = &outcome {
-                // Refused by the broker: no server has it to cancel.
-                slot.sent.store(false, Ordering::Relaxed);
-            }
-            outcome.map_err(|failure| failure.into_error(method))
+            answer(rx)
+                .await
+                .map_err(|failure| failure.into_error(method))
         };
         let result =
             match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {

@@ -9,14 +9,10 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
-
 use crate::error::Failure;
 use crate::protocol::BATCH_CONTENT_TYPE;
-use crate::transport::link::PublishAck;
-use crate::transport::{ack_outcome, Connection, Sink};
+use crate::transport::link::{ReasonCode, TransportError};
+use crate::transport::{ack_outcome, AckListener, Connection, Sink};
 use crate::{Error, QoS};
 
 /// Where the answer(s) of a call go.
@@ -147,7 +143,10 @@ impl Caller {
             return;
         };
         let response = Response::from_publish(publish, properties).map_err(Failure::Error);
-        let answered_by = response.as_ref().ok().and_then(|answer| answer.instance.as_deref());
+        let answered_by = response
+            .as_ref()
+            .ok()
+            .and_then(|answer| answer.instance.as_deref());
         let Some(waiter) = self.waiter_of(id, answered_by) else {
             debug!(
                 correlation = id,
@@ -291,28 +290,26 @@ impl Caller {
     }
 }
 
-/// A call's answer, or its end when the broker refuses its request. The
-/// answer wins even when it comes before the broker's PUBACK.
-pub(super) async fn answer(
-    ack: PublishAck,
-    mut rx: oneshot::Receiver<Result<Response, Failure>>,
-) -> Result<Response, Failure> {
-    let mut ack = Some(ack);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(outcome) = Pin::new(&mut rx).poll(cx) {
-            return Poll::Ready(outcome.unwrap_or(Err(Failure::Error(Error::Disconnected))));
-        }
-        if let Some(pending) = ack.as_mut() {
-            if let Poll::Ready(acked) = Pin::new(pending).poll(cx) {
-                ack = None;
-                if let Err(failure) = ack_outcome(acked) {
-                    return Poll::Ready(Err(failure));
-                }
+/// The broker's answer to a request, on the session loop's task: only a
+/// refusal (or a lost link) ends the call here, so the usual PUBACK wakes
+/// no task. An answer that came before the PUBACK already took the entry.
+impl AckListener for Caller {
+    fn acked(&self, id: u64, answer: Result<ReasonCode, TransportError>) {
+        if let Err(failure) = ack_outcome(answer) {
+            let entry = self.lock().remove(&id);
+            if let Some(entry) = entry {
+                entry.waiter.finish(Err(failure));
             }
         }
-        Poll::Pending
-    })
-    .await
+    }
+}
+
+/// A call's answer: the one from the server, or its end by a refusal
+/// ([`Caller::acked`](AckListener::acked)) or a lost link.
+pub(super) async fn answer(
+    rx: oneshot::Receiver<Result<Response, Failure>>,
+) -> Result<Response, Failure> {
+    rx.await.unwrap_or(Err(Failure::Error(Error::Disconnected)))
 }
 
 /// Removes a call's entry when the call ends in any way: answered, timed

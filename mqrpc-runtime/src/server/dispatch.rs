@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
@@ -26,10 +25,9 @@ use crate::transport::link::AckToken;
 use crate::transport::Connection;
 use crate::{Codec, QoS};
 
-/// Admission and dispatch of one service's requests.
-/// Where a running stream's credits go.
-type CreditSender = tokio::sync::mpsc::UnboundedSender<u32>;
+use super::streaming::CreditSender;
 
+/// Admission and dispatch of one service's requests.
 pub(super) struct Dispatcher<S> {
     pub(super) service: S,
     pub(super) instance: Arc<str>,
@@ -55,7 +53,7 @@ pub(super) struct Dispatcher<S> {
 type HeldAck = Option<Arc<AckToken>>;
 
 impl<S: Service> Dispatcher<S> {
-    fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
+    pub(super) fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -269,109 +267,6 @@ impl<S: Service> Dispatcher<S> {
         })
     }
 
-    /// A stream credit: the caller takes `n` more items.
-    fn credit(&self, request: &Request) {
-        let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
-            return;
-        };
-        let n = request.credit.unwrap_or(0);
-        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        match streams.get(&(topic.clone(), correlation.clone())) {
-            Some((_, credits)) => {
-                let _ = credits.send(n);
-            }
-            None => debug!(service = S::NAME, "credit for no running stream: ignored"),
-        }
-    }
-
-    /// Sends a streaming reply's items, each within the caller's credit,
-    /// then the end marker; stops on cancel, deadline or a failing item.
-    async fn stream_items(
-        &self,
-        conn: Connection,
-        mut request: Request,
-        key: Option<CallId>,
-        items: Arc<crate::server::EncodedItems>,
-        content_type: &'static str,
-        mut stop_rx: oneshot::Receiver<()>,
-    ) {
-        let Some(mut items) = items.take() else {
-            return;
-        };
-        let Some(key) = key else {
-            debug!(service = S::NAME, method = %request.method, "stream without Response Topic or Correlation Data: not sent");
-            return;
-        };
-        let (credit_tx, mut credit_rx) = tokio::sync::mpsc::unbounded_channel();
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.key.clone(), (key.digest, credit_tx));
-        request.instance = Some(self.instance.clone());
-        let deadline = request.deadline.map(tokio::time::Instant::from_std);
-        let mut credit = crate::STREAM_WINDOW;
-        let mut seq = 0u64;
-        let end = loop {
-            let expired = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                item = items.next(), if credit > 0 => match item {
-                    Some(Ok(bytes)) => {
-                        let mut answer = request.clone();
-                        answer.seq = Some(seq);
-                        send_reply(conn.clone(), answer, Status::Ok, content_type, bytes).await;
-                        seq += 1;
-                        credit -= 1;
-                    }
-                    Some(Err(e)) => {
-                        break Some((Status::Internal, format!("cannot encode item {seq}: {e}")));
-                    }
-                    None => break None,
-                },
-                Some(n) = credit_rx.recv() => credit = credit.saturating_add(n),
-                Ok(()) = &mut stop_rx => {
-                    debug!(service = S::NAME, method = %request.method, "stream cancelled by the caller");
-                    self.end_stream(&key);
-                    return;
-                }
-                () = expired => {
-                    break Some((Status::DeadlineExceeded, format!("`{}` did not finish before its deadline", request.method)));
-                }
-            }
-        };
-        self.end_stream(&key);
-        request.seq = Some(seq);
-        match end {
-            None => send_reply(conn, request, Status::End, TEXT_CONTENT_TYPE, Bytes::new()).await,
-            Some((status, message)) => {
-                send_reply(
-                    conn,
-                    request,
-                    status,
-                    TEXT_CONTENT_TYPE,
-                    Bytes::from(message),
-                )
-                .await
-            }
-        }
-    }
-
-    fn end_stream(&self, key: &CallId) {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if streams
-            .get(&key.key)
-            .is_some_and(|(digest, _)| *digest == key.digest)
-        {
-            streams.remove(&key.key);
-        }
-        drop(streams);
-        self.calls().forget(key);
-    }
-
     fn cancel(&self, request: &Request, now: Instant) {
         let (Some(topic), Some(correlation)) = (&request.cancel_of, &request.correlation) else {
             debug!(
@@ -566,7 +461,7 @@ fn reply_properties(request: &Request, status: Status, content_type: &str) -> Pu
 }
 
 /// Publishes the answer to `request`, if it asked for one.
-async fn send_reply(
+pub(super) async fn send_reply(
     conn: Connection,
     mut request: Request,
     status: Status,

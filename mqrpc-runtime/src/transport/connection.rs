@@ -16,7 +16,8 @@ use crate::{Error, QoS};
 
 use super::dial::Dialer;
 use super::link::{
-    Filter, OutgoingPublish, PublishAck, ReasonCode, Transport, TransportConfig, TransportError,
+    AckTo, Filter, OutgoingPublish, PublishAck, ReasonCode, Transport, TransportConfig,
+    TransportError,
 };
 use super::options::ConnectOptions;
 use super::routing::{Held, Route, Sink};
@@ -386,14 +387,25 @@ impl Connection {
         properties: PublishProperties,
         batch: bool,
     ) -> PublishAck {
-        self.shared.transport.publish(OutgoingPublish {
-            topic: topic.into(),
-            qos: qos.into(),
-            retain: false,
-            payload,
-            properties: Some(properties),
-            coalesce: batch,
-        })
+        let publish = outgoing(topic, qos, payload, properties, batch);
+        self.shared.transport.publish(publish)
+    }
+
+    /// Queues a publish like [`publish`](Self::publish), but hands the
+    /// broker's answer to `ack` (an [`AckTo::Listener`], on the loop's task):
+    /// a call that needs its ack only to see a refusal then wakes once, for
+    /// its answer.
+    pub(crate) fn publish_to(
+        &self,
+        topic: String,
+        qos: QoS,
+        payload: bytes::Bytes,
+        properties: PublishProperties,
+        batch: bool,
+        ack: AckTo,
+    ) {
+        let publish = outgoing(topic, qos, payload, properties, batch);
+        self.shared.transport.publish_to(publish, ack);
     }
 
     /// The one response topic of this connection: under the broker's
@@ -524,6 +536,23 @@ fn describe(code: ReasonCode) -> String {
 /// An upper bound of the encoded size of a PUBLISH packet (MQTT v5
 /// §3.3): each property is an id byte and its value, strings and binary
 /// data with 2 length bytes.
+fn outgoing(
+    topic: String,
+    qos: QoS,
+    payload: bytes::Bytes,
+    properties: PublishProperties,
+    batch: bool,
+) -> OutgoingPublish {
+    OutgoingPublish {
+        topic: topic.into(),
+        qos: qos.into(),
+        retain: false,
+        payload,
+        properties: Some(properties),
+        coalesce: batch,
+    }
+}
+
 pub(crate) fn publish_size(
     topic: &str,
     payload_len: usize,

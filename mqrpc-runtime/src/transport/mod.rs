@@ -21,6 +21,7 @@ pub(crate) use connection::{ack_outcome, publish_size, random_u64};
 #[cfg(feature = "embedded-broker")]
 pub use embedded_broker::EmbeddedBroker;
 pub use link::PublishCounts;
+pub(crate) use link::{AckListener, AckTo};
 pub use options::ConnectOptions;
 pub(crate) use options::{host_and_port, Scheme};
 pub(crate) use routing::Sink;

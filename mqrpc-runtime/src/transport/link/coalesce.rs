@@ -5,7 +5,7 @@
 //! again and its parts sent one by one, each with its own answer, so merging
 //! never changes what a sender learns.
 
-use super::{OutgoingPublish, ReasonCode, Reply, TransportError};
+use super::{AckTo, OutgoingPublish, ReasonCode, TransportError};
 
 /// Decides which publishes may travel together and builds the publish that
 /// carries them. Only publishes with [`OutgoingPublish::coalesce`] set are
@@ -31,8 +31,8 @@ pub struct CoalesceLimits {
 /// Who waits for a publish's answer: one sender, or the senders of the parts
 /// of a merged publish (kept to be sent alone if the broker refuses it).
 pub(crate) enum Replies {
-    One(Reply<ReasonCode>),
-    Merged(Vec<(OutgoingPublish, Reply<ReasonCode>)>),
+    One(AckTo),
+    Merged(Vec<(OutgoingPublish, AckTo)>),
 }
 
 impl Replies {
@@ -41,10 +41,10 @@ impl Replies {
     pub(super) fn resolve(
         self,
         answer: Result<ReasonCode, TransportError>,
-    ) -> Option<Vec<(OutgoingPublish, Reply<ReasonCode>)>> {
+    ) -> Option<Vec<(OutgoingPublish, AckTo)>> {
         match self {
             Replies::One(reply) => {
-                let _ = reply.send(answer);
+                reply.send(answer);
                 None
             }
             Replies::Merged(parts) => {
@@ -57,7 +57,7 @@ impl Replies {
                     return Some(parts);
                 }
                 for (_, reply) in parts {
-                    let _ = reply.send(answer.clone());
+                    reply.send(answer.clone());
                 }
                 None
             }
@@ -66,11 +66,7 @@ impl Replies {
 }
 
 /// Publishes that go out together: their key, payload bytes, and parts.
-type Group = (
-    Option<u64>,
-    usize,
-    Vec<(OutgoingPublish, Reply<ReasonCode>)>,
-);
+type Group = (Option<u64>, usize, Vec<(OutgoingPublish, AckTo)>);
 
 /// Groups `drained` (in queue order) by key and merges each group within
 /// `limits`; everything else passes through alone. A group keeps the place
@@ -78,7 +74,7 @@ type Group = (
 pub(super) fn coalesce(
     coalescer: &dyn Coalesce,
     limits: CoalesceLimits,
-    drained: Vec<(OutgoingPublish, Reply<ReasonCode>)>,
+    drained: Vec<(OutgoingPublish, AckTo)>,
 ) -> Vec<(OutgoingPublish, Replies)> {
     if drained.len() < 2 {
         return drained

@@ -18,8 +18,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::session::Session;
 use super::{
-    coalesce, Command, ConnectionState, Connector, Counts, Event, EventSink, OutgoingPublish,
-    ReasonCode, Replies, Reply, TransportConfig,
+    coalesce, AckTo, Command, ConnectionState, Connector, Counts, Event, EventSink,
+    OutgoingPublish, Replies, TransportConfig,
 };
 
 /// How a connection ended without an I/O error.
@@ -194,8 +194,8 @@ impl Loop {
     fn drain_commands(&mut self) -> Option<Stop> {
         let coalescer = self.config.coalescer.clone();
         // Usually one publish is queued: it goes on without a Vec.
-        let mut first: Option<(OutgoingPublish, Reply<ReasonCode>)> = None;
-        let mut more: Vec<(OutgoingPublish, Reply<ReasonCode>)> = Vec::new();
+        let mut first: Option<(OutgoingPublish, AckTo)> = None;
+        let mut more: Vec<(OutgoingPublish, AckTo)> = Vec::new();
         let mut stop = None;
         while let Some(c) = self.taken.take().or_else(|| self.cmd_rx.try_recv().ok()) {
             match c {

@@ -346,6 +346,31 @@ impl Incoming {
 
 type Reply<T> = oneshot::Sender<Result<T, TransportError>>;
 
+/// Who is told the broker's answer to one publish.
+pub(crate) enum AckTo {
+    /// A [`PublishAck`] future.
+    Future(Reply<ReasonCode>),
+    /// A listener, called on the loop's task with the publish's id: no task
+    /// to wake when only a refusal matters (a call's answer, which comes
+    /// later, wakes its task anyway).
+    Listener(std::sync::Arc<dyn AckListener>, u64),
+}
+
+impl AckTo {
+    pub(super) fn send(self, answer: Result<ReasonCode, TransportError>) {
+        match self {
+            AckTo::Future(reply) => drop(reply.send(answer)),
+            AckTo::Listener(listener, id) => listener.acked(id, answer),
+        }
+    }
+}
+
+/// Told the broker's answer to publishes queued with an
+/// [`AckTo::Listener`]. Runs on the loop's task: it must not block.
+pub(crate) trait AckListener: Send + Sync {
+    fn acked(&self, id: u64, answer: Result<ReasonCode, TransportError>);
+}
+
 /// Where the loop hands its events.
 #[derive(Clone)]
 pub(crate) enum EventSink {
@@ -366,7 +391,7 @@ impl EventSink {
 
 /// A request from a handle to the loop.
 enum Command {
-    Publish(OutgoingPublish, Reply<ReasonCode>),
+    Publish(OutgoingPublish, AckTo),
     Subscribe(
         Vec<Filter>,
         Option<SubscribeProperties>,
@@ -452,8 +477,13 @@ impl Transport {
     /// arrives, or [`TransportError::Refused`] if the PUBREC refused it.
     pub fn publish(&self, publish: OutgoingPublish) -> PublishAck {
         let (tx, rx) = oneshot::channel();
-        let _ = self.cmd.send(Command::Publish(publish, tx));
+        let _ = self.cmd.send(Command::Publish(publish, AckTo::Future(tx)));
         PublishAck(Answer(rx))
+    }
+
+    /// Queues a publish whose answer goes to `ack`.
+    pub(crate) fn publish_to(&self, publish: OutgoingPublish, ack: AckTo) {
+        let _ = self.cmd.send(Command::Publish(publish, ack));
     }
 
     /// Subscribes; resolves to one code per filter (granted QoS, or ≥ 0x80).
