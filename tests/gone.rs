@@ -434,3 +434,36 @@ async fn a_killed_server_is_noticed_across_cluster_nodes() {
     };
     assert_eq!(end, gone(&id, "count_up"));
 }
+
+/// MQTT 5.0 §4.8.2 on the rmqtt cluster (`harness/cluster.rs`; skipped with
+/// a notice without its node binary): the only member of the share group,
+/// on node 2, holds a request unacknowledged (`ack_after_answer`) and is
+/// killed; a second member waits on node 3, the caller is on node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_cluster_a_dead_members_unacknowledged_request() {
+    let Some(cluster) = mqrpc_tests::cluster::Cluster::start().await else {
+        return;
+    };
+    let env = [("CALC_ACK_AFTER_ANSWER", "1")];
+    let first = spawn_server_at(&cluster.url(1), &unique("calc-first"), &env).await;
+    let conn = mqrpc::Connection::connect_url(&cluster.url(0))
+        .await
+        .unwrap();
+    let calc = CalculatorClient::with_options(
+        &conn,
+        ClientOptions::default().timeout(Duration::from_secs(8)),
+    )
+    .await
+    .unwrap();
+    let call = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.linger(2_000).await }
+    });
+    calc.client().ping().await.unwrap();
+    let survivor = spawn_server_at(&cluster.url(2), &unique("calc-survivor"), &env).await;
+    kill(first).await;
+    let outcome = call.await.unwrap();
+    eprintln!("FINDING rmqtt: {outcome:?}");
+    assert_eq!(calc.add(1, 2).await.unwrap(), 3);
+    kill(survivor).await;
+}

@@ -7,7 +7,7 @@
 //!
 //! Flags: `--quick`, `--systems a,b` (system names, plus `memory` and
 //! `compile`), `--seconds S` per case, `--rounds N`, `--depths 1,100` (calls in
-//! flight), `--no-compile`,
+//! flight), `--qos 0|1` (MQTT rows of that QoS only), `--no-compile`,
 //! `--compile-reps N`; `--profile mqrpc|raw-rumqttc [--calls N] [--qos Q]`
 //! is a separate mode for profiling (see `profile.rs`).
 
@@ -147,6 +147,9 @@ async fn bench(args: Vec<String>) {
     }
     if let Some(only) = &settings.systems {
         targets.retain(|(name, _, _)| only.iter().any(|s| s == name));
+    }
+    if let Some(only) = value_of("--qos").and_then(|q| q.parse::<u8>().ok()) {
+        targets.retain(|(_, qos, _)| qos.is_none_or(|q| q == only));
     }
     let mut runs: Vec<Row> = Vec::new();
     for round in 0..settings.rounds {

@@ -239,9 +239,57 @@ pub struct IncomingPublish {
 /// never hold back the acks behind it forever.
 #[derive(Debug)]
 pub struct AckToken {
-    tx: mpsc::UnboundedSender<(u64, u8)>,
+    acks: std::sync::Arc<AckQueue>,
     seq: u64,
     done: bool,
+}
+
+/// Where ended tokens put their acks. A token ended while the loop is
+/// handing out publishes (the usual case: nobody took it) goes into
+/// `inline`, which the loop takes right after: no wake-up of the loop's own
+/// task, which would have it rescheduled and another worker woken up for
+/// every QoS 1 publish. Tokens ended later, by other tasks, go through the
+/// channel.
+#[derive(Debug)]
+pub(crate) struct AckQueue {
+    /// `(dispatching, acks)`: one lock, so no ack lands after the loop took them.
+    inline: std::sync::Mutex<(bool, Vec<(u64, u8)>)>,
+    tx: mpsc::UnboundedSender<(u64, u8)>,
+}
+
+impl AckQueue {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<(u64, u8)>) -> Self {
+        AckQueue {
+            inline: std::sync::Mutex::new((false, Vec::new())),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, Vec<(u64, u8)>)> {
+        self.inline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The loop starts handing out publishes.
+    pub(crate) fn dispatching(&self) {
+        self.lock().0 = true;
+    }
+
+    /// The loop is done handing out: the acks of the tokens ended meanwhile.
+    pub(crate) fn dispatched(&self, into: &mut Vec<(u64, u8)>) {
+        let mut inline = self.lock();
+        inline.0 = false;
+        into.append(&mut inline.1);
+    }
+
+    fn push(&self, ack: (u64, u8)) {
+        let mut inline = self.lock();
+        if inline.0 {
+            inline.1.push(ack);
+        } else {
+            drop(inline);
+            let _ = self.tx.send(ack);
+        }
+    }
 }
 
 impl AckToken {
@@ -258,7 +306,7 @@ impl AckToken {
 
     fn send(&mut self, code: u8) {
         self.done = true;
-        let _ = self.tx.send((self.seq, code));
+        self.acks.push((self.seq, code));
     }
 }
 

@@ -70,7 +70,9 @@ pub(crate) struct Session {
     /// Everything to send, written with one write.
     pub(crate) wbuf: BytesMut,
     pub(crate) limits: ServerLimits,
-    ack_tx: mpsc::UnboundedSender<(u64, u8)>,
+    ack_queue: std::sync::Arc<super::AckQueue>,
+    /// Acks taken from `ack_queue` after a dispatch (kept for its allocation).
+    inline_acks: Vec<(u64, u8)>,
     events: EventSink,
 }
 
@@ -88,7 +90,8 @@ impl Session {
             qos0: Vec::new(),
             wbuf: BytesMut::with_capacity(16 * 1024),
             limits: default_limits(),
-            ack_tx,
+            ack_queue: std::sync::Arc::new(super::AckQueue::new(ack_tx)),
+            inline_acks: Vec::new(),
             events,
         }
     }
@@ -286,6 +289,10 @@ impl Session {
     }
 
     fn deliver(&mut self, p: Publish, token: Option<AckToken>) {
+        let inline = token.is_some();
+        if inline {
+            self.ack_queue.dispatching();
+        }
         self.events.send(Event::Publish(IncomingPublish {
             topic: p.topic,
             qos: p.qos,
@@ -295,11 +302,19 @@ impl Session {
             properties: p.properties,
             ack: token,
         }));
+        if inline {
+            let mut acks = std::mem::take(&mut self.inline_acks);
+            self.ack_queue.dispatched(&mut acks);
+            for (seq, code) in acks.drain(..) {
+                self.app_ack(seq, code);
+            }
+            self.inline_acks = acks;
+        }
     }
 
     fn token(&self, seq: u64) -> AckToken {
         AckToken {
-            tx: self.ack_tx.clone(),
+            acks: self.ack_queue.clone(),
             seq,
             done: false,
         }
