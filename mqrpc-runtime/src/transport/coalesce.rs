@@ -48,6 +48,14 @@ impl Coalesce for Batcher {
         Some(hasher.finish())
     }
 
+    fn carries_several(&self, incoming: &rumqttc::v5::mqttbytes::v5::Publish) -> bool {
+        incoming
+            .properties
+            .as_ref()
+            .and_then(|p| p.content_type.as_deref())
+            == Some(BATCH_CONTENT_TYPE)
+    }
+
     fn merge(&self, parts: &[&OutgoingPublish]) -> Option<OutgoingPublish> {
         let first = *parts.first()?;
         let properties = first.properties.as_ref()?;

@@ -17,6 +17,13 @@ pub trait Coalesce: Send + Sync + std::fmt::Debug + 'static {
     /// One publish carrying all `parts` (two or more, one key), or `None` to
     /// send them one by one.
     fn merge(&self, parts: &[&OutgoingPublish]) -> Option<OutgoingPublish>;
+
+    /// Whether an incoming publish carries several parts (a merged one from
+    /// the peer): handing it out wakes several tasks, whose publishes may
+    /// then travel together, as after a read that brought several publishes.
+    fn carries_several(&self, _incoming: &rumqttc::v5::mqttbytes::v5::Publish) -> bool {
+        false
+    }
 }
 
 /// Bounds of one merged publish.

@@ -329,12 +329,16 @@ impl Loop {
                         match Packet::read(&mut rbuf, max_in) {
                             Ok(Packet::PingResp(_)) => ping_outstanding = false,
                             Ok(p) => {
-                                publishes += usize::from(matches!(p, Packet::Publish(_)));
+                                if let Packet::Publish(p) = &p {
+                                    let merged = self.config.coalescer.as_ref().is_some_and(|c| c.carries_several(p));
+                                    publishes += if merged { 2 } else { 1 };
+                                }
                                 s.incoming(p)?
                             }
                             Err(CodecError::InsufficientBytes(_)) => {
-                                // Several publishes in one read woke several
-                                // tasks: what they send may travel together.
+                                // Several publishes in one read (or a merged
+                                // one) woke several tasks: what they send may
+                                // travel together.
                                 self.several_woken = publishes > 1;
                                 break;
                             }
