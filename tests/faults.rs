@@ -291,18 +291,9 @@ async fn server_killed_mid_load_callers_get_errors_not_hangs() {
         return;
     };
     let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_calc-server"))
-        .env("MQRPC_BROKER", &url)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = server.stdout.take().unwrap();
-    let mut line = [0u8; 7];
-    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut line)
-        .await
-        .unwrap();
-    assert_eq!(&line, b"serving");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_calc-server"));
+    command.env("MQRPC_BROKER", &url);
+    let mut server = mqrpc_tests::spawn_serving(command).await;
     let conn = Connection::connect_url(&url).await.unwrap();
     let client = CalculatorClient::new(&conn).await.unwrap();
     let callers = Callers::start(&client, 100, Duration::from_secs(2));

@@ -56,20 +56,11 @@ async fn spawn_server_at(
     client_id: &str,
     env: &[(&str, &str)],
 ) -> tokio::process::Child {
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_calc-server"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_calc-server"));
+    command
         .env("MQRPC_BROKER", format!("{url}?client_id={client_id}"))
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = server.stdout.take().unwrap();
-    let mut line = [0u8; 7];
-    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut line)
-        .await
-        .unwrap();
-    assert_eq!(&line, b"serving");
-    server
+        .envs(env.iter().copied());
+    mqrpc_tests::spawn_serving(command).await
 }
 
 /// SIGKILL, by PID, and wait for the process to end.

@@ -465,3 +465,23 @@ macro_rules! on_both_brokers {
         }
     };
 }
+
+/// Starts a server process (`calc-server`: its path,
+/// `env!("CARGO_BIN_EXE_calc-server")`, is known to test files only) and
+/// returns it once it printed `serving`. Killed when dropped; its stdout
+/// stays open.
+pub async fn spawn_serving(mut command: tokio::process::Command) -> tokio::process::Child {
+    let mut server = command
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = server.stdout.take().unwrap();
+    let mut line = [0u8; 7];
+    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(&line, b"serving");
+    server.stdout = Some(stdout);
+    server
+}

@@ -271,21 +271,14 @@ impl Connection {
         qos: QoS,
         sink: Sink,
     ) -> Result<u64, Error> {
-        self.ensure_open()?;
-        let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
-        // Route first: a message may arrive right after the SUBACK.
-        self.add_route(Route {
-            id,
-            filter: filter.clone(),
-            matcher: crate::protocol::topic::Filter::new(&filter),
-            qos,
-            sink,
-        });
-        if let Err(e) = self.subscribe_filters(vec![(filter, qos)]).await {
-            self.remove_route(id);
-            return Err(e);
-        }
-        Ok(id)
+        let routes = vec![(filter.clone(), qos, sink)];
+        let mut subscribed = self.subscribe_routes(routes).await?;
+        subscribed.pop().unwrap_or_else(|| {
+            Err(Error::Subscribe {
+                filter,
+                reason: "the SUBACK has no reason code for it".into(),
+            })
+        })
     }
 
     /// Unsubscribes and removes a route.
@@ -387,8 +380,9 @@ impl Connection {
         properties: PublishProperties,
         batch: bool,
     ) -> PublishAck {
-        let publish = outgoing(topic, qos, payload, properties, batch);
-        self.shared.transport.publish(publish)
+        let (ack, acked) = AckTo::future();
+        self.publish_to(topic, qos, payload, properties, batch, ack);
+        acked
     }
 
     /// Queues a publish like [`publish`](Self::publish), but hands the
@@ -404,7 +398,14 @@ impl Connection {
         batch: bool,
         ack: AckTo,
     ) {
-        let publish = outgoing(topic, qos, payload, properties, batch);
+        let publish = OutgoingPublish {
+            topic: topic.into(),
+            qos: qos.into(),
+            retain: false,
+            payload,
+            properties: Some(properties),
+            coalesce: batch,
+        };
         self.shared.transport.publish_to(publish, ack);
     }
 
@@ -536,23 +537,6 @@ fn describe(code: ReasonCode) -> String {
 /// An upper bound of the encoded size of a PUBLISH packet (MQTT v5
 /// §3.3): each property is an id byte and its value, strings and binary
 /// data with 2 length bytes.
-fn outgoing(
-    topic: String,
-    qos: QoS,
-    payload: bytes::Bytes,
-    properties: PublishProperties,
-    batch: bool,
-) -> OutgoingPublish {
-    OutgoingPublish {
-        topic: topic.into(),
-        qos: qos.into(),
-        retain: false,
-        payload,
-        properties: Some(properties),
-        coalesce: batch,
-    }
-}
-
 pub(crate) fn publish_size(
     topic: &str,
     payload_len: usize,

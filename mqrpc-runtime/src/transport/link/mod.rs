@@ -405,6 +405,12 @@ pub(crate) enum AckTo {
 }
 
 impl AckTo {
+    /// An ack to await: the [`PublishAck`] it resolves.
+    pub(crate) fn future() -> (AckTo, PublishAck) {
+        let (tx, rx) = oneshot::channel();
+        (AckTo::Future(tx), PublishAck(Answer(rx)))
+    }
+
     pub(super) fn send(self, answer: Result<ReasonCode, TransportError>) {
         match self {
             AckTo::Future(reply) => drop(reply.send(answer)),
@@ -524,9 +530,9 @@ impl Transport {
     /// (0x80 and up included); for QoS 2 with the PUBREC's code once PUBCOMP
     /// arrives, or [`TransportError::Refused`] if the PUBREC refused it.
     pub fn publish(&self, publish: OutgoingPublish) -> PublishAck {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.cmd.send(Command::Publish(publish, AckTo::Future(tx)));
-        PublishAck(Answer(rx))
+        let (ack, acked) = AckTo::future();
+        self.publish_to(publish, ack);
+        acked
     }
 
     /// Queues a publish whose answer goes to `ack`.
