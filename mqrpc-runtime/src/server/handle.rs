@@ -71,7 +71,7 @@ impl ServerHandle {
     /// [`shutdown`](Self::shutdown) to wait for them). Publishes no notice
     /// that the instance is gone: its answers are still to come.
     pub async fn stop(self) -> Result<(), Error> {
-        self.conn.stopped_serving(&self.instance);
+        drop(self.conn.stopped_serving(&self.instance));
         self.unsubscribe().await
     }
 
@@ -125,10 +125,10 @@ impl ServerHandle {
             }
             idle.await;
         }
-        let announced = if self.conn.stopped_serving(&self.instance) {
-            self.conn.announce_gone(&self.instance).await
-        } else {
-            Ok(())
+        let announced = match self.conn.stopped_serving(&self.instance) {
+            // Its Will (if it has one of its own) goes once the notice did.
+            Some(_last) => self.conn.announce_gone(&self.instance).await,
+            None => Ok(()),
         };
         unsubscribed.and(announced)
     }
@@ -219,6 +219,9 @@ pub async fn serve<S: Service>(
         // the ones of calls it does not run).
         filters.push((format!("{service_base}{CANCEL_METHOD}"), QoS::AtMostOnce));
     }
+    // Before the first request can come: its Will is in place (PROTOCOL.md,
+    // "Server gone").
+    conn.serving(&instance).await;
     let mut route_ids = Vec::new();
     for (filter, qos) in filters {
         match conn.subscribe(filter, qos, sink.clone()).await {
@@ -227,11 +230,11 @@ pub async fn serve<S: Service>(
                 for id in &route_ids {
                     let _ = conn.unsubscribe(*id).await;
                 }
+                drop(conn.stopped_serving(&instance));
                 return Err(e);
             }
         }
     }
-    conn.serving(&instance);
     Ok(ServerHandle {
         conn: conn.clone(),
         route_ids,
