@@ -111,6 +111,11 @@ impl<T> futures_util::Stream for Items<T> {
                 self.next_seq += 1;
                 match response.status {
                     Status::End => self.finish(None),
+                    // The server's view of the same budget.
+                    Status::DeadlineExceeded => {
+                        let timeout = self.idle.timeout;
+                        self.time_out(timeout)
+                    }
                     Status::Ok => {
                         self.unacknowledged += 1;
                         if self.unacknowledged >= WINDOW / 2 {
