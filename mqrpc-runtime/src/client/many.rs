@@ -54,6 +54,7 @@ impl Client {
             left: max_answers,
             decode,
             method: method.to_string(),
+            asked: None,
             _slot: slot,
         })
     }
@@ -256,6 +257,7 @@ impl Client {
             left: Some(1),
             decode: Response::into_value,
             method: method.to_string(),
+            asked: self.instance.clone(),
             _slot: slot,
         })
     }
@@ -394,6 +396,9 @@ pub struct Answers<T> {
     left: Option<usize>,
     decode: fn(Response, &str) -> Result<T, Error>,
     method: String,
+    /// The instance asked, for answers that do not name theirs (only
+    /// broadcasts' do).
+    asked: Option<Arc<str>>,
     _slot: BroadcastSlot,
 }
 
@@ -413,7 +418,10 @@ impl<T> futures_util::Stream for Answers<T> {
                 if let Some(left) = &mut self.left {
                     *left -= 1;
                 }
-                let instance = response.instance.clone().unwrap_or_default();
+                let instance = match (&response.instance, &self.asked) {
+                    (Some(instance), _) => instance.to_string(),
+                    (None, asked) => asked.as_deref().unwrap_or_default().to_string(),
+                };
                 let outcome = (self.decode)(response, &self.method);
                 Poll::Ready(Some((instance, outcome)))
             }
