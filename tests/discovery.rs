@@ -150,7 +150,11 @@ async fn info_stats_and_ping_of_one_instance_end_at_its_answer(broker: TestBroke
         panic!("one answer, not {infos:?}")
     };
     assert_eq!(
-        (instance.as_str(), info.service.as_str(), info.instance.as_str()),
+        (
+            instance.as_str(),
+            info.service.as_str(),
+            info.instance.as_str()
+        ),
         ("only", "Calculator", "only")
     );
     let [(_, Ok(stats))] = &stats[..] else {
@@ -163,5 +167,8 @@ async fn info_stats_and_ping_of_one_instance_end_at_its_answer(broker: TestBroke
     })
     .await
     .expect("hang guard");
-    assert_eq!((instance.as_str(), info.unwrap().instance.as_str()), ("only", "only"));
+    assert_eq!(
+        (instance.as_str(), info.unwrap().instance.as_str()),
+        ("only", "only")
+    );
 }

@@ -48,13 +48,16 @@ impl Ticker for Metronome {
     async fn ticks(&self, n: u64, every_ms: u64) -> mqrpc::Stream<u64> {
         let guard = DropCount(self.dropped.clone());
         let state = (0, guard);
-        mqrpc::Stream::new(futures_util::stream::unfold(state, move |(i, guard)| async move {
-            if i == n {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(every_ms)).await;
-            Some((i, (i + 1, guard)))
-        }))
+        mqrpc::Stream::new(futures_util::stream::unfold(
+            state,
+            move |(i, guard)| async move {
+                if i == n {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(every_ms)).await;
+                Some((i, (i + 1, guard)))
+            },
+        ))
     }
 
     async fn stall_after(&self, n: u64) -> mqrpc::Stream<u64> {
@@ -250,8 +253,12 @@ async fn the_server_bounds_each_item_not_the_whole_stream(broker: TestBroker) {
         .user_properties
         .push(("mqrpc-timeout-ms".into(), "1000".into()));
     // 15 items 150 ms apart: over 2 s in all, within the window of 32.
-    peer.publish("mqrpc/Ticker/ticks", r#"{"n":15,"every_ms":150}"#, properties.clone())
-        .await;
+    peer.publish(
+        "mqrpc/Ticker/ticks",
+        r#"{"n":15,"every_ms":150}"#,
+        properties.clone(),
+    )
+    .await;
     let mut statuses = Vec::new();
     while statuses.last().map(String::as_str) != Some("end") {
         let answer = peer

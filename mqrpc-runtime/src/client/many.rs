@@ -241,7 +241,10 @@ impl Client {
 
     /// A built-in asked of this client's instance (one answer ends it) or
     /// of every server of the service (answers until the timeout).
-    async fn builtin_answers<T: DeserializeOwned>(&self, method: &str) -> Result<Answers<T>, Error> {
+    async fn builtin_answers<T: DeserializeOwned>(
+        &self,
+        method: &str,
+    ) -> Result<Answers<T>, Error> {
         if self.instance.is_none() {
             return self
                 .broadcast_qos(method, None, None, &(), None, Response::into_value)

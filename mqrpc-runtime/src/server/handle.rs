@@ -93,7 +93,9 @@ impl ServerHandle {
     /// id, it publishes the notice that the instance is gone
     /// (`<reply prefix>/_gone/<instance>`, PROTOCOL.md "Server gone"):
     /// calls that clients still send to this instance end with
-    /// [`Error::ServerGone`] instead of waiting for their deadline. While
+    /// [`Error::ServerGone`] instead of waiting for their deadline. A broker
+    /// that answers it "no matching subscribers" (no client listens) is no
+    /// failure: nobody had to be told. While
     /// the broker is away the notice cannot go out: the error is then
     /// [`Error::Disconnected`] (the server has stopped all the same).
     ///

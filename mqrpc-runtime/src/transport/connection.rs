@@ -463,9 +463,16 @@ impl Connection {
 }
 
 /// The session loop's settings for these options.
-fn transport_config(options: &ConnectOptions, client_id: &str, will: Option<&str>) -> TransportConfig {
+fn transport_config(
+    options: &ConnectOptions,
+    client_id: &str,
+    will: Option<&str>,
+) -> TransportConfig {
     let mut config = TransportConfig::new(client_id);
-    let will = will.map_or_else(|| crate::protocol::topic::as_level(client_id), str::to_string);
+    let will = will.map_or_else(
+        || crate::protocol::topic::as_level(client_id),
+        str::to_string,
+    );
     config.last_will = Some(super::gone::last_will(options, &will));
     config.keep_alive = options.keep_alive.max(Duration::from_secs(1));
     config.credentials = options.credentials.clone();

@@ -10,8 +10,8 @@ use rumqttc::v5::mqttbytes::v5::LastWillProperties;
 use super::connection::{ack_outcome, Connection};
 use super::link::{LastWill, OutgoingPublish};
 use super::options::ConnectOptions;
-use crate::protocol::GONE_LEVEL;
 use crate::error::{Failure, Refusal};
+use crate::protocol::GONE_LEVEL;
 use crate::{Error, QoS};
 use tracing::warn;
 
