@@ -12,6 +12,7 @@ mqrpc_tests::on_both_brokers!(
     every_server_answers_ping_info_and_stats,
     discover_finds_every_service,
     discovery_topic_serves_only_builtins,
+    info_stats_and_ping_of_one_instance_end_at_its_answer,
 );
 
 #[mqrpc::service]
@@ -124,4 +125,50 @@ async fn discovery_topic_serves_only_builtins(broker: TestBroker) {
     let answer = peer.next_publish(Duration::from_secs(5)).await.unwrap();
     assert_eq!(status_of(&answer).as_deref(), Some("unknown-method"));
     assert_eq!(calc.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// `info`, `stats` and `ping` of one instance end at its answer: the
+/// client's timeout is 600 s, and the hang guard of 60 s, far below it,
+/// fails the case if any of them waited for the timeout. (A guard against
+/// a hang, not a measure of speed.)
+async fn info_stats_and_ping_of_one_instance_end_at_its_answer(broker: TestBroker) {
+    const HANG_GUARD: Duration = Duration::from_secs(60);
+    let (_conn, _) = broker
+        .serve_calc_with(ServerOptions::default().instance("only"))
+        .await;
+    let calc = broker.client(Duration::from_secs(600)).await;
+    let one = calc.to_instance("only").unwrap();
+    let (infos, stats) = tokio::time::timeout(HANG_GUARD, async {
+        one.client().ping().await.unwrap();
+        let infos: Vec<_> = one.client().info().await.unwrap().collect().await;
+        let stats: Vec<_> = one.client().stats().await.unwrap().collect().await;
+        (infos, stats)
+    })
+    .await
+    .expect("hang guard: an answer of one instance waited for the timeout");
+    let [(instance, Ok(info))] = &infos[..] else {
+        panic!("one answer, not {infos:?}")
+    };
+    assert_eq!(
+        (
+            instance.as_str(),
+            info.service.as_str(),
+            info.instance.as_str()
+        ),
+        ("only", "Calculator", "only")
+    );
+    let [(_, Ok(stats))] = &stats[..] else {
+        panic!("one answer, not {stats:?}")
+    };
+    assert_eq!(stats.instance, "only");
+    // Of every server: the first answer, without waiting for others.
+    let (instance, info) = tokio::time::timeout(HANG_GUARD, async {
+        calc.client().info().await.unwrap().next().await.unwrap()
+    })
+    .await
+    .expect("hang guard");
+    assert_eq!(
+        (instance.as_str(), info.unwrap().instance.as_str()),
+        ("only", "only")
+    );
 }

@@ -25,6 +25,8 @@ mqrpc_tests::on_both_brokers!(
     discover_leaves_out_a_server_gone_within_its_window,
     ack_after_answer_serves_calls_batches_streams_and_slow_calls,
     a_dead_members_unacknowledged_request_is_not_handed_to_a_survivor,
+    a_killed_server_with_a_named_instance_ends_its_calls_and_stream_with_server_gone,
+    shutdown_succeeds_with_no_client_listening_for_notices,
 );
 
 /// Longer than any of these tests: a call that ends at its deadline
@@ -127,6 +129,68 @@ async fn killed_server_ends_its_instance_calls_and_stream_with_server_gone(broke
     // the connection keeps working.
     let (_server_conn, _calc) = broker.serve_calc().await;
     assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+}
+
+/// An instance id other than the connection's client id
+/// (`ServerOptions::instance`): its own Will, on a connection of its own,
+/// still tells the callers when the process dies.
+async fn a_killed_server_with_a_named_instance_ends_its_calls_and_stream_with_server_gone(
+    broker: TestBroker,
+) {
+    let instance = unique("billing-A");
+    let server = spawn_server(
+        &broker,
+        &unique("calc-client-id"),
+        &[("CALC_INSTANCE", &instance)],
+    )
+    .await;
+    let conn = broker.connect().await;
+    let calc = CalculatorClient::with_options(&conn, ClientOptions::default().timeout(LONG))
+        .await
+        .unwrap();
+    let one = calc.to_instance(&instance).unwrap();
+    let hanging = tokio::spawn({
+        let one = one.clone();
+        async move { one.hang().await }
+    });
+    // One stream sent to the instance, one through the share group (bound
+    // to the instance its first item names).
+    let mut to_it = one.count_up(1_000_000).await.unwrap();
+    let mut to_any = calc.count_up(1_000_000).await.unwrap();
+    assert_eq!(to_it.next().await.unwrap().unwrap(), 0);
+    assert_eq!(to_any.next().await.unwrap().unwrap(), 0);
+    one.client().ping().await.unwrap();
+
+    kill(server).await;
+
+    assert_eq!(hanging.await.unwrap().unwrap_err(), gone(&instance, "hang"));
+    for mut items in [to_it, to_any] {
+        let end = loop {
+            match items.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the stream ended without an error"),
+            }
+        };
+        assert_eq!(end, gone(&instance, "count_up"));
+    }
+}
+
+/// A clean stop with nobody subscribed to the notices: Mosquitto answers
+/// the notice with PUBACK 0x10 (no matching subscribers), which is no
+/// failure of the shutdown (nobody had to be told).
+async fn shutdown_succeeds_with_no_client_listening_for_notices(broker: TestBroker) {
+    let conn = broker.connect().await;
+    for options in [
+        ServerOptions::default(),
+        ServerOptions::default().instance(unique("calc-alone").as_str()),
+    ] {
+        let server = CalculatorServer::new(Calc::default())
+            .serve_with(&conn, options)
+            .await
+            .unwrap();
+        server.shutdown().await.unwrap();
+    }
 }
 
 async fn closing_a_connection_announces_every_instance_it_served(broker: TestBroker) {

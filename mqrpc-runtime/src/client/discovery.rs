@@ -5,7 +5,10 @@ use std::time::Duration;
 use crate::protocol::builtins::ServiceInfo;
 
 /// Every server of every service under `prefix` that answers `_info`
-/// within `within`: discovery without a registry. A server whose notice
+/// within `within`: discovery without a registry. It always waits the
+/// whole `within` (it cannot know how many servers there are), unless no
+/// server at all listens under `prefix` and the broker says so at once
+/// (Mosquitto's "no matching subscribers"). A server whose notice
 /// that it is gone (PROTOCOL.md, "Server gone") arrives within `within`
 /// is not listed, even if it answered before.
 ///

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::client::items::Idle;
 use crate::client::{Control, Items};
 use crate::error::Failure;
 use crate::protocol::{
@@ -45,7 +46,7 @@ impl Client {
         );
         let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
         let (rx, slot) = self
-            .send_many(topic, qos, schema, args, capacity, false)
+            .send_many(topic, qos, schema, args, capacity, Gather::All)
             .await?;
         Ok(Answers {
             rx,
@@ -53,6 +54,7 @@ impl Client {
             left: max_answers,
             decode,
             method: method.to_string(),
+            asked: None,
             _slot: slot,
         })
     }
@@ -68,7 +70,7 @@ impl Client {
         schema: Option<&'static str>,
         args: &A,
         capacity: usize,
-        stream: bool,
+        gather: Gather,
     ) -> Result<
         (
             tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
@@ -81,23 +83,24 @@ impl Client {
         let payload = self.options.codec.encode(args)?;
         let caller = self.caller.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        let id = if stream {
-            caller.register(Waiter::Stream(tx), self.instance.clone())?
-        } else {
-            caller.register(Waiter::Many(tx), None)?
+        let id = match gather {
+            Gather::Stream => caller.register(Waiter::Stream(tx), self.instance.clone())?,
+            Gather::One => caller.register(Waiter::Many(tx), self.instance.clone())?,
+            Gather::All => caller.register(Waiter::Many(tx), None)?,
         };
         // Made before publishing, so a failed publish clears the entry.
         let slot = BroadcastSlot {
             caller: caller.clone(),
             id,
         };
-        let mut properties = request_properties(
-            &caller.reply_topic,
-            id,
-            self.options.codec,
-            schema,
-            self.options.timeout,
-        );
+        // A stream's budget is per item (PROTOCOL.md, "Server streaming").
+        let budget = if gather == Gather::Stream {
+            self.options.get_stream_idle_timeout()
+        } else {
+            self.options.timeout
+        };
+        let mut properties =
+            request_properties(&caller.reply_topic, id, self.options.codec, schema, budget);
         // No call span of its own (the answers outlive this function): the
         // servers join the caller's current trace.
         observe::inject_current(&mut properties.user_properties);
@@ -117,15 +120,18 @@ impl Client {
         Ok((rx, slot))
     }
 
-    /// Asks one server of the service (`_ping`) whether it is there.
+    /// Asks one server of the service (`_ping`) whether it is there: this
+    /// client's instance ([`to_instance`](Self::to_instance)), or any one
+    /// through the share group. Returns at its answer, or ends with
+    /// [`Error::Timeout`] after the client's timeout (10 s by default).
     pub async fn ping(&self) -> Result<(), Error> {
         self.call::<_, ()>(PING_METHOD, &()).await
     }
 
     /// Calls `method` on every server of the service at once (topic
     /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
-    /// outcome)` that ends at this client's timeout or after `max_answers`
-    /// answers. Each answer decodes as `T`; a method declared
+    /// outcome)` that ends at this client's timeout (10 s by default) or
+    /// after `max_answers` answers, whichever comes first. Each answer decodes as `T`; a method declared
     /// `-> Result<T, E>` is best called through its generated client's
     /// `broadcast()`, which decodes its typed errors.
     ///
@@ -180,16 +186,83 @@ impl Client {
         self.stream_qos(method, None, None, args).await
     }
 
-    /// `_info` of every server of the service, until this client's timeout.
+    /// `_info` (service, version, instance, methods and their schema
+    /// fingerprints) of the servers of the service, as `(instance,
+    /// outcome)` answers.
+    ///
+    /// - On a client of one instance ([`to_instance`](Self::to_instance)):
+    ///   that server's answer, and the stream ends with it (at once, not at
+    ///   the timeout; [`Error::ServerGone`] if the instance goes away
+    ///   first, [`Error::Timeout`] if no answer comes within the client's
+    ///   timeout).
+    /// - Otherwise every server's, a broadcast: the stream gathers answers
+    ///   for the whole client's timeout (10 s by default,
+    ///   [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)), since it cannot
+    ///   know how many servers there are. Take
+    ///   `answers.next().await` to stop at the first one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use futures_util::StreamExt;
+    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, ServerOptions, Service};
+    /// struct Echo;
+    /// impl Service for Echo {
+    ///     const NAME: &'static str = "Echo";
+    ///     const METHODS: &'static [&'static str] = &["echo"];
+    ///     async fn call(&self, _method: &str, codec: Codec, payload: &[u8]) -> Reply {
+    ///         Reply::ok(codec, &payload.len())
+    ///     }
+    /// }
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let _server = mqrpc_runtime::serve(&conn, Echo, ServerOptions::default().instance("echo-1")).await?;
+    /// let client = Client::new(&conn, "Echo", ClientOptions::default()).await?;
+    /// // One instance: its answer ends the stream.
+    /// let infos: Vec<_> = client.to_instance("echo-1")?.info().await?.collect().await;
+    /// assert_eq!(infos.len(), 1);
+    /// assert_eq!(infos[0].1.as_ref().unwrap().instance, "echo-1");
+    /// // Every instance: the first answer, without waiting for the others.
+    /// let (instance, info) = client.info().await?.next().await.expect("one answer");
+    /// assert_eq!((instance.as_str(), info?.service.as_str()), ("echo-1", "Echo"));
+    /// # Ok(()) }
+    /// ```
     pub async fn info(&self) -> Result<Answers<crate::ServiceInfo>, Error> {
-        self.broadcast_qos(INFO_METHOD, None, None, &(), None, Response::into_value)
-            .await
+        self.builtin_answers(INFO_METHOD).await
     }
 
-    /// `_stats` of every server of the service, until this client's timeout.
+    /// `_stats` (per-method calls, errors, p50/p99) of the servers of the
+    /// service, as `(instance, outcome)` answers: on a client of one
+    /// instance, that server's answer, ending the stream at once; otherwise
+    /// every server's, gathered for the whole client's timeout (10 s by
+    /// default), like [`info`](Self::info).
     pub async fn stats(&self) -> Result<Answers<crate::ServiceStats>, Error> {
-        self.broadcast_qos(STATS_METHOD, None, None, &(), None, Response::into_value)
-            .await
+        self.builtin_answers(STATS_METHOD).await
+    }
+
+    /// A built-in asked of this client's instance (one answer ends it) or
+    /// of every server of the service (answers until the timeout).
+    async fn builtin_answers<T: DeserializeOwned>(
+        &self,
+        method: &str,
+    ) -> Result<Answers<T>, Error> {
+        if self.instance.is_none() {
+            return self
+                .broadcast_qos(method, None, None, &(), None, Response::into_value)
+                .await;
+        }
+        let topic = [&*self.topic_base, method].concat();
+        let (rx, slot) = self
+            .send_many(topic, None, None, &(), 1, Gather::One)
+            .await?;
+        Ok(Answers {
+            rx,
+            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            left: Some(1),
+            decode: Response::into_value,
+            method: method.to_string(),
+            asked: self.instance.clone(),
+            _slot: slot,
+        })
     }
 
     /// A cancel (QoS 0, best effort) or a stream credit (QoS 1: a lost
@@ -253,11 +326,16 @@ impl Client {
         // sends more, so nothing is dropped.
         let capacity = crate::STREAM_WINDOW as usize + 2;
         let (rx, slot) = self
-            .send_many(topic, qos, schema, args, capacity, true)
+            .send_many(topic, qos, schema, args, capacity, Gather::Stream)
             .await?;
+        let total = self
+            .options
+            .get_stream_timeout()
+            .map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
         Ok(Items {
             rx,
-            deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
+            idle: Idle::start(self.options.get_stream_idle_timeout()),
+            total,
             decode: Response::into_value::<T>,
             method: method.to_string(),
             client: self.clone(),
@@ -269,6 +347,17 @@ impl Client {
             _slot: slot,
         })
     }
+}
+
+/// Whose answers a request with many answers gathers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gather {
+    /// Every server's (a broadcast), until the timeout.
+    All,
+    /// One instance's (this client's), bound to it.
+    One,
+    /// A stream's items, from one instance.
+    Stream,
 }
 
 /// Ends a broadcast's (or stream's) pending entry when it is dropped.
@@ -285,7 +374,9 @@ impl Drop for BroadcastSlot {
 
 /// The answers to a broadcast: a [`Stream`](futures_util::Stream) of
 /// `(instance, outcome)`, one per server that answered, ending at the
-/// client's timeout or after the requested number of answers. An error
+/// client's timeout (10 s by default, [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT):
+/// it cannot know how many servers there are) or after the requested
+/// number of answers, whichever comes first. An error
 /// that no server sent (e.g. [`Error::NoResponder`], [`Error::Disconnected`])
 /// comes with an empty instance and ends the stream.
 ///
@@ -308,6 +399,9 @@ pub struct Answers<T> {
     left: Option<usize>,
     decode: fn(Response, &str) -> Result<T, Error>,
     method: String,
+    /// The instance asked, for answers that do not name theirs (only
+    /// broadcasts' do).
+    asked: Option<Arc<str>>,
     _slot: BroadcastSlot,
 }
 
@@ -327,7 +421,10 @@ impl<T> futures_util::Stream for Answers<T> {
                 if let Some(left) = &mut self.left {
                     *left -= 1;
                 }
-                let instance = response.instance.clone().unwrap_or_default();
+                let instance = match (&response.instance, &self.asked) {
+                    (Some(instance), _) => instance.to_string(),
+                    (None, asked) => asked.as_deref().unwrap_or_default().to_string(),
+                };
                 let outcome = (self.decode)(response, &self.method);
                 Poll::Ready(Some((instance, outcome)))
             }

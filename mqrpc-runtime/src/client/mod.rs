@@ -115,7 +115,9 @@ impl Client {
         })
     }
 
-    /// The same client with another timeout: per-call override.
+    /// The same client with another timeout: per-call override (for a
+    /// stream, the wait for each item, unless
+    /// [`ClientOptions::stream_idle_timeout`] is set).
     pub fn with_timeout(&self, timeout: Duration) -> Client {
         let mut client = self.clone();
         client.options.timeout = timeout;

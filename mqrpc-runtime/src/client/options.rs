@@ -6,7 +6,10 @@ use std::time::Duration;
 use crate::protocol::DEFAULT_PREFIX;
 use crate::{Codec, QoS};
 
-/// Default time a call waits for its answer.
+/// Default time a call waits for its answer: 10 s. Also, unless set
+/// apart, the longest a stream waits for each of its items
+/// ([`ClientOptions::stream_idle_timeout`]) and how long a broadcast
+/// gathers answers ([`Client::broadcast`](crate::Client::broadcast)).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-client settings.
@@ -28,10 +31,14 @@ pub struct ClientOptions {
     pub(super) qos: QoS,
     pub(super) codec: Codec,
     pub(super) batches: bool,
+    pub(super) stream_idle_timeout: Option<Duration>,
+    pub(super) stream_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
-    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard, batches on.
+    /// Prefix `mqrpc`, timeout 10 s, QoS 1, postcard, batches on; streams
+    /// wait up to the timeout (10 s) for each item and have no limit on
+    /// their whole length.
     fn default() -> Self {
         ClientOptions {
             prefix: Arc::from(DEFAULT_PREFIX),
@@ -39,6 +46,8 @@ impl Default for ClientOptions {
             qos: QoS::AtLeastOnce,
             codec: Codec::Postcard,
             batches: true,
+            stream_idle_timeout: None,
+            stream_timeout: None,
         }
     }
 }
@@ -50,7 +59,11 @@ impl ClientOptions {
         self
     }
 
-    /// Time a call waits for its answer (default 10 s).
+    /// Time a call waits for its answer (default 10 s,
+    /// [`DEFAULT_TIMEOUT`]). A stream is not bound by it as a whole: it
+    /// waits this long for each item, unless
+    /// [`stream_idle_timeout`](Self::stream_idle_timeout) says otherwise.
+    /// A broadcast gathers answers this long.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -77,8 +90,59 @@ impl ClientOptions {
         self
     }
 
+    /// The longest a stream waits for its next item (default: the
+    /// [`timeout`](Self::timeout), 10 s unless set): a stream lasts as
+    /// long as its items keep coming, and ends with
+    /// [`Error::Timeout`](crate::Error::Timeout) when the next one takes
+    /// longer than this. The time counts while the caller waits for an
+    /// item, not while it works on the previous one; but the server, too,
+    /// stops a stream whose producer takes longer than this for an item
+    /// (PROTOCOL.md, "Server streaming").
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mqrpc_runtime::ClientOptions;
+    /// let opts = ClientOptions::default().timeout(Duration::from_secs(2));
+    /// assert_eq!(opts.get_stream_idle_timeout(), Duration::from_secs(2));
+    /// let opts = opts.stream_idle_timeout(Duration::from_secs(30));
+    /// assert_eq!(opts.get_stream_idle_timeout(), Duration::from_secs(30));
+    /// ```
+    pub fn stream_idle_timeout(mut self, idle: Duration) -> Self {
+        self.stream_idle_timeout = Some(idle);
+        self
+    }
+
+    /// A limit on the whole length of a stream (default none): it ends
+    /// with [`Error::Timeout`](crate::Error::Timeout) this long after it
+    /// was sent, however fast its items come.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mqrpc_runtime::ClientOptions;
+    /// assert_eq!(ClientOptions::default().get_stream_timeout(), None);
+    /// let opts = ClientOptions::default().stream_timeout(Duration::from_secs(60));
+    /// assert_eq!(opts.get_stream_timeout(), Some(Duration::from_secs(60)));
+    /// ```
+    pub fn stream_timeout(mut self, total: Duration) -> Self {
+        self.stream_timeout = Some(total);
+        self
+    }
+
     /// The configured timeout.
     pub fn get_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The longest a stream waits for its next item: the
+    /// [`stream_idle_timeout`](Self::stream_idle_timeout) if set, else the
+    /// [`timeout`](Self::timeout).
+    pub fn get_stream_idle_timeout(&self) -> Duration {
+        self.stream_idle_timeout.unwrap_or(self.timeout)
+    }
+
+    /// The limit on a stream's whole length, if set
+    /// ([`stream_timeout`](Self::stream_timeout)).
+    pub fn get_stream_timeout(&self) -> Option<Duration> {
+        self.stream_timeout
     }
 }

@@ -78,8 +78,9 @@ pub const REPLY_LEVEL: &str = "_reply";
 /// Topic level, under the connection's reply prefix, of the notices that
 /// an instance is gone: `<reply prefix>/_gone/<instance>`. Every
 /// connection sets it as its Last Will (with its client id as the
-/// instance, the default instance id of its servers), and a server that
-/// stops cleanly publishes it itself. Clients subscribe
+/// instance, the default instance id of its servers; a server with another
+/// instance id has a connection of its own carrying that instance's Will),
+/// and a server that stops cleanly publishes it itself. Clients subscribe
 /// `<reply prefix>/_gone/+` and end the calls bound to that instance with
 /// [`Error::ServerGone`](crate::Error::ServerGone). The payload is empty.
 pub const GONE_LEVEL: &str = "_gone";

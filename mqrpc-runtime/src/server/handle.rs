@@ -71,7 +71,7 @@ impl ServerHandle {
     /// [`shutdown`](Self::shutdown) to wait for them). Publishes no notice
     /// that the instance is gone: its answers are still to come.
     pub async fn stop(self) -> Result<(), Error> {
-        self.conn.stopped_serving(&self.instance);
+        drop(self.conn.stopped_serving(&self.instance));
         self.unsubscribe().await
     }
 
@@ -93,7 +93,9 @@ impl ServerHandle {
     /// id, it publishes the notice that the instance is gone
     /// (`<reply prefix>/_gone/<instance>`, PROTOCOL.md "Server gone"):
     /// calls that clients still send to this instance end with
-    /// [`Error::ServerGone`] instead of waiting for their deadline. While
+    /// [`Error::ServerGone`] instead of waiting for their deadline. A broker
+    /// that answers it "no matching subscribers" (no client listens) is no
+    /// failure: nobody had to be told. While
     /// the broker is away the notice cannot go out: the error is then
     /// [`Error::Disconnected`] (the server has stopped all the same).
     ///
@@ -125,10 +127,10 @@ impl ServerHandle {
             }
             idle.await;
         }
-        let announced = if self.conn.stopped_serving(&self.instance) {
-            self.conn.announce_gone(&self.instance).await
-        } else {
-            Ok(())
+        let announced = match self.conn.stopped_serving(&self.instance) {
+            // Its Will (if it has one of its own) goes once the notice did.
+            Some(_last) => self.conn.announce_gone(&self.instance).await,
+            None => Ok(()),
         };
         unsubscribed.and(announced)
     }
@@ -219,6 +221,9 @@ pub async fn serve<S: Service>(
         // the ones of calls it does not run).
         filters.push((format!("{service_base}{CANCEL_METHOD}"), QoS::AtMostOnce));
     }
+    // Before the first request can come: its Will is in place (PROTOCOL.md,
+    // "Server gone").
+    conn.serving(&instance).await;
     let mut route_ids = Vec::new();
     for (filter, qos) in filters {
         match conn.subscribe(filter, qos, sink.clone()).await {
@@ -227,11 +232,11 @@ pub async fn serve<S: Service>(
                 for id in &route_ids {
                     let _ = conn.unsubscribe(*id).await;
                 }
+                drop(conn.stopped_serving(&instance));
                 return Err(e);
             }
         }
     }
-    conn.serving(&instance);
     Ok(ServerHandle {
         conn: conn.clone(),
         route_ids,

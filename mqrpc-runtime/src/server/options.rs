@@ -90,6 +90,13 @@ impl ServerOptions {
     /// This server's instance id (default: its connection's client id):
     /// besides its share of the service's requests, it serves those sent
     /// to `<prefix>/<service>/_to/<instance>/<method>`.
+    ///
+    /// An id other than the connection's client id costs one more broker
+    /// connection per id (client id `<client id>-will-<instance>`), made
+    /// when the first server with that id starts: its Last Will announces
+    /// the instance gone if the process dies, so that callers get
+    /// [`Error::ServerGone`](crate::Error::ServerGone) rather than a
+    /// timeout (PROTOCOL.md, "Server gone").
     pub fn instance(mut self, id: impl Into<String>) -> Self {
         self.instance = Some(id.into());
         self

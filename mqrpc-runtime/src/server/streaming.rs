@@ -128,7 +128,8 @@ impl<S: Service> Dispatcher<S> {
     }
 
     /// Sends a streaming reply's items, each within the caller's credit,
-    /// then the end marker; stops on cancel, deadline or a failing item.
+    /// then the end marker; stops on cancel, an item later than the
+    /// call's budget, or a failing item.
     pub(super) async fn stream_items(
         &self,
         conn: Connection,
@@ -151,14 +152,23 @@ impl<S: Service> Dispatcher<S> {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.key.clone(), (key.digest, credit_tx));
         request.instance = Some(self.instance.clone());
-        let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        // The call's budget is per item (PROTOCOL.md, "Server streaming"):
+        // the first item is due by the request's deadline, each next one
+        // within the budget of the previous one, or of the credit that let
+        // it go. Waiting for credit does not count.
+        let budget = request
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(request.arrived));
+        let mut due = request.deadline.map(tokio::time::Instant::from_std);
+        let next_due = || budget.map(|budget| tokio::time::Instant::now() + budget);
         let mut credit = crate::STREAM_WINDOW;
         let mut seq = 0u64;
         let end = loop {
-            let expired = async {
-                match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
+            let waiting_for_credit = credit == 0;
+            let expired = async move {
+                match due {
+                    Some(due) if !waiting_for_credit => tokio::time::sleep_until(due).await,
+                    _ => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -169,20 +179,27 @@ impl<S: Service> Dispatcher<S> {
                         send_reply(conn.clone(), answer, Status::Ok, content_type, bytes).await;
                         seq += 1;
                         credit -= 1;
+                        due = next_due();
                     }
                     Some(Err(e)) => {
                         break Some((Status::Internal, format!("cannot encode item {seq}: {e}")));
                     }
                     None => break None,
                 },
-                Some(n) = credit_rx.recv() => credit = credit.saturating_add(n),
+                Some(n) = credit_rx.recv() => {
+                    if credit == 0 {
+                        due = next_due();
+                    }
+                    credit = credit.saturating_add(n);
+                }
                 Ok(()) = &mut stop_rx => {
                     debug!(service = S::NAME, method = %request.method, "stream cancelled by the caller");
                     self.end_stream(&key);
                     return;
                 }
                 () = expired => {
-                    break Some((Status::DeadlineExceeded, format!("`{}` did not finish before its deadline", request.method)));
+                    let budget = budget.unwrap_or_default();
+                    break Some((Status::DeadlineExceeded, format!("`{}`: item {seq} not produced within {budget:?}", request.method)));
                 }
             }
         };

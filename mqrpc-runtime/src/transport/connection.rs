@@ -123,7 +123,7 @@ impl Connection {
             Err(Error::BrokerNotConfigured) => {
                 let broker = crate::EmbeddedBroker::start().await?;
                 let options = ConnectOptions::from_url(&broker.url())?;
-                Self::establish(options, Some(broker)).await
+                Self::establish(options, None, Some(broker)).await
             }
             Err(e) => Err(e),
         }
@@ -135,14 +135,17 @@ impl Connection {
     pub async fn connect(options: ConnectOptions) -> Result<Connection, Error> {
         Self::establish(
             options,
+            None,
             #[cfg(feature = "embedded-broker")]
             None,
         )
         .await
     }
 
-    async fn establish(
+    /// `will`: the instance its Last Will names (default: its client id).
+    pub(super) async fn establish(
         options: ConnectOptions,
+        will: Option<&str>,
         #[cfg(feature = "embedded-broker")] embedded: Option<crate::EmbeddedBroker>,
     ) -> Result<Connection, Error> {
         let client_id = options
@@ -153,7 +156,7 @@ impl Connection {
         let (connected_tx, connected_rx) = oneshot::channel();
         let driver = Arc::new(super::driver::Driver::new(connected_tx));
         let transport =
-            Transport::start_with_handler(transport_config(&options, &client_id), dialer, {
+            Transport::start_with_handler(transport_config(&options, &client_id, will), dialer, {
                 let driver = driver.clone();
                 move |event| driver.handle(event)
             });
@@ -460,9 +463,17 @@ impl Connection {
 }
 
 /// The session loop's settings for these options.
-fn transport_config(options: &ConnectOptions, client_id: &str) -> TransportConfig {
+fn transport_config(
+    options: &ConnectOptions,
+    client_id: &str,
+    will: Option<&str>,
+) -> TransportConfig {
     let mut config = TransportConfig::new(client_id);
-    config.last_will = Some(super::gone::last_will(options, client_id));
+    let will = will.map_or_else(
+        || crate::protocol::topic::as_level(client_id),
+        str::to_string,
+    );
+    config.last_will = Some(super::gone::last_will(options, &will));
     config.keep_alive = options.keep_alive.max(Duration::from_secs(1));
     config.credentials = options.credentials.clone();
     config.max_packet_size = options.max_packet_size;
