@@ -126,6 +126,11 @@ pub mod codegen {
     /// The fingerprints of a service's methods, in declaration order.
     pub type Fingerprints = std::sync::LazyLock<Vec<String>>;
 
+    /// The fingerprint of a method, from its arguments' and output's texts.
+    pub fn method(wire_name: &str, args: &[(&str, String)], output: &str) -> String {
+        super::fingerprint(&super::method_text(wire_name, args, output))
+    }
+
     /// A type's text as written in the trait, when it cannot be traced.
     pub fn written(text: &str) -> String {
         format!("`{text}`")
