@@ -369,3 +369,39 @@ fn fingerprints_are_the_documented_hash_of_the_documented_text() {
     );
     assert_eq!(fingerprint(&v1_text), "3c504fb7011b89a9");
 }
+
+/// The worked example of PROTOCOL.md ("Schema fingerprints"), through the
+/// macro: the generated fingerprint is the documented one.
+mod example {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub struct ChargeRequest {
+        pub customer_id: u64,
+        pub amount: i64,
+        pub coupon: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub enum ChargeError {
+        Declined { reason: String },
+        Unknown,
+    }
+
+    #[mqrpc::service]
+    pub trait Billing {
+        async fn charge(&self, request: ChargeRequest, tags: Vec<String>) -> Result<u64, ChargeError>;
+    }
+}
+
+#[test]
+fn the_documented_worked_example() {
+    let doc = example::BillingServer::asyncapi(&mqrpc::asyncapi::AsyncApiOptions::new());
+    assert_eq!(doc["operations"]["charge"]["x-mqrpc-schema"], "00bf1cf8e6c7ff8b");
+    // And the one-line example, `add(a: i64, b: i64) -> i64`, is the
+    // test Calculator's `add`.
+    let calculator = mqrpc_tests::CalculatorServer::<()>::asyncapi(
+        &mqrpc::asyncapi::AsyncApiOptions::new(),
+    );
+    assert_eq!(calculator["operations"]["add"]["x-mqrpc-schema"], "bb364c15d84acd2c");
+}

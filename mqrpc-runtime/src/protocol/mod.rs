@@ -41,7 +41,8 @@ pub const BROADCAST_LEVEL: &str = "_all";
 pub const INSTANCE_PROPERTY: &str = "mqrpc-instance";
 
 /// Content Type parameter carrying a method's schema fingerprint:
-/// `application/postcard; schema=9f0c2a9e1b7d4c33`.
+/// `application/postcard; schema=bb364c15d84acd2c` (PROTOCOL.md, "Schema
+/// fingerprints", and [`schema`]).
 pub const SCHEMA_PARAMETER: &str = "schema";
 
 /// Built-in method every server answers: `()` → `()`.
