@@ -42,6 +42,7 @@ pub fn render(service: &Service) -> TokenStream {
             /// The schema fingerprint of the method at `index` (declaration
             /// order); not a public API.
             #[doc(hidden)]
+            #[allow(clippy::needless_borrow)]
             pub fn __mqrpc_schema(#index: usize) -> &'static str {
                 static FINGERPRINTS: #krate::__private::schema::Fingerprints =
                     #krate::__private::schema::Fingerprints::new(|| {

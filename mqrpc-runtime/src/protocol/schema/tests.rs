@@ -222,6 +222,7 @@ type TooDeep = nested!(
 );
 
 #[test]
+#[allow(clippy::needless_borrow)] // the autoref probe, as generated code writes it
 fn untraceable_types_fall_back_to_their_text() {
     assert_eq!(type_text::<Loose>(), None);
     assert_eq!(type_text::<Tagged>(), None);
