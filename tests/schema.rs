@@ -390,18 +390,64 @@ mod example {
 
     #[mqrpc::service]
     pub trait Billing {
-        async fn charge(&self, request: ChargeRequest, tags: Vec<String>) -> Result<u64, ChargeError>;
+        async fn charge(
+            &self,
+            request: ChargeRequest,
+            tags: Vec<String>,
+        ) -> Result<u64, ChargeError>;
     }
 }
 
 #[test]
 fn the_documented_worked_example() {
     let doc = example::BillingServer::asyncapi(&mqrpc::asyncapi::AsyncApiOptions::new());
-    assert_eq!(doc["operations"]["charge"]["x-mqrpc-schema"], "00bf1cf8e6c7ff8b");
+    assert_eq!(
+        doc["operations"]["charge"]["x-mqrpc-schema"],
+        "00bf1cf8e6c7ff8b"
+    );
     // And the one-line example, `add(a: i64, b: i64) -> i64`, is the
     // test Calculator's `add`.
-    let calculator = mqrpc_tests::CalculatorServer::<()>::asyncapi(
-        &mqrpc::asyncapi::AsyncApiOptions::new(),
+    let calculator =
+        mqrpc_tests::CalculatorServer::<()>::asyncapi(&mqrpc::asyncapi::AsyncApiOptions::new());
+    assert_eq!(
+        calculator["operations"]["add"]["x-mqrpc-schema"],
+        "bb364c15d84acd2c"
     );
-    assert_eq!(calculator["operations"]["add"]["x-mqrpc-schema"], "bb364c15d84acd2c");
+}
+
+/// Generic types are traced at their type arguments; a type that cannot be
+/// traced counts by its text as written, without whitespace (issue 25:
+/// the fingerprint is what PROTOCOL.md says).
+mod generic {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Page<T> {
+        pub items: Vec<T>,
+        pub next: Option<String>,
+    }
+
+    #[mqrpc::service]
+    pub trait Catalog {
+        async fn list(
+            &self,
+            page: Page<super::v1::Item>,
+            raw: Vec<serde_json::Value>,
+        ) -> Page<String>;
+    }
+}
+
+#[test]
+fn generic_and_untraceable_types_are_as_documented() {
+    let text = "list(page: {items: seq<{sku: string, quantity: u32}>, next: option<string>}, \
+                raw: `Vec<serde_json::Value>`) -> {items: seq<string>, next: option<string>}";
+    assert_eq!(
+        mqrpc::protocol::schema::fingerprint(text),
+        "34a914471392655d"
+    );
+    let doc = generic::CatalogServer::asyncapi(&mqrpc::asyncapi::AsyncApiOptions::new());
+    assert_eq!(
+        doc["operations"]["list"]["x-mqrpc-schema"],
+        "34a914471392655d"
+    );
 }
