@@ -42,6 +42,7 @@
 //! The fingerprints of a service are computed at the first use of any of
 //! them and kept in a static: a call only reads it.
 
+mod format;
 mod text;
 mod trace;
 

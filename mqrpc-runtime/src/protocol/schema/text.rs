@@ -1,7 +1,7 @@
 //! Writes a traced type as its canonical text (grammar in PROTOCOL.md,
 //! "Schema fingerprints", and in the parent module's docs).
 
-use super::trace::{Fields, Format, Registry, Shape};
+use super::format::{Fields, Format, Registry, Shape};
 
 /// Longest canonical text of one type; a longer one (a type graph that
 /// unfolds exponentially) falls back to the type's text as written.
