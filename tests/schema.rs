@@ -368,6 +368,13 @@ fn fingerprints_are_the_documented_hash_of_the_documented_text() {
         fingerprint(&v1_text).as_str()
     );
     assert_eq!(fingerprint(&v1_text), "3c504fb7011b89a9");
+    // Computed once: every call reads the same static string.
+    let (first, again) = (
+        v1::BillingClient::__mqrpc_schema(0),
+        v1::BillingClient::__mqrpc_schema(0),
+    );
+    assert!(std::ptr::eq(first, again));
+    assert_eq!(first, "3c504fb7011b89a9");
 }
 
 /// The worked example of PROTOCOL.md ("Schema fingerprints"), through the
