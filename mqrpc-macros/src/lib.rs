@@ -3,12 +3,13 @@
 //! [`mqrpc::service`](https://docs.rs/mqrpc/latest/mqrpc/attr.service.html).
 //!
 //! Layout: `model` parses and checks the trait; `render_trait`,
-//! `render_client`, `render_server` and `render_asyncapi` each produce one
-//! part of the output.
+//! `render_client`, `render_server`, `render_schema` and `render_asyncapi`
+//! each produce one part of the output.
 
 mod model;
 mod render_asyncapi;
 mod render_client;
+mod render_schema;
 mod render_server;
 mod render_trait;
 
@@ -24,6 +25,7 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
             let mut out = render_trait::render(&service);
             out.extend(render_client::render(&service));
             out.extend(render_server::render(&service));
+            out.extend(render_schema::render(&service));
             out.extend(render_asyncapi::render(&service));
             out.into()
         }

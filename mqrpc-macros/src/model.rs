@@ -18,6 +18,7 @@ const CLIENT_INHERENT: &[&str] = &[
     "to_instance",
     "broadcast",
     "client",
+    "__mqrpc_schema",
 ];
 
 pub struct Service {
@@ -41,9 +42,6 @@ pub struct Method {
     pub qos: Option<u8>,
     /// `#[mqrpc(oneway)]`: fire and forget, no answer.
     pub oneway: bool,
-    /// Fingerprint of the signature: 16 hex digits of FNV-1a 64 over
-    /// `name(arg: Type, ..) -> Output` as written in the trait.
-    pub schema: String,
     pub args: Vec<Arg>,
     pub output: Output,
 }
@@ -398,26 +396,7 @@ impl Method {
         if errors.0.is_some() && !before {
             return None;
         }
-        let signature = format!(
-            "{}({}) -> {}",
-            wire_name,
-            args.iter()
-                .map(|arg| {
-                    let ty = &arg.ty;
-                    format!("{}: {}", arg.ident, quote::quote!(#ty))
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-            match &output {
-                Output::Unit => "()".to_string(),
-                Output::Plain(ty) => quote::quote!(#ty).to_string(),
-                Output::Fallible { declared, .. } | Output::Stream { declared, .. } => {
-                    quote::quote!(#declared).to_string()
-                }
-            }
-        );
         Some(Method {
-            schema: fingerprint(&signature),
             attrs,
             ident: sig.ident.clone(),
             wire_name,
@@ -427,17 +406,6 @@ impl Method {
             output,
         })
     }
-}
-
-/// FNV-1a 64 of `text`, as 16 hex digits: stable across builds and
-/// platforms (unlike `std`'s hasher).
-fn fingerprint(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
 
 /// The type arguments of a path type whose last segment is `name`

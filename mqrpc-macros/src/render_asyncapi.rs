@@ -20,12 +20,12 @@ pub fn render(service: &Service) -> TokenStream {
     let server = service.server_ident();
     let wire_name = &service.wire_name;
     let service_docs = docs(&service.attrs);
-    let methods = service.methods.iter().map(|method| {
+    let client = service.client_ident();
+    let methods = service.methods.iter().enumerate().map(|(index, method)| {
         let wire = &method.wire_name;
         let ident = method.ident.to_string();
         let method_docs = docs(&method.attrs);
         let qos = qos_tokens(krate, method.qos);
-        let fingerprint = &method.schema;
         let args = method.args.iter().map(|arg| {
             let name = arg.ident.unraw().to_string();
             let schema = schema(&arg.ty);
@@ -66,7 +66,7 @@ pub fn render(service: &Service) -> TokenStream {
                 ident: #ident,
                 docs: #method_docs,
                 qos: #qos,
-                fingerprint: #fingerprint,
+                fingerprint: #client::__mqrpc_schema(#index),
                 args: ::std::vec![#(#args),*],
                 output: #output,
             });

@@ -7,6 +7,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::model::{Output, Service};
+use crate::render_schema;
 use crate::render_server::hidden;
 
 pub fn render(service: &Service) -> TokenStream {
@@ -20,7 +21,7 @@ pub fn render(service: &Service) -> TokenStream {
          Each method sends one MQTT v5 request to `<prefix>/{wire_name}/<method>` and waits for its answer. \
          Cheap to clone; clones share the connection and can be used from many tasks at once."
     );
-    let methods = service.methods.iter().map(|method| {
+    let methods = service.methods.iter().enumerate().map(|(index, method)| {
         let attrs = method
             .attrs
             .iter()
@@ -45,8 +46,7 @@ pub fn render(service: &Service) -> TokenStream {
             ),
         };
         let qos = qos_tokens(krate, method.qos);
-        let schema = &method.schema;
-        let schema = quote!(::core::option::Option::Some(#schema));
+        let schema = render_schema::fingerprint(service, index);
         let send = if method.oneway {
             quote!(self.client.notify_qos(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
         } else {
@@ -71,8 +71,9 @@ pub fn render(service: &Service) -> TokenStream {
     let broadcast_methods = service
         .methods
         .iter()
-        .filter(|m| !m.oneway && !matches!(m.output, Output::Stream { .. }))
-        .map(|method| {
+        .enumerate()
+        .filter(|(_, m)| !m.oneway && !matches!(m.output, Output::Stream { .. }))
+        .map(|(index, method)| {
             let name = &method.ident;
             let wire = &method.wire_name;
             let ArgTokens {
@@ -91,7 +92,7 @@ pub fn render(service: &Service) -> TokenStream {
                 Output::Stream { .. } => unreachable!("streams are filtered out above"),
             };
             let qos = qos_tokens(krate, method.qos);
-            let schema = &method.schema;
+            let schema = render_schema::fingerprint(service, index);
             let doc = format!("`{wire}` on every server of the service.");
             quote! {
                 #[doc = #doc]
@@ -103,7 +104,7 @@ pub fn render(service: &Service) -> TokenStream {
                         .broadcast_qos(
                             #wire,
                             #qos,
-                            ::core::option::Option::Some(#schema),
+                            #schema,
                             &#args_struct { #(#fields),* },
                             self.max_answers,
                             #decode,

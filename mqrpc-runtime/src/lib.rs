@@ -46,6 +46,11 @@ pub mod __private {
         pub use crate::asyncapi::codegen::*;
     }
 
+    /// The schema fingerprint helpers of generated clients and servers.
+    pub mod schema {
+        pub use crate::protocol::schema::codegen::*;
+    }
+
     /// The MQTT v5 session loop over rumqttc's codec that carries every
     /// [`Connection`](crate::Connection), for the transport's own tests.
     pub mod transport {

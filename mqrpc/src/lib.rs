@@ -207,6 +207,6 @@ pub use mqrpc_runtime::{
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use mqrpc_runtime::__private::asyncapi;
+    pub use mqrpc_runtime::__private::{asyncapi, schema};
     pub use serde;
 }

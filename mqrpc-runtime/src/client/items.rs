@@ -101,7 +101,11 @@ impl<T> futures_util::Stream for Items<T> {
                 if self.instance.is_none() {
                     self.instance = response.instance.clone();
                 }
-                if response.seq != Some(self.next_seq) {
+                // A call refused before its method ran (`schema-mismatch`,
+                // `bad-request`, ..) has no `mqrpc-seq`: its status says why.
+                let refused =
+                    response.seq.is_none() && !matches!(response.status, Status::Ok | Status::End);
+                if !refused && response.seq != Some(self.next_seq) {
                     let reason = format!(
                         "stream `{}`: expected item {}, got {:?}",
                         self.method, self.next_seq, response.seq

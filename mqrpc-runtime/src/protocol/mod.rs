@@ -5,6 +5,7 @@ pub(crate) mod batch;
 pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
 pub(crate) mod codec;
+pub mod schema;
 pub(crate) mod topic;
 
 /// User property carrying the outcome of a call on every response.
@@ -40,7 +41,8 @@ pub const BROADCAST_LEVEL: &str = "_all";
 pub const INSTANCE_PROPERTY: &str = "mqrpc-instance";
 
 /// Content Type parameter carrying a method's schema fingerprint:
-/// `application/postcard; schema=9f0c2a9e1b7d4c33`.
+/// `application/postcard; schema=bb364c15d84acd2c` (PROTOCOL.md, "Schema
+/// fingerprints", and [`schema`]).
 pub const SCHEMA_PARAMETER: &str = "schema";
 
 /// Built-in method every server answers: `()` → `()`.

@@ -64,9 +64,11 @@ pub trait Service: Send + Sync + 'static {
         ""
     }
 
-    /// The schema fingerprint of `method` (generated: a hash of its
-    /// argument and return types as declared in the trait), compared with
-    /// the one a request names. `None`: not checked.
+    /// The schema fingerprint of `method`, compared with the one a request
+    /// names; `None`: not checked. Generated: a hash of the wire structure
+    /// of its argument and output types, traced through their serde impls
+    /// ([`protocol::schema`](crate::protocol::schema); PROTOCOL.md,
+    /// "Schema fingerprints").
     fn schema(method: &str) -> Option<&'static str> {
         let _ = method;
         None
