@@ -23,6 +23,7 @@ mqrpc_tests::on_both_brokers!(
     keys_just_under_the_limits_fill_the_table_within_its_budget,
     waiting_requests_stay_within_their_byte_budget,
     answers_go_at_the_requests_qos,
+    the_table_empties_after_the_window_without_further_requests,
 );
 
 /// Requests per flood (the figure).
@@ -74,7 +75,7 @@ const AHEAD: u64 = 100;
 /// [`AHEAD`] of the `sent` ones (by `handled`, one of its counters): the
 /// flood is never more than 2 × [`AHEAD`] ahead.
 async fn pace(server: &ServerHandle, sent: u64, handled: impl Fn(&ServerUsage) -> u64) {
-    if sent % AHEAD == 0 {
+    if sent.is_multiple_of(AHEAD) {
         wait_for(server, "the server keeps up", |u| {
             handled(u) + AHEAD >= sent
         })
@@ -370,4 +371,28 @@ async fn answers_go_at_the_requests_qos(broker: TestBroker) {
     assert_eq!(answer.qos, QoS::AtLeastOnce);
     let calc: CalculatorClient = broker.client(WAIT).await;
     assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+}
+
+async fn the_table_empties_after_the_window_without_further_requests(broker: TestBroker) {
+    let window = Duration::from_secs(1);
+    let options = ServerOptions::default().dedup(10_000, 8 << 20, window);
+    let (_conn, server) = serve(&broker, options).await;
+    let fresh = server.usage();
+    let mut peer = RawPeer::connect(broker.port(), &[REPLY]).await;
+    // Requests without a deadline: remembered for the window.
+    for n in 0..100 {
+        let key = correlation(n, 256);
+        peer.publish(ADD, ARGS, request_properties(REPLY, &key, JSON))
+            .await;
+    }
+    for _ in 0..100 {
+        assert_eq!(&next_answer(&mut peer).await.payload[..], b"3");
+    }
+    let usage = server.usage();
+    assert!(usage.dedup_entries > 0, "{usage:?}");
+    assert!(usage.dedup_bytes > fresh.dedup_bytes, "{usage:?}");
+    // No request comes to expire them: the server's own sweep does, and
+    // the table is back to what an empty one holds.
+    wait_for(&server, "the window passed", |u| u.dedup_entries == 0).await;
+    assert_nothing_kept(&server.usage(), &fresh);
 }

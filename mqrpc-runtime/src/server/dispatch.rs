@@ -285,7 +285,7 @@ impl<S: Service> Dispatcher<S> {
         }
         let dropped = self.held.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // A peer sending nothing else must not flood the log either.
-        if dropped == 1 || dropped % 1000 == 0 {
+        if dropped == 1 || dropped.is_multiple_of(1000) {
             warn!(service = S::NAME, %violation, dropped, "request over a limit without a usable Response Topic: dropped");
         } else {
             debug!(service = S::NAME, %violation, "request over a limit without a usable Response Topic: dropped");

@@ -204,6 +204,7 @@ pub async fn serve<S: Service>(
         grace: Duration::from_secs(5),
         window: options.dedup_window,
     })));
+    sweep(Arc::downgrade(&held));
     let dispatcher = Arc::new(Dispatcher {
         service,
         instance: Arc::from(instance.as_str()),
@@ -278,4 +279,25 @@ pub async fn serve<S: Service>(
         activity,
         held,
     })
+}
+
+/// How often the duplicate table forgets expired calls when no request
+/// comes to do it.
+const SWEEP: Duration = Duration::from_secs(5);
+
+/// Forgets expired calls every [`SWEEP`], so that the table gives its
+/// memory back once the traffic stops; ends with the server.
+fn sweep(held: std::sync::Weak<Held>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate
+        loop {
+            tick.tick().await;
+            let Some(held) = held.upgrade() else {
+                return;
+            };
+            held.calls().expire(std::time::Instant::now());
+        }
+    });
 }

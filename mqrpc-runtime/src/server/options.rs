@@ -193,7 +193,9 @@ impl ServerOptions {
     /// and the table's own structure). One answer of over 1/16 of the bytes
     /// is not kept, and a duplicate of its call is dropped. A call is
     /// remembered until 5 s past its deadline, or for `window` (default
-    /// 60 s) when the request carries none. Beyond the bounds the oldest
+    /// 60 s) when the request carries none, and forgotten at the next
+    /// request after that or within 5 s, whichever comes first, its memory
+    /// then given back. Beyond the bounds the oldest
     /// answered calls are forgotten first; a request that finds the bytes
     /// all taken by running calls is answered `overloaded`.
     /// [`ServerHandle::usage`](crate::ServerHandle::usage) shows what the

@@ -288,7 +288,13 @@ impl CallTable {
     pub fn cancel(&mut self, key: CallKey, now: Instant) -> bool {
         let expires = now + self.limits.window;
         match self.entries.get_key_value(&key) {
-            Some((_, Entry { state, .. })) if matches!(state, State::Running(_)) => {}
+            Some((
+                _,
+                Entry {
+                    state: State::Running(_),
+                    ..
+                },
+            )) => {}
             Some(_) => return false,
             None => {
                 let cost = entry_cost(&key);
@@ -364,7 +370,9 @@ impl CallTable {
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Forgets the ended calls whose time is up (at each request, and
+    /// every few seconds, so memory goes back once the traffic stops).
+    pub fn expire(&mut self, now: Instant) {
         let mut dropped = false;
         while let Some((expires, _)) = self.ended.front() {
             if *expires > now {
