@@ -266,3 +266,34 @@ pub struct ServerUsage {
     /// be answered (no usable Response Topic): dropped, with a warning.
     pub dropped_over_limits: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credits_add_up_however_many_messages_bring_them() {
+        let credit = Credit::default();
+        for _ in 0..10_000 {
+            credit.grant(16);
+        }
+        credit.grant(u32::MAX);
+        let taken = futures_util::FutureExt::now_or_never(credit.take());
+        assert_eq!(taken, Some(u32::MAX), "saturated, never wrapped");
+        assert_eq!(credit.granted.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_violation_names_the_limit_and_both_sizes() {
+        let over = Violation {
+            what: "correlation data",
+            size: 65_535,
+            limit: 256,
+            unit: " bytes",
+        };
+        assert_eq!(
+            over.to_string(),
+            "correlation data is 65535 bytes, limit 256"
+        );
+    }
+}
