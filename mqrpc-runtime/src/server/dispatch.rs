@@ -21,7 +21,7 @@ use crate::protocol::{
 };
 use crate::server::context::CallContext;
 use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
-use crate::server::limits::{Held, RequestLimits, Violation};
+use crate::server::limits::{Held, RequestLimits};
 use crate::transport::link::AckToken;
 use crate::transport::Connection;
 use crate::{Codec, QoS};
@@ -51,7 +51,7 @@ pub(super) struct Dispatcher<S> {
 
 /// A request's acknowledgement, held until its answer is queued; shared by
 /// the calls of a batch (acked when the last one is answered).
-type HeldAck = Option<Arc<AckToken>>;
+pub(super) type HeldAck = Option<Arc<AckToken>>;
 
 impl<S: Service> Dispatcher<S> {
     pub(super) fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
@@ -255,41 +255,6 @@ impl<S: Service> Dispatcher<S> {
             held.task_bytes.store(bytes, Ordering::Relaxed);
         }
         tokio::spawn(run);
-    }
-
-    /// A request over one of [`RequestLimits`]: answered `bad-request`
-    /// naming the limit when its Response Topic is usable, dropped with a
-    /// warning otherwise. The server keeps nothing of it.
-    fn over_limit(&self, conn: &Connection, request: Request, violation: Violation, ack: HeldAck) {
-        let control = request.method == CANCEL_METHOD || request.method == CREDIT_METHOD;
-        if !control && self.limits.answerable(&request) {
-            self.held.refused.fetch_add(1, Ordering::Relaxed);
-            debug!(service = S::NAME, %violation, "request over a limit: refused");
-            #[cfg(feature = "metrics")]
-            observe::server_request(
-                S::NAME,
-                known_method::<S>(&request.method),
-                Status::BadRequest,
-                std::time::Duration::ZERO,
-            );
-            let payload = Bytes::from(violation.to_string());
-            let reply = send_reply(
-                conn.clone(),
-                request,
-                Status::BadRequest,
-                TEXT_CONTENT_TYPE,
-                payload,
-            );
-            tokio::spawn(acked_after(reply, ack));
-            return;
-        }
-        let dropped = self.held.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        // A peer sending nothing else must not flood the log either.
-        if dropped == 1 || dropped.is_multiple_of(1000) {
-            warn!(service = S::NAME, %violation, dropped, "request over a limit without a usable Response Topic: dropped");
-        } else {
-            debug!(service = S::NAME, %violation, "request over a limit without a usable Response Topic: dropped");
-        }
     }
 
     /// The answer to a built-in method (`_ping`, `_info`, `_stats`), or
@@ -503,7 +468,7 @@ enum Slot {
 }
 
 /// `reply`, then the ack it held back.
-async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck) {
+pub(super) async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck) {
     reply.await;
     drop(ack);
 }
@@ -511,7 +476,7 @@ async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck)
 /// The wire name of `name` if the service has such a method: a label
 /// callers cannot multiply.
 #[cfg(feature = "metrics")]
-fn known_method<S: Service>(name: &str) -> Option<&'static str> {
+pub(super) fn known_method<S: Service>(name: &str) -> Option<&'static str> {
     S::METHODS.iter().copied().find(|m| *m == name)
 }
 

@@ -7,10 +7,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
+use tracing::{debug, warn};
 
+use super::dispatch::{acked_after, send_reply, Dispatcher, HeldAck};
 use super::duplicates::{CallKey, CallTable};
-use super::Request;
+use super::{Request, Service};
+use crate::protocol::{Status, CANCEL_METHOD, CREDIT_METHOD, TEXT_CONTENT_TYPE};
+use crate::transport::Connection;
 
 /// The limits on one request (see `ServerOptions::max_correlation_data`
 /// and the setters after it): checked before the server keeps anything of
@@ -94,6 +99,50 @@ impl RequestLimits {
             .response_topic
             .as_ref()
             .is_some_and(|topic| topic.len() <= self.response_topic)
+    }
+}
+
+/// Requests over a limit, on the server.
+impl<S: Service> Dispatcher<S> {
+    /// A request over one of [`RequestLimits`]: answered `bad-request`
+    /// naming the limit when its Response Topic is usable, dropped with a
+    /// warning otherwise. The server keeps nothing of it.
+    pub(super) fn over_limit(
+        &self,
+        conn: &Connection,
+        request: Request,
+        violation: Violation,
+        ack: HeldAck,
+    ) {
+        let control = request.method == CANCEL_METHOD || request.method == CREDIT_METHOD;
+        if !control && self.limits.answerable(&request) {
+            self.held.refused.fetch_add(1, Ordering::Relaxed);
+            debug!(service = S::NAME, %violation, "request over a limit: refused");
+            #[cfg(feature = "metrics")]
+            crate::observe::server_request(
+                S::NAME,
+                super::dispatch::known_method::<S>(&request.method),
+                Status::BadRequest,
+                std::time::Duration::ZERO,
+            );
+            let payload = Bytes::from(violation.to_string());
+            let reply = send_reply(
+                conn.clone(),
+                request,
+                Status::BadRequest,
+                TEXT_CONTENT_TYPE,
+                payload,
+            );
+            tokio::spawn(acked_after(reply, ack));
+            return;
+        }
+        let dropped = self.held.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // A peer sending nothing else must not flood the log either.
+        if dropped == 1 || dropped.is_multiple_of(1000) {
+            warn!(service = S::NAME, %violation, dropped, "request over a limit without a usable Response Topic: dropped");
+        } else {
+            debug!(service = S::NAME, %violation, "request over a limit without a usable Response Topic: dropped");
+        }
     }
 }
 
