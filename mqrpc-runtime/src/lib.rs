@@ -30,7 +30,7 @@ pub use protocol::codec::Codec;
 pub use protocol::Status;
 pub use server::context;
 pub use server::{
-    respond, serve, Reply, ServerHandle, ServerOptions, Service, Stream, STREAM_WINDOW,
+    respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream, STREAM_WINDOW,
 };
 #[cfg(feature = "embedded-broker")]
 pub use transport::EmbeddedBroker;

@@ -200,8 +200,8 @@ pub use mqrpc_runtime::EmbeddedBroker;
 pub use mqrpc_runtime::{
     asyncapi, context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
     ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, PublishCounts, QoS, Reply,
-    Response, ServerHandle, ServerOptions, Service, ServiceInfo, ServiceStats, Status, Stream,
-    DEFAULT_TIMEOUT, STREAM_WINDOW,
+    Response, ServerHandle, ServerOptions, ServerUsage, Service, ServiceInfo, ServiceStats, Status,
+    Stream, DEFAULT_TIMEOUT, STREAM_WINDOW,
 };
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.

@@ -112,10 +112,37 @@ impl RawPeer {
         payload: impl Into<Bytes>,
         properties: PublishProperties,
     ) {
+        self.publish_qos(topic, QoS::AtLeastOnce, payload, properties)
+            .await
+    }
+
+    /// Publishes with this QoS and the given properties.
+    pub async fn publish_qos(
+        &self,
+        topic: &str,
+        qos: QoS,
+        payload: impl Into<Bytes>,
+        properties: PublishProperties,
+    ) {
         self.client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), properties)
+            .publish_with_properties(topic, qos, false, payload.into(), properties)
             .await
             .unwrap();
+    }
+
+    /// Subscribes `filter` with this maximum QoS, returning after its SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client
+            .subscribe(filter.to_string(), qos)
+            .await
+            .unwrap();
+        loop {
+            match self.next_packet(Duration::from_secs(5)).await {
+                Some(Packet::SubAck(_)) => return,
+                Some(_) => continue,
+                None => panic!("no SUBACK for {filter}"),
+            }
+        }
     }
 }
 

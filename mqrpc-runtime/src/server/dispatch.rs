@@ -3,13 +3,13 @@
 
 use super::handle::{Activity, ActivityGuard};
 use super::{respond, Reply, Request, Service};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use crate::observe::{self};
@@ -20,28 +20,29 @@ use crate::protocol::{
     STATUS_PROPERTY, TEXT_CONTENT_TYPE,
 };
 use crate::server::context::CallContext;
-use crate::server::duplicates::{Admission, CachedReply, CallId, CallKey, CallTable};
+use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
+use crate::server::limits::{Held, RequestLimits};
 use crate::transport::link::AckToken;
 use crate::transport::Connection;
 use crate::{Codec, QoS};
 
-use super::streaming::CreditSender;
+/// What tokio's task adds to the future it runs (header, scheduler link,
+/// trailer), rounded up.
+const TASK_HEADER: usize = 256;
 
 /// Admission and dispatch of one service's requests.
 pub(super) struct Dispatcher<S> {
     pub(super) service: S,
     pub(super) instance: Arc<str>,
-    /// Running streams: where their callers' credits go, with the digest
-    /// of the request that started each (a newer call may reuse its key).
-    pub(super) streams: Mutex<std::collections::HashMap<CallKey, (u64, CreditSender)>>,
+    /// The duplicate table, running streams, the queue's counts.
+    pub(super) held: Arc<Held>,
+    pub(super) limits: RequestLimits,
     /// Per method of `S::METHODS`, for `_stats`.
     pub(super) counters: Vec<crate::server::Counters>,
     pub(super) activity: Arc<Activity>,
     pub(super) permits: Arc<Semaphore>,
-    /// Requests waiting for a permit.
-    pub(super) queued: AtomicUsize,
-    pub(super) calls: Mutex<CallTable>,
     pub(super) max_queued: usize,
+    pub(super) max_queued_bytes: usize,
     pub(super) max_request_size: usize,
     /// Keep each request's ack token until its answer is queued
     /// ([`ServerOptions::ack_after_answer`](super::ServerOptions::ack_after_answer)).
@@ -50,11 +51,11 @@ pub(super) struct Dispatcher<S> {
 
 /// A request's acknowledgement, held until its answer is queued; shared by
 /// the calls of a batch (acked when the last one is answered).
-type HeldAck = Option<Arc<AckToken>>;
+pub(super) type HeldAck = Option<Arc<AckToken>>;
 
 impl<S: Service> Dispatcher<S> {
     pub(super) fn calls(&self) -> std::sync::MutexGuard<'_, CallTable> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        self.held.calls()
     }
 
     /// Runs on the connection's event-loop task: decides at once, never
@@ -91,6 +92,10 @@ impl<S: Service> Dispatcher<S> {
     ) {
         let properties = publish.properties.take().unwrap_or_default();
         let batch = Request::from_batch(&properties, publish.qos.into(), now);
+        drop(properties);
+        if let Err(violation) = self.limits.check(&batch) {
+            return self.over_limit(conn, batch, violation, ack);
+        }
         let calls = match crate::protocol::batch::decode_calls(&publish.payload) {
             Ok(calls) => calls,
             Err(reason) => {
@@ -136,6 +141,10 @@ impl<S: Service> Dispatcher<S> {
         if request.broadcast {
             request.instance = Some(self.instance.clone());
         }
+        // Before anything of the request is kept.
+        if let Err(violation) = self.limits.check(&request) {
+            return self.over_limit(conn, request, violation, ack);
+        }
         if request.method == CANCEL_METHOD {
             return self.cancel(&request, now);
         }
@@ -143,9 +152,11 @@ impl<S: Service> Dispatcher<S> {
             return self.credit(&request);
         }
         let key = request.key();
+        let mut full = false;
         if let Some(key) = &key {
             match self.calls().admit(key, now) {
                 Admission::Run => {}
+                Admission::Full => full = true,
                 Admission::AlreadyRunning => {
                     debug!(service = S::NAME, method = %request.method, "duplicate of a running call: dropped");
                     return;
@@ -169,7 +180,7 @@ impl<S: Service> Dispatcher<S> {
             }
         }
         let refuse = |request: Request, status: Status, message: String| {
-            if let Some(key) = &key {
+            if let Some(key) = key.as_ref().filter(|_| !full) {
                 self.calls().forget(key);
             }
             #[cfg(feature = "metrics")]
@@ -183,6 +194,17 @@ impl<S: Service> Dispatcher<S> {
             let reply = send_reply(conn.clone(), request, status, TEXT_CONTENT_TYPE, payload);
             tokio::spawn(acked_after(reply, ack.clone()));
         };
+        if full {
+            let calls = self.calls();
+            let message = format!(
+                "the calls running take the server's duplicate table ({} of {} bytes)",
+                calls.bytes(),
+                calls.budget()
+            );
+            drop(calls);
+            warn!(service = S::NAME, method = %request.method, "overloaded (duplicate table full of running calls): request refused");
+            return refuse(request, Status::Overloaded, message);
+        }
         if request.payload.len() > self.max_request_size {
             let message = format!(
                 "the request has {} bytes; this server accepts at most {}",
@@ -195,31 +217,44 @@ impl<S: Service> Dispatcher<S> {
             let message = format!("`{}` arrived after its deadline", request.method);
             return refuse(request, Status::DeadlineExceeded, message);
         }
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) if self.queued.fetch_add(1, Ordering::AcqRel) < self.max_queued => None,
+        let slot = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Slot::Running(permit),
             Err(_) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                let message = format!(
-                    "{} handlers are running and {} requests are waiting",
-                    self.permits.available_permits().max(1),
-                    self.max_queued
-                );
-                warn!(service = S::NAME, method = %request.method, "overloaded: request refused");
-                return refuse(request, Status::Overloaded, message);
+                // It waits: with its own copies, not slices of the packet's
+                // buffer, and counted.
+                request.unpin();
+                let task = self.held.task_bytes.load(Ordering::Relaxed);
+                let bytes = request.held_bytes() + task;
+                if !self
+                    .held
+                    .enqueue(bytes, self.max_queued, self.max_queued_bytes)
+                {
+                    let message = format!(
+                        "{} handlers are running and {} requests are waiting ({} bytes, at most {} requests and {} bytes)",
+                        self.permits.available_permits().max(1),
+                        self.held.queued.load(Ordering::Acquire),
+                        self.held.queued_bytes.load(Ordering::Acquire),
+                        self.max_queued,
+                        self.max_queued_bytes,
+                    );
+                    warn!(service = S::NAME, method = %request.method, "overloaded: request refused");
+                    return refuse(request, Status::Overloaded, message);
+                }
+                Slot::Waiting(bytes)
             }
         };
         let active = self.activity.enter();
+        let held = self.held.clone();
         // Boxed: the task then holds a pointer, not the whole future, which
         // tokio would copy several times while spawning.
-        tokio::spawn(Box::pin(self.run(
-            conn.clone(),
-            request,
-            key,
-            permit,
-            active,
-            ack,
-        )));
+        let run = Box::pin(self.run(conn.clone(), request, key, slot, active, ack));
+        if held.task_bytes.load(Ordering::Relaxed) == 0 {
+            // The same for every call of this service: measured on the
+            // first, which never waits (there is always one slot).
+            let bytes = std::mem::size_of_val(&*run) + TASK_HEADER;
+            held.task_bytes.store(bytes, Ordering::Relaxed);
+        }
+        tokio::spawn(run);
     }
 
     /// The answer to a built-in method (`_ping`, `_info`, `_stats`), or
@@ -275,9 +310,7 @@ impl<S: Service> Dispatcher<S> {
             );
             return;
         };
-        let stopped = self
-            .calls()
-            .cancel((topic.clone(), correlation.clone()), now);
+        let stopped = self.calls().cancel(call_key(topic, correlation), now);
         debug!(service = S::NAME, stopped, "cancel message");
     }
 
@@ -286,16 +319,16 @@ impl<S: Service> Dispatcher<S> {
         conn: Connection,
         request: Request,
         key: Option<CallId>,
-        permit: Option<OwnedSemaphorePermit>,
+        slot: Slot,
         _active: ActivityGuard,
         // Dropped (acked) when this returns: after the answer is queued.
         ack: HeldAck,
     ) {
-        let _permit = match permit {
-            Some(permit) => permit,
-            None => {
+        let _permit = match slot {
+            Slot::Running(permit) => permit,
+            Slot::Waiting(bytes) => {
                 let acquired = self.permits.clone().acquire_owned().await;
-                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.held.dequeue(bytes);
                 match acquired {
                     Ok(permit) => permit,
                     Err(_) => return, // semaphore closed: cannot happen, never closed
@@ -406,6 +439,7 @@ impl<S: Service> Dispatcher<S> {
                 .stream_items(conn, request, key, items, content_type, stop_rx)
                 .await;
         }
+        let held = reply.payload.capacity();
         let payload = Bytes::from(reply.payload);
         if let Some(key) = &key {
             let mut calls = self.calls();
@@ -417,6 +451,7 @@ impl<S: Service> Dispatcher<S> {
                     status: reply.status,
                     content_type,
                     payload: payload.clone(),
+                    held,
                 };
                 calls.finish(key, cached, expires);
             }
@@ -425,8 +460,15 @@ impl<S: Service> Dispatcher<S> {
     }
 }
 
+/// A request's handler slot: taken, or waited for while holding this many
+/// bytes of the queue's budget.
+enum Slot {
+    Running(tokio::sync::OwnedSemaphorePermit),
+    Waiting(usize),
+}
+
 /// `reply`, then the ack it held back.
-async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck) {
+pub(super) async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck) {
     reply.await;
     drop(ack);
 }
@@ -434,7 +476,7 @@ async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck)
 /// The wire name of `name` if the service has such a method: a label
 /// callers cannot multiply.
 #[cfg(feature = "metrics")]
-fn known_method<S: Service>(name: &str) -> Option<&'static str> {
+pub(super) fn known_method<S: Service>(name: &str) -> Option<&'static str> {
     S::METHODS.iter().copied().find(|m| *m == name)
 }
 

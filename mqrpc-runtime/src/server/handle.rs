@@ -3,7 +3,7 @@
 use super::dispatch::Dispatcher;
 use super::{ServerOptions, Service};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use crate::protocol::topic;
 use crate::protocol::{ANY_SERVICE, BATCH_LEVELS, BROADCAST_LEVEL, CANCEL_METHOD, INSTANCE_LEVEL};
 use crate::server::duplicates::{CallTable, Limits};
+use crate::server::limits::{Held, RequestLimits, ServerUsage};
 use crate::transport::{Connection, Sink};
 use crate::{Error, QoS};
 
@@ -25,6 +26,7 @@ pub struct ServerHandle {
     filter: String,
     instance: String,
     activity: Arc<Activity>,
+    held: Arc<Held>,
 }
 
 /// Requests admitted and not yet answered, for a graceful shutdown.
@@ -64,6 +66,36 @@ impl ServerHandle {
     /// reach this server alone (`Client::to_instance`).
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// What the server holds for its callers now (duplicate table, waiting
+    /// requests, streams) and how many requests it refused or dropped for
+    /// being over a request limit; each figure within its bound in
+    /// [`ServerOptions`] (see [`ServerUsage`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// use mqrpc_runtime::{Codec, Connection, Reply, ServerOptions, Service};
+    /// struct Echo;
+    /// impl Service for Echo {
+    ///     const NAME: &'static str = "Echo";
+    ///     const METHODS: &'static [&'static str] = &["echo"];
+    ///     async fn call(&self, _method: &str, codec: Codec, payload: &[u8]) -> Reply {
+    ///         Reply::ok(codec, &payload.len())
+    ///     }
+    /// }
+    /// let conn = Connection::from_env_or_embedded().await?;
+    /// let opts = ServerOptions::default().dedup(1_000, 1 << 20, std::time::Duration::from_secs(60));
+    /// let server = mqrpc_runtime::serve(&conn, Echo, opts).await?;
+    /// let usage = server.usage();
+    /// assert_eq!(usage.dedup_budget, 1 << 20);
+    /// assert!(usage.dedup_bytes <= usage.dedup_budget);
+    /// assert_eq!(usage.refused_over_limits, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn usage(&self) -> ServerUsage {
+        self.held.usage()
     }
 
     /// Unsubscribes; requests published afterwards are no longer served.
@@ -168,21 +200,28 @@ pub async fn serve<S: Service>(
     };
     topic::validate_level(&instance)?;
     let activity = Arc::new(Activity::default());
+    let held = Arc::new(Held::new(CallTable::new(Limits {
+        max_entries: options.dedup_entries,
+        max_bytes: options.dedup_bytes,
+        grace: Duration::from_secs(5),
+        window: options.dedup_window,
+    })));
+    sweep(Arc::downgrade(&held));
     let dispatcher = Arc::new(Dispatcher {
         service,
         instance: Arc::from(instance.as_str()),
-        streams: Mutex::new(std::collections::HashMap::new()),
+        held: held.clone(),
+        limits: RequestLimits {
+            correlation_data: options.max_correlation_data,
+            response_topic: options.max_response_topic,
+            user_properties: options.max_user_properties,
+            user_property_bytes: options.max_user_property_bytes,
+        },
         counters: S::METHODS.iter().map(|_| Default::default()).collect(),
         activity: activity.clone(),
         permits: Arc::new(Semaphore::new(options.max_concurrent)),
-        queued: AtomicUsize::new(0),
-        calls: Mutex::new(CallTable::new(Limits {
-            max_entries: options.dedup_entries,
-            max_bytes: options.dedup_bytes,
-            grace: Duration::from_secs(5),
-            window: options.dedup_window,
-        })),
         max_queued: options.max_queued,
+        max_queued_bytes: options.max_queued_bytes,
         max_request_size: options.max_request_size,
         ack_after_answer: options.ack_after_answer,
     });
@@ -243,5 +282,27 @@ pub async fn serve<S: Service>(
         filter,
         instance,
         activity,
+        held,
     })
+}
+
+/// How often the duplicate table forgets expired calls when no request
+/// comes to do it.
+const SWEEP: Duration = Duration::from_secs(5);
+
+/// Forgets expired calls every [`SWEEP`], so that the table gives its
+/// memory back once the traffic stops; ends with the server.
+fn sweep(held: std::sync::Weak<Held>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate
+        loop {
+            tick.tick().await;
+            let Some(held) = held.upgrade() else {
+                return;
+            };
+            held.calls().expire(std::time::Instant::now());
+        }
+    });
 }

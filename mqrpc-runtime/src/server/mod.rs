@@ -7,12 +7,14 @@ pub mod context;
 mod dispatch;
 mod duplicates;
 mod handle;
+mod limits;
 mod options;
 mod request;
 mod stats;
 mod streaming;
 
 pub use handle::{serve, ServerHandle};
+pub use limits::ServerUsage;
 pub use options::ServerOptions;
 pub(crate) use request::Request;
 pub(crate) use stats::Counters;

@@ -28,7 +28,12 @@ pub struct ServerOptions {
     pub(super) instance: Option<String>,
     pub(super) max_concurrent: usize,
     pub(super) max_queued: usize,
+    pub(super) max_queued_bytes: usize,
     pub(super) max_request_size: usize,
+    pub(super) max_correlation_data: usize,
+    pub(super) max_response_topic: usize,
+    pub(super) max_user_properties: usize,
+    pub(super) max_user_property_bytes: usize,
     pub(super) dedup_entries: usize,
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
@@ -37,18 +42,25 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     /// Prefix `mqrpc`, shared subscription in group `mqrpc`, subscription
-    /// QoS 1, 1 024 handlers at once, 10 000
-    /// waiting, requests up to 1 MiB, duplicate detection over 10 000 calls
-    /// and 8 MiB of kept responses.
+    /// QoS 2 (answers at the request's QoS), 1 024 handlers at once,
+    /// 10 000 waiting in 64 MiB, requests up to 1 MiB, Correlation Data up
+    /// to 256 bytes, Response Topics up to 1 024 bytes, up to 64 user
+    /// properties of 16 KiB in all, duplicate detection over 10 000 calls
+    /// in 8 MiB.
     fn default() -> Self {
         ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
-            qos: QoS::AtLeastOnce,
+            qos: QoS::ExactlyOnce,
             share_group: Some(DEFAULT_SHARE_GROUP.to_string()),
             instance: None,
             max_concurrent: 1024,
             max_queued: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
             max_request_size: 1024 * 1024,
+            max_correlation_data: 256,
+            max_response_topic: 1024,
+            max_user_properties: 64,
+            max_user_property_bytes: 16 * 1024,
             dedup_entries: 10_000,
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
@@ -64,7 +76,11 @@ impl ServerOptions {
         self
     }
 
-    /// Maximum QoS of the method subscription (default 1).
+    /// Maximum QoS of the method subscription (default 2). The broker
+    /// delivers each request at the lower of its own QoS and this one, and
+    /// the server answers at the QoS it received: by default a request's
+    /// answer has the request's QoS; with `qos(QoS::AtLeastOnce)` a QoS 2
+    /// request is received, and answered, at QoS 1.
     pub fn qos(mut self, qos: QoS) -> Self {
         self.qos = qos;
         self
@@ -116,6 +132,22 @@ impl ServerOptions {
         self
     }
 
+    /// Bytes the requests waiting for a slot may hold together (default
+    /// 64 MiB): their payloads, topics and properties (copied out of the
+    /// packets they came in) and their tasks. A request that would go over
+    /// is answered `overloaded` at once, like one over
+    /// [`max_queued`](Self::max_queued).
+    ///
+    /// ```
+    /// use mqrpc_runtime::ServerOptions;
+    /// let opts = ServerOptions::default().max_queued_bytes(16 << 20);
+    /// # let _ = opts;
+    /// ```
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+
     /// Largest request payload served (default 1 MiB); larger ones are
     /// answered with status `too-large` ([`Error::TooLarge`](crate::Error::TooLarge)).
     pub fn max_request_size(mut self, bytes: usize) -> Self {
@@ -123,14 +155,61 @@ impl ServerOptions {
         self
     }
 
-    /// Bounds of duplicate detection (default 10 000 calls, 8 MiB of kept
-    /// responses; one response of over 1/16 of the bytes is not kept, and a
-    /// duplicate of its call is dropped). A call is remembered until 5 s
-    /// past its deadline, or for `window` (default 60 s) when the request
-    /// carries none. Beyond the bounds the oldest calls are forgotten first.
+    /// Longest Correlation Data served (default 256 bytes; mqrpc clients
+    /// send 8, UUIDs take 16). A longer one is answered `bad-request`
+    /// (`correlation data is 65536 bytes, limit 256`) when the request's
+    /// Response Topic is within its limit, and dropped with a warning
+    /// otherwise; the server keeps nothing of the request.
+    ///
+    /// ```
+    /// use mqrpc_runtime::ServerOptions;
+    /// let opts = ServerOptions::default()
+    ///     .max_correlation_data(64)
+    ///     .max_response_topic(256)
+    ///     .max_user_properties(16, 4096);
+    /// # let _ = opts;
+    /// ```
+    pub fn max_correlation_data(mut self, bytes: usize) -> Self {
+        self.max_correlation_data = bytes;
+        self
+    }
+
+    /// Longest Response Topic served (default 1 024 bytes), and longest
+    /// `mqrpc-response-topic` of a cancel or credit message. A request over
+    /// it cannot be answered: it is dropped with a warning (and counted in
+    /// [`ServerUsage::dropped_over_limits`](crate::ServerUsage)).
+    pub fn max_response_topic(mut self, bytes: usize) -> Self {
+        self.max_response_topic = bytes;
+        self
+    }
+
+    /// Most user properties a request may carry (default 64), and most
+    /// bytes of their names and values in all (default 16 KiB). Over
+    /// either, the request is answered `bad-request` naming the limit (or
+    /// dropped, without a usable Response Topic).
+    pub fn max_user_properties(mut self, count: usize, bytes: usize) -> Self {
+        self.max_user_properties = count;
+        self.max_user_property_bytes = bytes;
+        self
+    }
+
+    /// Bounds of duplicate detection (default 10 000 answered calls, and
+    /// 8 MiB, at least 64 KiB, for everything the table holds: the keys
+    /// (Response Topic, Correlation Data) of running and answered calls,
+    /// kept answers, and a fixed few hundred bytes per call for its digest
+    /// and the table's own structure). One answer of over 1/16 of the bytes
+    /// is not kept, and a duplicate of its call is dropped. A call is
+    /// remembered until 5 s past its deadline, or for `window` (default
+    /// 60 s) when the request carries none, and forgotten at the next
+    /// request after that or within 5 s, whichever comes first, its memory
+    /// then given back. Beyond the bounds the oldest
+    /// answered calls are forgotten first; a request that finds the bytes
+    /// all taken by running calls is answered `overloaded`.
+    /// [`ServerHandle::usage`](crate::ServerHandle::usage) shows what the
+    /// table holds.
     pub fn dedup(mut self, entries: usize, bytes: usize, window: Duration) -> Self {
         self.dedup_entries = entries;
-        self.dedup_bytes = bytes;
+        self.dedup_bytes = bytes.max(64 * 1024);
         self.dedup_window = window;
         self
     }

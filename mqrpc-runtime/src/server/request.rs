@@ -12,7 +12,7 @@ use crate::protocol::batch::{CallEntry, BATCH_METHOD};
 use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
-use crate::server::duplicates::CallId;
+use crate::server::duplicates::{call_key, CallId};
 use crate::QoS;
 
 /// One request, as the server reads it off the wire.
@@ -42,6 +42,11 @@ pub(crate) struct Request {
     pub trace: Option<TraceContext>,
     /// Came in a batch request: its answer may go in a batch answer.
     pub batched: bool,
+    /// How many user properties it carried, and their names' and values'
+    /// bytes (for the server's limits; the properties themselves are not
+    /// kept).
+    pub user_properties: usize,
+    pub user_property_bytes: usize,
 }
 
 impl Request {
@@ -84,6 +89,7 @@ impl Request {
                 .map(|(_, value)| value.clone())
         };
         let budget = user(TIMEOUT_PROPERTY).and_then(|ms| ms.trim().parse::<u64>().ok());
+        let (user_properties, user_property_bytes) = user_property_size(&properties);
         let deadline = deadline(budget, properties.message_expiry_interval, now);
         Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
@@ -102,12 +108,15 @@ impl Request {
             discovery: false,
             seq: None,
             batched: false,
+            user_properties,
+            user_property_bytes,
         }
     }
 
     /// A batch request itself (method `_batch`), as the server answers it
     /// when it is a probe or cannot be read.
     pub(crate) fn from_batch(properties: &PublishProperties, qos: QoS, now: Instant) -> Request {
+        let (user_properties, user_property_bytes) = user_property_size(properties);
         Request {
             method: BATCH_METHOD.to_string(),
             response_topic: properties.response_topic.clone(),
@@ -125,6 +134,8 @@ impl Request {
             seq: None,
             trace: None,
             batched: false,
+            user_properties,
+            user_property_bytes,
         }
     }
 
@@ -139,6 +150,14 @@ impl Request {
             (b, e) => b.or(e),
         }
         .and_then(|d| self.arrived.checked_add(d));
+        // The trace context of a call in a batch is its user properties.
+        let trace = [&call.traceparent, &call.tracestate];
+        let user_properties = trace.iter().filter(|p| p.is_some()).count();
+        let user_property_bytes = trace
+            .iter()
+            .filter_map(|p| p.as_ref())
+            .map(String::len)
+            .sum();
         Request {
             method: call.method,
             response_topic: self.response_topic.clone(),
@@ -159,11 +178,16 @@ impl Request {
                 tracestate: call.tracestate,
             }),
             batched: true,
+            user_properties,
+            user_property_bytes,
         }
     }
 
     pub(super) fn key(&self) -> Option<CallId> {
-        let key = (self.response_topic.clone()?, self.correlation.clone()?);
+        let key = call_key(
+            self.response_topic.as_deref()?,
+            self.correlation.as_deref()?,
+        );
         let content_type = self.content_type.as_deref();
         Some(CallId::new(key, &self.method, content_type, &self.payload))
     }
@@ -171,6 +195,41 @@ impl Request {
     pub(super) fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
     }
+
+    /// Copies the payload and the Correlation Data out of the packet they
+    /// came in: a slice of it holds the whole buffer the packet was read
+    /// into, for as long as the request waits.
+    pub(super) fn unpin(&mut self) {
+        self.payload = Bytes::copy_from_slice(&self.payload);
+        if let Some(correlation) = &mut self.correlation {
+            *correlation = Bytes::copy_from_slice(correlation);
+        }
+    }
+
+    /// The heap bytes this request holds (once [`unpin`](Self::unpin)ned):
+    /// its strings, Correlation Data and payload.
+    pub(super) fn held_bytes(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        let trace = self
+            .trace
+            .as_ref()
+            .map_or(0, |t| text(&t.traceparent) + text(&t.tracestate));
+        self.method.capacity()
+            + text(&self.response_topic)
+            + text(&self.content_type)
+            + text(&self.cancel_of)
+            + self.correlation.as_ref().map_or(0, Bytes::len)
+            + self.payload.len()
+            + trace
+    }
+}
+
+/// How many user properties `properties` carries, and the bytes of their
+/// names and values.
+fn user_property_size(properties: &PublishProperties) -> (usize, usize) {
+    let user = &properties.user_properties;
+    let bytes = user.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (user.len(), bytes)
 }
 
 /// The budget of a request, capped by what the broker left of its Message

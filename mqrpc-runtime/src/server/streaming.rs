@@ -16,7 +16,8 @@ use serde::Serialize;
 use super::dispatch::{send_reply, Dispatcher};
 use super::{Request, Service};
 use crate::protocol::{Status, TEXT_CONTENT_TYPE};
-use crate::server::duplicates::CallId;
+use crate::server::duplicates::{CallId, KeyData};
+use crate::server::limits::Credit;
 use crate::transport::Connection;
 use crate::{Codec, Error};
 use std::sync::Arc;
@@ -107,9 +108,6 @@ impl std::fmt::Debug for EncodedItems {
     }
 }
 
-/// Where a running stream's credits go.
-pub(super) type CreditSender = tokio::sync::mpsc::UnboundedSender<u32>;
-
 /// The sending side of a stream, on the server.
 impl<S: Service> Dispatcher<S> {
     /// A stream credit: the caller takes `n` more items.
@@ -118,11 +116,12 @@ impl<S: Service> Dispatcher<S> {
             return;
         };
         let n = request.credit.unwrap_or(0);
-        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        match streams.get(&(topic.clone(), correlation.clone())) {
-            Some((_, credits)) => {
-                let _ = credits.send(n);
-            }
+        let key = KeyData {
+            topic: topic.as_str().into(),
+            correlation: correlation.as_ref().into(),
+        };
+        match self.held.streams().get(&key) {
+            Some((_, credit)) => credit.grant(n),
             None => debug!(service = S::NAME, "credit for no running stream: ignored"),
         }
     }
@@ -146,11 +145,10 @@ impl<S: Service> Dispatcher<S> {
             debug!(service = S::NAME, method = %request.method, "stream without Response Topic or Correlation Data: not sent");
             return;
         };
-        let (credit_tx, mut credit_rx) = tokio::sync::mpsc::unbounded_channel();
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.key.clone(), (key.digest, credit_tx));
+        let granted = Arc::new(Credit::default());
+        self.held
+            .streams()
+            .insert(key.key.clone(), (key.digest, granted.clone()));
         request.instance = Some(self.instance.clone());
         // The call's budget is per item (PROTOCOL.md, "Server streaming"):
         // the first item is due by the request's deadline, each next one
@@ -186,7 +184,7 @@ impl<S: Service> Dispatcher<S> {
                     }
                     None => break None,
                 },
-                Some(n) = credit_rx.recv() => {
+                n = granted.take() => {
                     if credit == 0 {
                         due = next_due();
                     }
@@ -221,7 +219,7 @@ impl<S: Service> Dispatcher<S> {
     }
 
     pub(super) fn end_stream(&self, key: &CallId) {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut streams = self.held.streams();
         if streams
             .get(&key.key)
             .is_some_and(|(digest, _)| *digest == key.digest)
