@@ -12,8 +12,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-client settings.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// use std::time::Duration;
-/// use mqrpc_runtime::{ClientOptions, Codec, QoS};
+/// use mqrpc::{ClientOptions, Codec, QoS};
 /// let opts = ClientOptions::default()
 ///     .prefix("acme/prod")
 ///     .timeout(Duration::from_secs(2))

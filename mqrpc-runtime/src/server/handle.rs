@@ -98,9 +98,10 @@ impl ServerHandle {
     /// [`Error::Disconnected`] (the server has stopped all the same).
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// use mqrpc_runtime::{Codec, Connection, Reply, ServerOptions, Service};
+    /// # async fn main() -> Result<(), mqrpc::Error> {
+    /// use mqrpc::{Codec, Connection, Reply, ServerOptions, Service};
     /// struct Echo;
     /// impl Service for Echo {
     ///     const NAME: &'static str = "Echo";
@@ -111,7 +112,7 @@ impl ServerHandle {
     /// }
     /// let conn = Connection::from_env_or_embedded().await?;
     /// let opts = ServerOptions::default().instance("echo-1");
-    /// let server = mqrpc_runtime::serve(&conn, Echo, opts).await?;
+    /// let server = mqrpc::serve(&conn, Echo, opts).await?;
     /// assert_eq!(server.instance(), "echo-1");
     /// server.shutdown().await?; // waits for running calls, then `mqrpc/_gone/echo-1`
     /// # Ok(()) }
