@@ -84,6 +84,25 @@ async fn an_http_peer_is_named_as_such() {
     assert!(reason.contains("it answered in HTTP"), "{reason}");
     assert!(reason.contains("ws://"), "{reason}");
     task.abort();
+
+    // Python's http.server answers a request it cannot parse as HTTP/0.9:
+    // the page alone.
+    let (port, task) = peer(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"<!DOCTYPE HTML>\n<html><body>400</body></html>\n")
+            .await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let options = ConnectOptions::new("127.0.0.1", port).connect_timeout(Duration::from_secs(5));
+    let reason = connect_reason(Connection::connect(options).await.unwrap_err());
+    assert!(
+        reason.contains("it answered in text, `<!DOCTYPE HTML>"),
+        "{reason}"
+    );
+    task.abort();
 }
 
 /// Bytes that are no MQTT at all: the codec's complaint is kept, with what

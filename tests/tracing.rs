@@ -4,6 +4,7 @@
 //! an in-memory exporter. And the debug events of one call, on both sides
 //! (`captured`). Against Mosquitto and the embedded broker.
 
+#[path = "tracing/captured.rs"]
 mod captured;
 
 use std::sync::OnceLock;

@@ -177,7 +177,7 @@ impl Loop {
     ) -> io::Result<ConnAck> {
         loop {
             // What came back, before the codec consumes it.
-            let head: Vec<u8> = rbuf.iter().take(8).copied().collect();
+            let head: Vec<u8> = rbuf.iter().take(16).copied().collect();
             let what = match Packet::read(rbuf, Some(self.config.max_packet_size)) {
                 Ok(Packet::ConnAck(c)) => return Ok(c),
                 Ok(p) => format!("a {} packet instead of CONNACK", packet_name(&p)),
@@ -479,6 +479,15 @@ fn not_mqtt(head: &[u8], what: &str) -> io::Error {
         // An MQTT 3.1.1 CONNACK (two bytes, no properties): 0x01 refuses
         // the protocol version.
         "it answered as an MQTT 3.1.1 broker; mqrpc needs MQTT v5".to_string()
+    } else if head.len() >= 4
+        && head
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        // Printable bytes where a CONNACK should be: another text protocol
+        // (a web server answering as HTTP/0.9, SMTP, Redis...).
+        let text = String::from_utf8_lossy(&head);
+        format!("it answered in text, `{}`…", text.trim_end().escape_debug())
     } else {
         format!("it sent {what}")
     };
