@@ -207,7 +207,7 @@ pub use mqrpc_runtime::{
 /// Reads the [`Items`] of a streaming call and the [`Answers`] of a
 /// broadcast: `while let Some(item) = items.next().await { .. }`.
 #[doc(no_inline)]
-pub use mqrpc_runtime::StreamExt;
+pub use futures_util::StreamExt;
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]

@@ -486,7 +486,7 @@ fn not_mqtt(head: &[u8], what: &str) -> io::Error {
     {
         // Printable bytes where a CONNACK should be: another text protocol
         // (a web server answering as HTTP/0.9, SMTP, Redis...).
-        let text = String::from_utf8_lossy(&head);
+        let text = String::from_utf8_lossy(head);
         format!("it answered in text, `{}`…", text.trim_end().escape_debug())
     } else {
         format!("it sent {what}")
