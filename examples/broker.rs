@@ -4,6 +4,16 @@
 
 #[tokio::main]
 async fn main() {
+    // mqrpc logs through `tracing`: nothing shows without a subscriber.
+    // RUST_LOG=mqrpc_runtime=debug shows every call (sent, acknowledged,
+    // answered); the default shows warnings.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let port = std::env::var("MQRPC_BROKER_PORT")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -1,7 +1,11 @@
 //! Trace context propagation (feature `opentelemetry`): the client's span
 //! travels as W3C `traceparent`/`tracestate` user properties and the
 //! server's span is its child, exported through tracing-opentelemetry into
-//! an in-memory exporter. Against Mosquitto and the embedded broker.
+//! an in-memory exporter. And the debug events of one call, on both sides
+//! (`captured`). Against Mosquitto and the embedded broker.
+
+#[path = "tracing/captured.rs"]
+mod captured;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,6 +33,7 @@ fn exporter() -> &'static InMemorySpanExporter {
             let tracer = provider.tracer("mqrpc-tests");
             tracing_subscriber::registry()
                 .with(tracing_opentelemetry::layer().with_tracer(tracer))
+                .with(captured::Capture)
                 .init();
             (exporter, provider)
         })
@@ -277,5 +282,67 @@ async fn wire_traceparent_mosquitto() {
     exporter(); // before the harness installs its own subscriber
     if let Some(broker) = mqrpc_tests::mosquitto() {
         the_request_carries_the_call_span(broker).await;
+    }
+}
+
+/// At debug level a call tells its steps: sent, acknowledged, received,
+/// answering, answered; and a call nobody serves, how it failed.
+async fn a_call_logs_its_steps_at_debug(broker: TestBroker) {
+    let server_conn = broker.connect().await;
+    let _server = CalculatorServer::new(Calc::default())
+        .serve(&server_conn)
+        .await
+        .unwrap();
+    let client_conn = broker.connect().await;
+    let calc = CalculatorClient::new(&client_conn).await.unwrap();
+    // The events of this test alone: the tests of this binary share them.
+    let tag = format!("{:016x}", random_u64());
+    let root = tracing::info_span!("debug-root", tag = %tag);
+    let sum = calc.add(40, 2).instrument(root.clone()).await.unwrap();
+    assert_eq!(sum, 42);
+
+    let sent = captured::wait_for(|e| e.message == "request sent" && e.scope.contains(&tag)).await;
+    let correlation: u64 = sent.field("correlation").parse().unwrap();
+    assert_eq!(sent.field("qos"), "AtLeastOnce");
+    let answered = captured::wait_for(|e| e.message == "answered" && e.scope.contains(&tag)).await;
+    assert_eq!(answered.field("status"), "ok");
+    let acked = captured::wait_for(|e| {
+        e.message == "request acknowledged by the broker"
+            && e.field("correlation") == correlation.to_string()
+    })
+    .await;
+    assert_eq!(acked.field("reason"), "0");
+    let on_server = format!("correlation_id={correlation:016x}\u{1f}");
+    captured::wait_for(|e| e.message == "request received" && e.scope.contains(&on_server)).await;
+    let answering =
+        captured::wait_for(|e| e.message == "answering" && e.scope.contains(&on_server)).await;
+    assert_eq!(answering.field("status"), "ok");
+
+    // Nobody serves `to_instance("nobody")`: Mosquitto says so (0x10), the
+    // embedded broker lets it time out.
+    let nobody = calc
+        .with_timeout(Duration::from_millis(300))
+        .to_instance("nobody")
+        .unwrap();
+    let err = nobody.add(1, 1).instrument(root).await.unwrap_err();
+    let failed = captured::wait_for(|e| e.message == "call failed" && e.scope.contains(&tag)).await;
+    assert!(
+        ["timeout", "no-responder"].contains(&failed.field("status").as_str()),
+        "{failed:?}"
+    );
+    assert_eq!(failed.field("error"), err.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_events_embedded() {
+    exporter(); // before the harness installs its own subscriber
+    a_call_logs_its_steps_at_debug(mqrpc_tests::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_events_mosquitto() {
+    exporter(); // before the harness installs its own subscriber
+    if let Some(broker) = mqrpc_tests::mosquitto() {
+        a_call_logs_its_steps_at_debug(broker).await;
     }
 }

@@ -3,16 +3,18 @@
 //!
 //! ```text
 //! mqrpc --broker mqtt://127.0.0.1:1883 list
-//! mqrpc info Calculator
+//! MQRPC_BROKER=mqtt://127.0.0.1:1883 mqrpc info Calculator
 //! mqrpc call Calculator add '{"a": 40, "b": 2}'
 //! ```
+//!
+//! Like the library's `Connection::from_env`, it has no default broker:
+//! `--broker` or `MQRPC_BROKER` names it.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
-use mqrpc::{Client, ClientOptions, Codec, Connection, Status};
+use mqrpc::{Client, ClientOptions, Codec, Connection, ServiceInfo, Status, StreamExt};
 
 #[derive(Parser)]
 #[command(
@@ -21,22 +23,30 @@ use mqrpc::{Client, ClientOptions, Codec, Connection, Status};
     about = "Call and inspect mqrpc services over MQTT v5"
 )]
 struct Cli {
-    /// Broker URL, mqtt://[user[:password]@]host[:port].
-    #[arg(long, env = "MQRPC_BROKER", default_value = "mqtt://127.0.0.1:1883")]
-    broker: String,
+    /// Broker URL, mqtt://[user[:password]@]host[:port]; no default, as
+    /// in the library (e.g. mqtt://127.0.0.1:1883).
+    #[arg(long, env = "MQRPC_BROKER")]
+    broker: Option<String>,
     /// Topic prefix of the services.
     #[arg(long, default_value = "mqrpc")]
     prefix: String,
-    /// How long to wait for answers, in milliseconds.
+    /// How long to wait for answers, in milliseconds: for a call's answer
+    /// (and between the items of a stream); `list` waits this long for the
+    /// first answer, then until none came for --quiet-ms; `info` and
+    /// `stats` wait all of it, for every server.
     #[arg(long, default_value_t = 2000)]
     wait_ms: u64,
+    /// `list`: stop once no answer came for this long, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    quiet_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every service that answers, one line per server instance.
+    /// Every service that answers, one line per server instance
+    /// (service, instance, version, methods).
     List,
     /// `_info` of every server of a service, as JSON.
     Info { service: String },
@@ -50,7 +60,8 @@ enum Command {
         instance: Option<String>,
     },
     /// Calls a method with JSON arguments (an object of the argument
-    /// names) and prints the JSON answer.
+    /// names) and prints the JSON answer; for a streaming method, every
+    /// item, one JSON value per line.
     Call {
         service: String,
         method: String,
@@ -76,7 +87,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, mqrpc::Error> {
-    let conn = Connection::connect_url(&cli.broker).await?;
+    let Some(broker) = &cli.broker else {
+        eprintln!(
+            "error: no broker: pass --broker mqtt://host:port or set MQRPC_BROKER \
+             (e.g. mqtt://127.0.0.1:1883)"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let conn = Connection::connect_url(broker).await?;
     let wait = Duration::from_millis(cli.wait_ms);
     let options = || {
         ClientOptions::default()
@@ -86,7 +104,8 @@ async fn run(cli: Cli) -> Result<ExitCode, mqrpc::Error> {
     };
     let code = match &cli.command {
         Command::List => {
-            let found = mqrpc::discover(&conn, &cli.prefix, wait).await?;
+            let quiet = Duration::from_millis(cli.quiet_ms);
+            let found = list(&conn, &cli.prefix, wait, quiet).await?;
             if found.is_empty() {
                 eprintln!("no service answered within {wait:?}");
             }
@@ -103,9 +122,10 @@ async fn run(cli: Cli) -> Result<ExitCode, mqrpc::Error> {
             ExitCode::SUCCESS
         }
         Command::Info { service } => {
+            // Every server, until --wait-ms.
             let answers: Vec<_> = Client::new(&conn, service, options())
                 .await?
-                .info()
+                .broadcast::<_, ServiceInfo>(mqrpc::protocol::INFO_METHOD, &(), None)
                 .await?
                 .collect()
                 .await;
@@ -114,7 +134,7 @@ async fn run(cli: Cli) -> Result<ExitCode, mqrpc::Error> {
         Command::Stats { service } => {
             let answers: Vec<_> = Client::new(&conn, service, options())
                 .await?
-                .stats()
+                .broadcast::<_, mqrpc::ServiceStats>(mqrpc::protocol::STATS_METHOD, &(), None)
                 .await?
                 .collect()
                 .await;
@@ -143,28 +163,81 @@ async fn run(cli: Cli) -> Result<ExitCode, mqrpc::Error> {
             if let Some(instance) = instance {
                 client = client.to_instance(instance)?;
             }
-            let response = client.call_raw(method, args.clone().into_bytes()).await?;
-            let text = String::from_utf8_lossy(&response.payload);
-            match response.status {
-                Status::Ok => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                // The method's typed error, as JSON.
-                Status::Error => {
-                    println!("{text}");
-                    eprintln!("the method returned an error");
-                    ExitCode::from(1)
-                }
-                other => {
-                    eprintln!("error: {other}: {text}");
-                    ExitCode::from(2)
-                }
-            }
+            let answers = client
+                .call_raw_answers(method, args.clone().into_bytes())
+                .await?;
+            print_call(answers).await
         }
     };
     conn.close().await;
     Ok(code)
+}
+
+/// Every server under `prefix` that answers `_info`: waits up to `wait`
+/// for the first answer, then until none came for `quiet` (or `wait` in
+/// all has passed).
+async fn list(
+    conn: &Connection,
+    prefix: &str,
+    wait: Duration,
+    quiet: Duration,
+) -> Result<Vec<ServiceInfo>, mqrpc::Error> {
+    let options = ClientOptions::default()
+        .prefix(prefix)
+        .timeout(wait)
+        .codec(Codec::Json);
+    let everyone = Client::new(conn, mqrpc::protocol::ANY_SERVICE, options).await?;
+    let mut answers = everyone
+        .broadcast::<_, ServiceInfo>(mqrpc::protocol::INFO_METHOD, &(), None)
+        .await?;
+    let mut found = Vec::new();
+    loop {
+        let next = if found.is_empty() {
+            answers.next().await
+        } else {
+            match tokio::time::timeout(quiet, answers.next()).await {
+                Ok(next) => next,
+                Err(_) => break, // quiet: everyone answered
+            }
+        };
+        match next {
+            Some((_, Ok(info))) => found.push(info),
+            // Nobody listens: nothing to find.
+            Some((_, Err(mqrpc::Error::NoResponder { .. }))) | None => break,
+            Some((_, Err(e))) => return Err(e),
+        }
+    }
+    found.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+    Ok(found)
+}
+
+/// Prints every answer of a call, one JSON value per line: one for a
+/// plain method, each item of a stream. Exit code 1 for the method's typed
+/// error (printed as JSON), 2 for any other failure.
+async fn print_call(mut answers: mqrpc::RawAnswers) -> ExitCode {
+    while let Some(answer) = answers.next().await {
+        let response = match answer {
+            Ok(response) => response,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let text = String::from_utf8_lossy(&response.payload);
+        match response.status {
+            Status::Ok => println!("{text}"),
+            Status::Error => {
+                println!("{text}");
+                eprintln!("the method returned an error");
+                return ExitCode::from(1);
+            }
+            other => {
+                eprintln!("error: {other}: {text}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// One JSON line per answering instance; errors on stderr.

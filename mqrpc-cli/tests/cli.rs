@@ -80,3 +80,72 @@ async fn cli_lists_inspects_and_calls_services() {
     assert_eq!(down.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot connect"));
 }
+
+mqrpc_tests::on_both_brokers!(
+    call_prints_every_item_of_a_stream,
+    list_returns_once_answers_stop,
+);
+
+/// A streaming method: every item, one JSON value per line, exit code 0;
+/// past the credit window (32 items) too.
+async fn call_prints_every_item_of_a_stream(broker: mqrpc_tests::TestBroker) {
+    let conn = broker.connect().await;
+    let _server = CalculatorServer::new(Calc::default())
+        .serve(&conn)
+        .await
+        .unwrap();
+    let url = broker.url();
+    let call = mqrpc(url, &["call", "Calculator", "count_up", r#"{"n": 3}"#]).await;
+    assert!(call.status.success(), "{call:?}");
+    assert_eq!(stdout(&call), "0\n1\n2\n");
+    let call = mqrpc(url, &["call", "Calculator", "count_up", r#"{"n": 100}"#]).await;
+    assert!(call.status.success(), "{call:?}");
+    let lines: Vec<u64> = stdout(&call)
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    assert_eq!(lines, (0..100).collect::<Vec<u64>>());
+    // A plain method still prints its one answer.
+    let call = mqrpc(url, &["call", "Calculator", "add", r#"{"a": 1, "b": 2}"#]).await;
+    assert_eq!(stdout(&call), "3\n");
+}
+
+/// `list` returns once the answers stop, not at --wait-ms (one minute
+/// here: the test's own deadline is half of it).
+async fn list_returns_once_answers_stop(broker: mqrpc_tests::TestBroker) {
+    let conn = broker.connect().await;
+    let _server = CalculatorServer::new(Calc::default())
+        .serve_with(&conn, ServerOptions::default().instance("calc-quiet"))
+        .await
+        .unwrap();
+    let list = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqrpc"))
+        .args(["--broker", broker.url(), "--wait-ms", "60000", "list"])
+        .output();
+    let list = tokio::time::timeout(std::time::Duration::from_secs(30), list)
+        .await
+        .expect("list must return once the answers stop")
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        stdout(&list).starts_with("Calculator\tcalc-quiet\t"),
+        "{list:?}"
+    );
+}
+
+/// No `--broker` and no `MQRPC_BROKER`: an error that says what to pass,
+/// as the library's `Connection::from_env` has no default either.
+#[tokio::test]
+async fn without_a_broker_the_cli_says_what_to_pass() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqrpc"))
+        .env_remove("MQRPC_BROKER")
+        .args(["list"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("pass --broker mqtt://host:port or set MQRPC_BROKER"),
+        "{stderr}"
+    );
+}

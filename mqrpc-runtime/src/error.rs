@@ -11,8 +11,9 @@ use std::time::Duration;
 /// that the call itself failed.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// use std::time::Duration;
-/// let err = mqrpc_runtime::Error::Timeout {
+/// let err = mqrpc::Error::Timeout {
 ///     method: "add".into(),
 ///     timeout: Duration::from_millis(50),
 /// };
@@ -149,10 +150,11 @@ pub enum Error {
     /// (PROTOCOL.md, "Server gone"). The call may or may not have run.
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// # async fn main() -> Result<(), mqrpc::Error> {
     /// use std::time::Duration;
-    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, Service};
+    /// use mqrpc::{Client, ClientOptions, Codec, Connection, Reply, Service};
     /// struct Slow;
     /// impl Service for Slow {
     ///     const NAME: &'static str = "Slow";
@@ -163,7 +165,7 @@ pub enum Error {
     ///     }
     /// }
     /// let server_conn = Connection::from_env_or_embedded().await?;
-    /// let server = mqrpc_runtime::serve(&server_conn, Slow, Default::default()).await?;
+    /// let server = mqrpc::serve(&server_conn, Slow, Default::default()).await?;
     /// let conn = Connection::connect_url(&server_conn.broker_url()).await?;
     /// let client = Client::new(&conn, "Slow", ClientOptions::default()).await?;
     /// let one = client.with_timeout(Duration::from_secs(60)).to_instance(server.instance())?;
@@ -272,7 +274,8 @@ impl Error {
     /// away. Another instance may serve it if called again.
     ///
     /// ```
-    /// let err = mqrpc_runtime::Error::ServerGone {
+    /// # use mqrpc_runtime as mqrpc;
+    /// let err = mqrpc::Error::ServerGone {
     ///     instance: "billing-1".into(),
     ///     method: "charge".into(),
     /// };

@@ -23,8 +23,15 @@ pub mod protocol;
 mod server;
 mod transport;
 
-pub use client::{discover, Answers, Client, ClientOptions, Items, Response, DEFAULT_TIMEOUT};
+pub use client::{
+    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, DEFAULT_TIMEOUT,
+};
 pub use error::Error;
+/// Reads the [`Items`] of a streaming call and the [`Answers`] of a
+/// broadcast (`while let Some(item) = items.next().await`); the trait of
+/// `futures-util`, re-exported so that no other dependency is needed.
+#[doc(no_inline)]
+pub use futures_util::StreamExt;
 pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
 pub use protocol::codec::Codec;
 pub use protocol::Status;
@@ -61,7 +68,8 @@ pub mod __private {
 /// MQTT delivery guarantee of requests and responses.
 ///
 /// ```
-/// assert_eq!(mqrpc_runtime::QoS::default(), mqrpc_runtime::QoS::AtLeastOnce);
+/// # use mqrpc_runtime as mqrpc;
+/// assert_eq!(mqrpc::QoS::default(), mqrpc::QoS::AtLeastOnce);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum QoS {

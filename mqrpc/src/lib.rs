@@ -111,7 +111,7 @@ struct ReadmeDoctests;
 /// | `#[mqrpc::service(crate = "::my_mqrpc")]` | trait | `::mqrpc` | the path generated code uses to reach mqrpc: a renamed dependency (`my_mqrpc = { package = "mqrpc", .. }`) or a re-export. Nothing else needs to be in scope, not even `serde` |
 /// | `#[mqrpc(name = "sum")]` | method | the method's name | method level of the topic |
 /// | `#[mqrpc(qos = 0)]` | method | the client's QoS ([`ClientOptions::qos`], default 1) | MQTT QoS (0, 1 or 2) of this method's requests; wins over the client's |
-/// | `#[mqrpc(oneway)]` | method | off | fire and forget: the request has no Response Topic, the server runs the method and sends nothing back; the client method returns `Result<(), mqrpc::Error>` once the request is queued. The method must not declare a return type |
+/// | `#[mqrpc(oneway)]` | method | off | fire and forget: the request has no Response Topic, the server runs the method and sends nothing back; the client method returns `Result<(), mqrpc::Error>` once the broker has the request (its PUBACK at QoS 1, PUBCOMP at QoS 2, the socket write at QoS 0; [`Error::NoResponder`] when the broker reports no subscriber). The method must not declare a return type |
 ///
 /// Method and service names starting with `_` are reserved for mqrpc's own
 /// topics (e.g. `_cancel`).
@@ -199,10 +199,15 @@ pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
     asyncapi, context, discover, protocol, respond, serve, Answers, Client, ClientOptions, Codec,
-    ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, PublishCounts, QoS, Reply,
-    Response, ServerHandle, ServerOptions, ServerUsage, Service, ServiceInfo, ServiceStats, Status,
-    Stream, DEFAULT_TIMEOUT, STREAM_WINDOW,
+    ConnectOptions, Connection, Error, Items, MethodInfo, MethodStats, PublishCounts, QoS,
+    RawAnswers, Reply, Response, ServerHandle, ServerOptions, ServerUsage, Service, ServiceInfo,
+    ServiceStats, Status, Stream, DEFAULT_TIMEOUT, STREAM_WINDOW,
 };
+
+/// Reads the [`Items`] of a streaming call and the [`Answers`] of a
+/// broadcast: `while let Some(item) = items.next().await { .. }`.
+#[doc(no_inline)]
+pub use futures_util::StreamExt;
 
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]

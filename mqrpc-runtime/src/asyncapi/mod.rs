@@ -20,7 +20,8 @@
 //! `components/schemas`. No `JsonSchema` bound is ever required.
 //!
 //! ```
-//! use mqrpc_runtime::asyncapi::AsyncApiOptions;
+//! # use mqrpc_runtime as mqrpc;
+//! use mqrpc::asyncapi::AsyncApiOptions;
 //! let options = AsyncApiOptions::new()
 //!     .title("Calculator API")
 //!     .version("1.2.0")
@@ -40,7 +41,8 @@ pub use serde_json::Value;
 /// The AsyncAPI version of the documents (their `asyncapi` field).
 ///
 /// ```
-/// assert_eq!(mqrpc_runtime::asyncapi::ASYNCAPI_VERSION, "3.0.0");
+/// # use mqrpc_runtime as mqrpc;
+/// assert_eq!(mqrpc::asyncapi::ASYNCAPI_VERSION, "3.0.0");
 /// ```
 pub const ASYNCAPI_VERSION: &str = "3.0.0";
 
@@ -48,7 +50,8 @@ pub const ASYNCAPI_VERSION: &str = "3.0.0";
 /// `bindingVersion`).
 ///
 /// ```
-/// assert_eq!(mqrpc_runtime::asyncapi::MQTT_BINDING_VERSION, "0.2.0");
+/// # use mqrpc_runtime as mqrpc;
+/// assert_eq!(mqrpc::asyncapi::MQTT_BINDING_VERSION, "0.2.0");
 /// ```
 pub const MQTT_BINDING_VERSION: &str = "0.2.0";
 
@@ -60,8 +63,9 @@ pub const MQTT_BINDING_VERSION: &str = "0.2.0";
 /// types (JSON first, so it is the document's `defaultContentType`).
 ///
 /// ```
-/// use mqrpc_runtime::asyncapi::AsyncApiOptions;
-/// use mqrpc_runtime::Codec;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::asyncapi::AsyncApiOptions;
+/// use mqrpc::Codec;
 /// let options = AsyncApiOptions::default().codecs([Codec::Json]);
 /// assert_eq!(options.get_prefix(), "mqrpc");
 /// assert_eq!(options.get_codecs(), &[Codec::Json]);
@@ -94,7 +98,8 @@ impl AsyncApiOptions {
     /// The defaults (see the type's documentation).
     ///
     /// ```
-    /// let options = mqrpc_runtime::asyncapi::AsyncApiOptions::new();
+    /// # use mqrpc_runtime as mqrpc;
+    /// let options = mqrpc::asyncapi::AsyncApiOptions::new();
     /// assert_eq!(options.get_prefix(), "mqrpc");
     /// ```
     pub fn new() -> Self {
@@ -104,7 +109,8 @@ impl AsyncApiOptions {
     /// `info.title` (default: the service's wire name).
     ///
     /// ```
-    /// let options = mqrpc_runtime::asyncapi::AsyncApiOptions::new().title("Billing");
+    /// # use mqrpc_runtime as mqrpc;
+    /// let options = mqrpc::asyncapi::AsyncApiOptions::new().title("Billing");
     /// # let _ = options;
     /// ```
     pub fn title(mut self, title: impl Into<String>) -> Self {
@@ -116,7 +122,8 @@ impl AsyncApiOptions {
     /// defines the trait, the version `_info` reports).
     ///
     /// ```
-    /// let options = mqrpc_runtime::asyncapi::AsyncApiOptions::new().version("2.0.0");
+    /// # use mqrpc_runtime as mqrpc;
+    /// let options = mqrpc::asyncapi::AsyncApiOptions::new().version("2.0.0");
     /// # let _ = options;
     /// ```
     pub fn version(mut self, version: impl Into<String>) -> Self {
@@ -127,7 +134,8 @@ impl AsyncApiOptions {
     /// Text put before the generated `info.description` (Markdown).
     ///
     /// ```
-    /// let options = mqrpc_runtime::asyncapi::AsyncApiOptions::new()
+    /// # use mqrpc_runtime as mqrpc;
+    /// let options = mqrpc::asyncapi::AsyncApiOptions::new()
     ///     .description("Owned by the billing team.");
     /// # let _ = options;
     /// ```
@@ -143,7 +151,8 @@ impl AsyncApiOptions {
     /// feature.
     ///
     /// ```
-    /// use mqrpc_runtime::asyncapi::AsyncApiOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::asyncapi::AsyncApiOptions;
     /// assert!(AsyncApiOptions::new().broker("mqtt://user:secret@10.0.0.5").is_ok());
     /// assert!(AsyncApiOptions::new().broker("mqtts://broker.example.com").is_ok());
     /// assert!(AsyncApiOptions::new().broker("http://10.0.0.5").is_err());
@@ -171,7 +180,8 @@ impl AsyncApiOptions {
     /// `mqrpc`).
     ///
     /// ```
-    /// let options = mqrpc_runtime::asyncapi::AsyncApiOptions::new().prefix("tenant-a");
+    /// # use mqrpc_runtime as mqrpc;
+    /// let options = mqrpc::asyncapi::AsyncApiOptions::new().prefix("tenant-a");
     /// assert_eq!(options.get_prefix(), "tenant-a");
     /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -184,7 +194,8 @@ impl AsyncApiOptions {
     /// document's `defaultContentType`. An empty list keeps the default.
     ///
     /// ```
-    /// use mqrpc_runtime::{asyncapi::AsyncApiOptions, Codec};
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{asyncapi::AsyncApiOptions, Codec};
     /// let options = AsyncApiOptions::new().codecs([Codec::Postcard]);
     /// assert_eq!(options.get_codecs(), &[Codec::Postcard]);
     /// ```
@@ -204,7 +215,8 @@ impl AsyncApiOptions {
     /// The topic prefix.
     ///
     /// ```
-    /// assert_eq!(mqrpc_runtime::asyncapi::AsyncApiOptions::new().get_prefix(), "mqrpc");
+    /// # use mqrpc_runtime as mqrpc;
+    /// assert_eq!(mqrpc::asyncapi::AsyncApiOptions::new().get_prefix(), "mqrpc");
     /// ```
     pub fn get_prefix(&self) -> &str {
         &self.prefix
@@ -213,7 +225,8 @@ impl AsyncApiOptions {
     /// The documented content types, in order.
     ///
     /// ```
-    /// use mqrpc_runtime::{asyncapi::AsyncApiOptions, Codec};
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{asyncapi::AsyncApiOptions, Codec};
     /// assert_eq!(AsyncApiOptions::new().get_codecs(), &[Codec::Json, Codec::Postcard]);
     /// ```
     pub fn get_codecs(&self) -> &[Codec] {
@@ -224,7 +237,8 @@ impl AsyncApiOptions {
 /// `value` as indented JSON, e.g. to write an `asyncapi.json` file.
 ///
 /// ```
-/// use mqrpc_runtime::asyncapi::{to_json_pretty, Value};
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::asyncapi::{to_json_pretty, Value};
 /// let text = to_json_pretty(&Value::Bool(true));
 /// assert_eq!(text, "true");
 /// ```

@@ -13,11 +13,12 @@ use crate::protocol::builtins::ServiceInfo;
 /// is not listed, even if it answered before.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// # async fn main() -> Result<(), mqrpc::Error> {
 /// use std::time::Duration;
-/// let conn = mqrpc_runtime::Connection::from_env_or_embedded().await?;
-/// let found = mqrpc_runtime::discover(&conn, "mqrpc", Duration::from_millis(200)).await?;
+/// let conn = mqrpc::Connection::from_env_or_embedded().await?;
+/// let found = mqrpc::discover(&conn, "mqrpc", Duration::from_millis(200)).await?;
 /// assert!(found.is_empty()); // nobody serves anything yet
 /// # Ok(()) }
 /// ```

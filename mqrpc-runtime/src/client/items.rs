@@ -11,8 +11,9 @@ use tokio::time::Sleep;
 use crate::client::{BroadcastSlot, Client, Response};
 use crate::{Error, Status};
 
-/// The caller's side of a streaming call: a [`futures_util::Stream`] of
-/// the items, in order. It ends after the last item, or with one error:
+/// The caller's side of a streaming call: a
+/// [`Stream`](https://docs.rs/futures/0.3/futures/stream/trait.Stream.html)
+/// of the items, in order (read it with `mqrpc::StreamExt`'s `next`). It ends after the last item, or with one error:
 /// the server's (e.g. a panicking producer), [`Error::Timeout`] when the
 /// next item does not come within the stream idle timeout
 /// ([`ClientOptions::stream_idle_timeout`](crate::ClientOptions::stream_idle_timeout):

@@ -78,9 +78,29 @@ impl Client {
         ),
         Error,
     > {
+        let payload = self.options.codec.encode(args)?;
+        self.send_many_encoded(topic, qos, schema, payload, capacity, stream)
+            .await
+    }
+
+    /// [`send_many`](Self::send_many) of an encoded payload.
+    pub(super) async fn send_many_encoded(
+        &self,
+        topic: String,
+        qos: Option<QoS>,
+        schema: Option<&'static str>,
+        payload: Vec<u8>,
+        capacity: usize,
+        stream: bool,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
+            BroadcastSlot,
+        ),
+        Error,
+    > {
         self.conn.ensure_open()?;
         let qos = qos.unwrap_or(self.options.qos);
-        let payload = self.options.codec.encode(args)?;
         let caller = self.caller.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let id = match gather {
@@ -136,10 +156,11 @@ impl Client {
     /// `broadcast()`, which decodes its typed errors.
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// use futures_util::StreamExt;
-    /// use mqrpc_runtime::{Client, ClientOptions, Connection};
+    /// # async fn main() -> Result<(), mqrpc::Error> {
+    /// use mqrpc::StreamExt;
+    /// use mqrpc::{Client, ClientOptions, Connection};
     /// let conn = Connection::from_env_or_embedded().await?;
     /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
     /// // Nobody serves `Nobody`: the stream ends at the timeout, empty.
@@ -166,10 +187,11 @@ impl Client {
     /// come (see [`Items`]).
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// use futures_util::StreamExt;
-    /// use mqrpc_runtime::{Client, ClientOptions, Connection, Error};
+    /// # async fn main() -> Result<(), mqrpc::Error> {
+    /// use mqrpc::StreamExt;
+    /// use mqrpc::{Client, ClientOptions, Connection, Error};
     /// let conn = Connection::from_env_or_embedded().await?;
     /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
     /// let short = client.with_timeout(std::time::Duration::from_millis(100));
@@ -202,10 +224,11 @@ impl Client {
     ///   `answers.next().await` to stop at the first one.
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+    /// # async fn main() -> Result<(), mqrpc::Error> {
     /// use futures_util::StreamExt;
-    /// use mqrpc_runtime::{Client, ClientOptions, Codec, Connection, Reply, ServerOptions, Service};
+    /// use mqrpc::{Client, ClientOptions, Codec, Connection, Reply, ServerOptions, Service};
     /// struct Echo;
     /// impl Service for Echo {
     ///     const NAME: &'static str = "Echo";
@@ -215,7 +238,7 @@ impl Client {
     ///     }
     /// }
     /// let conn = Connection::from_env_or_embedded().await?;
-    /// let _server = mqrpc_runtime::serve(&conn, Echo, ServerOptions::default().instance("echo-1")).await?;
+    /// let _server = mqrpc::serve(&conn, Echo, ServerOptions::default().instance("echo-1")).await?;
     /// let client = Client::new(&conn, "Echo", ClientOptions::default()).await?;
     /// // One instance: its answer ends the stream.
     /// let infos: Vec<_> = client.to_instance("echo-1")?.info().await?.collect().await;
@@ -372,8 +395,9 @@ impl Drop for BroadcastSlot {
     }
 }
 
-/// The answers to a broadcast: a [`Stream`](futures_util::Stream) of
-/// `(instance, outcome)`, one per server that answered, ending at the
+/// The answers to a broadcast: a
+/// [`Stream`](https://docs.rs/futures/0.3/futures/stream/trait.Stream.html)
+/// (read it with `mqrpc::StreamExt`) of `(instance, outcome)`, one per server that answered, ending at the
 /// client's timeout (10 s by default, [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT):
 /// it cannot know how many servers there are) or after the requested
 /// number of answers, whichever comes first. An error
@@ -381,11 +405,12 @@ impl Drop for BroadcastSlot {
 /// comes with an empty instance and ends the stream.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-/// use futures_util::StreamExt;
+/// # async fn main() -> Result<(), mqrpc::Error> {
+/// use mqrpc::StreamExt;
 /// use std::time::Duration;
-/// use mqrpc_runtime::{Client, ClientOptions, Connection};
+/// use mqrpc::{Client, ClientOptions, Connection};
 /// let conn = Connection::from_env_or_embedded().await?;
 /// let client = Client::new(&conn, "Nobody", ClientOptions::default().timeout(Duration::from_millis(100))).await?;
 /// let answers = client.broadcast::<_, ()>("ping", &(), None).await?;

@@ -6,8 +6,10 @@ mod batching;
 mod discovery;
 mod items;
 mod many;
+mod nagle;
 mod options;
 mod pending;
+mod raw;
 mod response;
 
 pub(crate) use batching::BatchTargets;
@@ -19,6 +21,7 @@ pub(crate) use many::BroadcastSlot;
 pub use options::{ClientOptions, DEFAULT_TIMEOUT};
 use pending::answer;
 pub(crate) use pending::{Caller, PendingSlot, Waiter};
+pub use raw::RawAnswers;
 pub use response::Response;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +45,10 @@ use crate::{observe, Codec, Error, QoS};
 /// Cheap to clone; clones share the connection and its response topic.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-/// use mqrpc_runtime::{Client, ClientOptions, Connection};
+/// # async fn main() -> Result<(), mqrpc::Error> {
+/// use mqrpc::{Client, ClientOptions, Connection};
 /// use std::time::Duration;
 /// let conn = Connection::from_env_or_embedded().await?;
 /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
@@ -250,8 +254,12 @@ impl Client {
     }
 
     /// Sends a one-way request: no Response Topic, no answer, no pending
-    /// slot. Returns once the request is queued for the broker; nothing
-    /// tells whether a server ran it (`#[mqrpc(oneway)]` methods).
+    /// slot (`#[mqrpc(oneway)]` methods). Returns once the broker has the
+    /// request: its PUBACK at QoS 1, its PUBCOMP at QoS 2, the write to the
+    /// socket at QoS 0. A broker that reports no subscriber (PUBACK 0x10,
+    /// e.g. Mosquitto) gives [`Error::NoResponder`], one that refuses it
+    /// [`Error::NotAuthorized`] or [`Error::Refused`]; nothing tells whether
+    /// a server ran it.
     pub async fn notify<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), Error> {
         self.notify_qos(method, None, None, args).await
     }
@@ -326,7 +334,8 @@ impl Client {
                 return Err(error);
             }
         };
-        let timeout = self.options.timeout;
+        // In the future's state in place of the timeout, which `self` has.
+        let started = std::time::Instant::now();
         let exchange = async {
             let batch = self.batchable();
             // A refusal ends the call through the caller, which also takes
@@ -335,21 +344,30 @@ impl Client {
             self.conn
                 .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
             slot.sent.store(true, Ordering::Relaxed);
+            tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
             answer(rx)
                 .await
                 .map_err(|failure| failure.into_error(method))
         };
-        let result =
-            match observe::InSpan::new(&span, tokio::time::timeout(timeout, exchange)).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.batch_timed_out();
-                    Err(Error::Timeout {
-                        method: method.to_string(),
-                        timeout,
-                    })
-                }
-            };
+        let waited = tokio::time::timeout(self.options.timeout, exchange);
+        let result = observe::InSpan::new(&span, waited).await;
+        let timeout = self.options.timeout;
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                self.batch_timed_out();
+                Err(Error::Timeout {
+                    method: method.to_string(),
+                    timeout,
+                })
+            }
+        };
+        if result.is_ok() {
+            self.caller
+                .nagle
+                .observe(started.elapsed(), || self.conn.options().broker_address());
+        }
+        let id = slot.id;
         drop(slot);
         let result = match result {
             // The server's view of the same deadline.
@@ -361,6 +379,12 @@ impl Client {
         };
         let status = observe::outcome_label(&result);
         observe::record_status(&span, status);
+        match &result {
+            Ok(_) => tracing::debug!(parent: &span, correlation = id, status, "answered"),
+            Err(error) => {
+                tracing::debug!(parent: &span, correlation = id, status, %error, "call failed")
+            }
+        }
         #[cfg(feature = "metrics")]
         meter.finish(status);
         result

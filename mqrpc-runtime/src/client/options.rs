@@ -15,8 +15,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-client settings.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// use std::time::Duration;
-/// use mqrpc_runtime::{ClientOptions, Codec, QoS};
+/// use mqrpc::{ClientOptions, Codec, QoS};
 /// let opts = ClientOptions::default()
 ///     .prefix("acme/prod")
 ///     .timeout(Duration::from_secs(2))
@@ -100,8 +101,9 @@ impl ClientOptions {
     /// (PROTOCOL.md, "Server streaming").
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// use std::time::Duration;
-    /// use mqrpc_runtime::ClientOptions;
+    /// use mqrpc::ClientOptions;
     /// let opts = ClientOptions::default().timeout(Duration::from_secs(2));
     /// assert_eq!(opts.get_stream_idle_timeout(), Duration::from_secs(2));
     /// let opts = opts.stream_idle_timeout(Duration::from_secs(30));
@@ -117,8 +119,9 @@ impl ClientOptions {
     /// was sent, however fast its items come.
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// use std::time::Duration;
-    /// use mqrpc_runtime::ClientOptions;
+    /// use mqrpc::ClientOptions;
     /// assert_eq!(ClientOptions::default().get_stream_timeout(), None);
     /// let opts = ClientOptions::default().stream_timeout(Duration::from_secs(60));
     /// assert_eq!(opts.get_stream_timeout(), Some(Duration::from_secs(60)));

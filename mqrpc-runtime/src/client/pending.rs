@@ -67,6 +67,8 @@ pub(crate) struct Caller {
     pub(super) batch_targets: super::BatchTargets,
     /// Every notice of an instance gone, for whoever listens (`discover`).
     gone: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Round trips that look like Nagle's delay.
+    pub(super) nagle: super::nagle::NagleWatch,
 }
 
 impl Caller {
@@ -81,6 +83,12 @@ impl Caller {
             max_pending: conn.options().max_pending_calls_limit(),
             batch_targets: Default::default(),
             gone: tokio::sync::broadcast::channel(64).0,
+            nagle: super::nagle::NagleWatch::new(
+                conn.options()
+                    .brokers()
+                    .iter()
+                    .all(|(host, _)| super::nagle::is_loopback(host)),
+            ),
         });
         let weak = Arc::downgrade(&caller);
         let sink: Sink = Arc::new(move |_conn, publish, _ack| {
@@ -295,6 +303,14 @@ impl Caller {
 /// no task. An answer that came before the PUBACK already took the entry.
 impl AckListener for Caller {
     fn acked(&self, id: u64, answer: Result<ReasonCode, TransportError>) {
+        match &answer {
+            Ok(ReasonCode(code)) => debug!(
+                correlation = id,
+                reason = code,
+                "request acknowledged by the broker"
+            ),
+            Err(error) => debug!(correlation = id, %error, "request not acknowledged"),
+        }
         if let Err(failure) = ack_outcome(answer) {
             let entry = self.lock().remove(&id);
             if let Some(entry) = entry {

@@ -8,11 +8,12 @@ use crate::protocol::{INFO_METHOD, PING_METHOD, STATS_METHOD};
 /// What `_info` answers: who this server is and what it serves.
 ///
 /// ```
-/// let info = mqrpc_runtime::ServiceInfo {
+/// # use mqrpc_runtime as mqrpc;
+/// let info = mqrpc::ServiceInfo {
 ///     service: "Calculator".into(),
 ///     version: "1.2.0".into(),
 ///     instance: "calc-1".into(),
-///     methods: vec![mqrpc_runtime::MethodInfo { name: "add".into(), schema: Some("5c1d0e9b2f7a4e11".into()) }],
+///     methods: vec![mqrpc::MethodInfo { name: "add".into(), schema: Some("5c1d0e9b2f7a4e11".into()) }],
 /// };
 /// assert_eq!(info.methods[0].name, "add");
 /// ```

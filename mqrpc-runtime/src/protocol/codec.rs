@@ -11,7 +11,8 @@ use crate::Error;
 /// answers in the same one. A request without a Content Type is postcard.
 ///
 /// ```
-/// use mqrpc_runtime::Codec;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::Codec;
 /// let bytes = Codec::Json.encode(&(1, "two")).unwrap();
 /// assert_eq!(bytes, br#"[1,"two"]"#);
 /// let back: (i32, String) = Codec::Json.decode(&bytes).unwrap();

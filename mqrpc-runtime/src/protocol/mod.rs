@@ -100,7 +100,8 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// Outcome of a call, sent as the [`STATUS_PROPERTY`] user property.
 ///
 /// ```
-/// use mqrpc_runtime::Status;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::Status;
 /// assert_eq!(Status::parse("unknown-method"), Some(Status::UnknownMethod));
 /// assert_eq!(Status::Ok.as_str(), "ok");
 /// ```

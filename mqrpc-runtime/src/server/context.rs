@@ -12,10 +12,11 @@ tokio::task_local! {
 /// The call a handler is serving.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// use std::time::{Duration, Instant};
-/// use mqrpc_runtime::context::{self, CallContext};
+/// use mqrpc::context::{self, CallContext};
 /// // Outside a handler there is no call.
 /// assert!(context::current().is_none());
 /// let call = CallContext::new(Some(Instant::now() + Duration::from_secs(2)));

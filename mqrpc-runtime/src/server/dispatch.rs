@@ -388,6 +388,7 @@ impl<S: Service> Dispatcher<S> {
             request.correlation.as_deref(),
             request.trace.as_ref(),
         );
+        debug!(parent: &span, qos = ?request.qos, "request received");
         let work = observe::InSpan::new(
             &span,
             CallContext::new(request.deadline).scope(respond(
@@ -429,6 +430,7 @@ impl<S: Service> Dispatcher<S> {
             self.counters[index].record(started.elapsed(), reply.status);
         }
         observe::record_status(&span, reply.status.as_str());
+        debug!(parent: &span, status = reply.status.as_str(), elapsed = ?started.elapsed(), "answering");
         #[cfg(feature = "metrics")]
         observe::server_request(S::NAME, method, reply.status, started.elapsed());
         if let Some(items) = reply.stream.clone() {

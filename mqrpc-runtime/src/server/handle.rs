@@ -74,9 +74,10 @@ impl ServerHandle {
     /// [`ServerOptions`] (see [`ServerUsage`]).
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// use mqrpc_runtime::{Codec, Connection, Reply, ServerOptions, Service};
+    /// # async fn main() -> Result<(), mqrpc::Error> {
+    /// use mqrpc::{Codec, Connection, Reply, ServerOptions, Service};
     /// struct Echo;
     /// impl Service for Echo {
     ///     const NAME: &'static str = "Echo";
@@ -87,7 +88,7 @@ impl ServerHandle {
     /// }
     /// let conn = Connection::from_env_or_embedded().await?;
     /// let opts = ServerOptions::default().dedup(1_000, 1 << 20, std::time::Duration::from_secs(60));
-    /// let server = mqrpc_runtime::serve(&conn, Echo, opts).await?;
+    /// let server = mqrpc::serve(&conn, Echo, opts).await?;
     /// let usage = server.usage();
     /// assert_eq!(usage.dedup_budget, 1 << 20);
     /// assert!(usage.dedup_bytes <= usage.dedup_budget);
@@ -132,9 +133,10 @@ impl ServerHandle {
     /// [`Error::Disconnected`] (the server has stopped all the same).
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// use mqrpc_runtime::{Codec, Connection, Reply, ServerOptions, Service};
+    /// # async fn main() -> Result<(), mqrpc::Error> {
+    /// use mqrpc::{Codec, Connection, Reply, ServerOptions, Service};
     /// struct Echo;
     /// impl Service for Echo {
     ///     const NAME: &'static str = "Echo";
@@ -145,7 +147,7 @@ impl ServerHandle {
     /// }
     /// let conn = Connection::from_env_or_embedded().await?;
     /// let opts = ServerOptions::default().instance("echo-1");
-    /// let server = mqrpc_runtime::serve(&conn, Echo, opts).await?;
+    /// let server = mqrpc::serve(&conn, Echo, opts).await?;
     /// assert_eq!(server.instance(), "echo-1");
     /// server.shutdown().await?; // waits for running calls, then `mqrpc/_gone/echo-1`
     /// # Ok(()) }

@@ -271,9 +271,10 @@ impl Held {
 /// `max_queued` and `max_queued_bytes`, `streams` by `max_concurrent`.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-/// use mqrpc_runtime::{Codec, Connection, Reply, ServerOptions, Service};
+/// # async fn main() -> Result<(), mqrpc::Error> {
+/// use mqrpc::{Codec, Connection, Reply, ServerOptions, Service};
 /// struct Echo;
 /// impl Service for Echo {
 ///     const NAME: &'static str = "Echo";
@@ -283,7 +284,7 @@ impl Held {
 ///     }
 /// }
 /// let conn = Connection::from_env_or_embedded().await?;
-/// let server = mqrpc_runtime::serve(&conn, Echo, ServerOptions::default()).await?;
+/// let server = mqrpc::serve(&conn, Echo, ServerOptions::default()).await?;
 /// let usage = server.usage();
 /// assert_eq!((usage.dedup_entries, usage.queued, usage.streams), (0, 0, 0));
 /// assert!(usage.dedup_bytes <= usage.dedup_budget);

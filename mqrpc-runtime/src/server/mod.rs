@@ -36,7 +36,8 @@ use crate::{Codec, Error};
 /// `<Trait>Server` type, rarely by hand.
 ///
 /// ```
-/// use mqrpc_runtime::{Codec, Reply, Service, Status};
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::{Codec, Reply, Service, Status};
 /// struct Echo;
 /// impl Service for Echo {
 ///     const NAME: &'static str = "Echo";
@@ -175,9 +176,10 @@ impl Reply {
 /// to test a service implementation, and what the server runs per request.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use mqrpc_runtime::{respond, Codec, Reply, Service, Status};
+/// use mqrpc::{respond, Codec, Reply, Service, Status};
 /// struct Echo;
 /// impl Service for Echo {
 ///     const NAME: &'static str = "Echo";

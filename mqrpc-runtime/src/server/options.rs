@@ -10,8 +10,9 @@ use crate::QoS;
 /// Per-server settings.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// use std::time::Duration;
-/// use mqrpc_runtime::{ServerOptions, QoS};
+/// use mqrpc::{ServerOptions, QoS};
 /// let opts = ServerOptions::default()
 ///     .prefix("acme/prod")
 ///     .qos(QoS::AtMostOnce)
@@ -139,7 +140,8 @@ impl ServerOptions {
     /// [`max_queued`](Self::max_queued).
     ///
     /// ```
-    /// use mqrpc_runtime::ServerOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ServerOptions;
     /// let opts = ServerOptions::default().max_queued_bytes(16 << 20);
     /// # let _ = opts;
     /// ```
@@ -162,7 +164,8 @@ impl ServerOptions {
     /// otherwise; the server keeps nothing of the request.
     ///
     /// ```
-    /// use mqrpc_runtime::ServerOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ServerOptions;
     /// let opts = ServerOptions::default()
     ///     .max_correlation_data(64)
     ///     .max_response_topic(256)
@@ -236,7 +239,8 @@ impl ServerOptions {
     /// with slow and fast calls mixed would stall behind the slow ones.
     ///
     /// ```
-    /// use mqrpc_runtime::ServerOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ServerOptions;
     /// let opts = ServerOptions::default().ack_after_answer(true);
     /// assert!(opts.get_ack_after_answer());
     /// assert!(!ServerOptions::default().get_ack_after_answer());

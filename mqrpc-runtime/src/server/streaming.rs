@@ -31,10 +31,11 @@ pub const WINDOW: u32 = 32;
 /// values, boxed.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use futures_util::StreamExt;
-/// let numbers = mqrpc_runtime::Stream::iter(vec![1u64, 2, 3]);
+/// use mqrpc::StreamExt;
+/// let numbers = mqrpc::Stream::iter(vec![1u64, 2, 3]);
 /// assert_eq!(numbers.collect::<Vec<_>>().await, [1, 2, 3]);
 /// # }
 /// ```

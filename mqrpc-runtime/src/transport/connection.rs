@@ -77,10 +77,11 @@ impl Drop for Shared {
 /// with [`Error::Disconnected`] instead of waiting for their timeout.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
+/// # async fn main() -> Result<(), mqrpc::Error> {
 /// // With MQRPC_BROKER unset this starts the embedded broker on loopback.
-/// let conn = mqrpc_runtime::Connection::from_env_or_embedded().await?;
+/// let conn = mqrpc::Connection::from_env_or_embedded().await?;
 /// assert!(conn.is_connected());
 /// conn.close().await;
 /// # Ok(()) }
@@ -125,6 +126,40 @@ impl Connection {
                 let options = ConnectOptions::from_url(&broker.url())?;
                 Self::establish(options, None, Some(broker)).await
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Without the `embedded-broker` feature there is no broker to start:
+    /// this stand-in connects to the broker `MQRPC_BROKER` names and, when
+    /// it is unset, fails with [`Error::Unsupported`] naming the feature.
+    /// It is deprecated so that the compiler says so where it is called:
+    /// turn the feature on (`cargo add mqrpc -F embedded-broker`) for the
+    /// quickstart, or call [`Connection::from_env`] in a service.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # std::env::remove_var("MQRPC_BROKER");
+    /// #[allow(deprecated)]
+    /// let err = mqrpc::Connection::from_env_or_embedded().await.unwrap_err();
+    /// assert!(err.to_string().contains("`embedded-broker` feature"));
+    /// # }
+    /// ```
+    #[cfg(not(feature = "embedded-broker"))]
+    #[deprecated(
+        note = "starting an embedded broker needs the `embedded-broker` feature of mqrpc \
+                (cargo add mqrpc -F embedded-broker); without it, use Connection::from_env"
+    )]
+    pub async fn from_env_or_embedded() -> Result<Connection, Error> {
+        match ConnectOptions::from_env() {
+            Ok(options) => Self::connect(options).await,
+            Err(Error::BrokerNotConfigured) => Err(Error::Unsupported {
+                what: "an embedded broker without the `embedded-broker` feature of mqrpc: \
+                       cargo add mqrpc -F embedded-broker, or set MQRPC_BROKER=mqtt://host:port"
+                    .into(),
+            }),
             Err(e) => Err(e),
         }
     }
@@ -442,9 +477,10 @@ impl Connection {
     /// that were queued together travel as one message.
     ///
     /// ```
+    /// # use mqrpc_runtime as mqrpc;
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-    /// let conn = mqrpc_runtime::Connection::from_env_or_embedded().await?;
+    /// # async fn main() -> Result<(), mqrpc::Error> {
+    /// let conn = mqrpc::Connection::from_env_or_embedded().await?;
     /// let counts = conn.publish_counts();
     /// assert!(counts.merged_parts >= counts.merged);
     /// # Ok(()) }
@@ -475,6 +511,7 @@ fn transport_config(
     );
     config.last_will = Some(super::gone::last_will(options, &will));
     config.keep_alive = options.keep_alive.max(Duration::from_secs(1));
+    config.connect_timeout = options.connect_timeout.max(Duration::from_millis(100));
     config.credentials = options.credentials.clone();
     config.max_packet_size = options.max_packet_size;
     // Ask for Response Information (MQTT v5 §3.1.2.11.7): a broker may

@@ -23,10 +23,11 @@ const MQTT_MAX_PACKET_SIZE: usize = 268_435_455;
 /// deployments; use Mosquitto, EMQX, HiveMQ or VerneMQ across machines.
 ///
 /// ```
+/// # use mqrpc_runtime as mqrpc;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), mqrpc_runtime::Error> {
-/// let broker = mqrpc_runtime::EmbeddedBroker::start().await?;
-/// let conn = mqrpc_runtime::Connection::connect_url(&broker.url()).await?;
+/// # async fn main() -> Result<(), mqrpc::Error> {
+/// let broker = mqrpc::EmbeddedBroker::start().await?;
+/// let conn = mqrpc::Connection::connect_url(&broker.url()).await?;
 /// assert!(conn.is_connected());
 /// # Ok(()) }
 /// ```

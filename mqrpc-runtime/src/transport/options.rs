@@ -12,7 +12,8 @@ mod brokers;
 /// Where and how to connect.
 ///
 /// ```
-/// use mqrpc_runtime::ConnectOptions;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::ConnectOptions;
 /// let opts = ConnectOptions::from_url("mqtt://alice:secret@127.0.0.1:1884?client_id=billing-1").unwrap();
 /// assert_eq!(opts.broker_address(), "127.0.0.1:1884");
 /// assert_eq!(opts.get_client_id(), Some("billing-1"));
@@ -112,6 +113,14 @@ impl ConnectOptions {
             url: url.to_string(),
             reason: reason.to_string(),
         };
+        if !url.contains("://") {
+            // `127.0.0.1:1883` would be "a relative URL without a base",
+            // `localhost:1883` a URL of scheme `localhost`.
+            return Err(invalid(&format!(
+                "no scheme: write mqtt://{} (or mqtts://, ws://, wss://)",
+                url.trim()
+            )));
+        }
         let (primary, further) = brokers::split_hosts(url).map_err(|e| invalid(&e))?;
         let parsed = url::Url::parse(&primary).map_err(|e| invalid(&e.to_string()))?;
         let scheme = Scheme::parse(parsed.scheme())
@@ -203,7 +212,8 @@ impl ConnectOptions {
     /// the other `tls_*` methods.
     ///
     /// ```
-    /// use mqrpc_runtime::ConnectOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ConnectOptions;
     /// let opts = ConnectOptions::new("broker.example.com", 8883)
     ///     .tls()
     ///     .credentials("billing", "s3cret");
@@ -279,7 +289,8 @@ impl ConnectOptions {
     /// with the `tls*` settings. Feature `websocket`.
     ///
     /// ```
-    /// use mqrpc_runtime::ConnectOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ConnectOptions;
     /// let opts = ConnectOptions::new("broker.example.com", 80).websocket("/mqtt");
     /// assert!(opts.is_websocket());
     /// let url = ConnectOptions::from_url("ws://broker.example.com/mqtt").unwrap();
@@ -308,8 +319,11 @@ impl ConnectOptions {
         self
     }
 
-    /// Sets how long opening the stream to the broker (TCP, TLS, WebSocket
-    /// handshake) may take (default 5 s).
+    /// Sets how long one connection attempt may take, from opening the
+    /// stream (TCP, TLS, WebSocket handshake) to the broker's CONNACK
+    /// (default 5 s). A peer that accepts the connection but never answers
+    /// as an MQTT v5 broker fails [`Connection::connect`](crate::Connection::connect)
+    /// with [`Error::Connect`] once it has passed.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self

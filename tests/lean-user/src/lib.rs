@@ -44,7 +44,7 @@ impl Thermostat for Fixed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
+    use rpc::StreamExt;
     use rpc::{Codec, Service, Status};
 
     #[tokio::test]

@@ -55,7 +55,8 @@ use serde::de::DeserializeOwned;
 /// method's fingerprint uses the type's text as written).
 ///
 /// ```
-/// use mqrpc_runtime::protocol::schema::type_text;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::protocol::schema::type_text;
 ///
 /// #[derive(serde::Deserialize)]
 /// struct Charge {
@@ -85,7 +86,8 @@ pub fn type_text<T: DeserializeOwned>() -> Option<String> {
 /// method's canonical text.
 ///
 /// ```
-/// use mqrpc_runtime::protocol::schema::fingerprint;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::protocol::schema::fingerprint;
 ///
 /// assert_eq!(fingerprint(""), "cbf29ce484222325");
 /// assert_eq!(fingerprint("add(a: i64, b: i64) -> i64"), "bb364c15d84acd2c");
@@ -102,7 +104,8 @@ pub fn fingerprint(text: &str) -> String {
 /// The canonical text of a method: `wire_name(arg: T, ..) -> output`.
 ///
 /// ```
-/// use mqrpc_runtime::protocol::schema::method_text;
+/// # use mqrpc_runtime as mqrpc;
+/// use mqrpc::protocol::schema::method_text;
 ///
 /// let args = [("a", "i64".to_string()), ("b", "i64".to_string())];
 /// assert_eq!(method_text("add", &args, "i64"), "add(a: i64, b: i64) -> i64");

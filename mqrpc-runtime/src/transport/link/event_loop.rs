@@ -176,16 +176,27 @@ impl Loop {
         rbuf: &mut BytesMut,
     ) -> io::Result<ConnAck> {
         loop {
-            match Packet::read(rbuf, Some(self.config.max_packet_size)) {
+            // What came back, before the codec consumes it.
+            let head: Vec<u8> = rbuf.iter().take(16).copied().collect();
+            let what = match Packet::read(rbuf, Some(self.config.max_packet_size)) {
                 Ok(Packet::ConnAck(c)) => return Ok(c),
-                Ok(p) => return Err(io::Error::other(format!("expected CONNACK, got {p:?}"))),
+                Ok(p) => format!("a {} packet instead of CONNACK", packet_name(&p)),
                 Err(CodecError::InsufficientBytes(_)) => {
-                    if io.read_buf(rbuf).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    if io.read_buf(rbuf).await? != 0 {
+                        continue;
                     }
+                    if head.is_empty() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the peer closed the connection without a CONNACK \
+                             (is it an MQTT v5 broker port?)",
+                        ));
+                    }
+                    "a part of a packet, then closed the connection".to_string()
                 }
-                Err(e) => return Err(io::Error::other(e.to_string())),
-            }
+                Err(e) => e.to_string(),
+            };
+            return Err(not_mqtt(&head, &what));
         }
     }
 
@@ -250,17 +261,37 @@ impl Loop {
 
     /// One connection, from CONNECT until it fails or the transport stops.
     async fn connection<C: Connector>(&mut self, connector: &mut C) -> io::Result<Stop> {
-        let mut io = connector.connect().await?;
-        let mut wbuf = BytesMut::new();
-        let _ = self.connect_packet().write(&mut wbuf, None);
-        io.write_all(&wbuf).await?;
-        io.flush().await?;
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        // Guard against a server that accepts TCP but never answers.
-        let wait = self.config.keep_alive.max(Duration::from_secs(10));
-        let connack = tokio::time::timeout(wait, self.read_connack(&mut io, &mut rbuf))
+        // One deadline for the whole handshake, CONNACK included: a peer
+        // that accepts TCP but never answers must not hold the attempt.
+        let timeout = self.config.connect_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut io = tokio::time::timeout_at(deadline, connector.connect())
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no CONNACK"))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {timeout:?}"),
+                )
+            })??;
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let handshake = async {
+            let mut wbuf = BytesMut::new();
+            let _ = self.connect_packet().write(&mut wbuf, None);
+            io.write_all(&wbuf).await?;
+            io.flush().await?;
+            self.read_connack(&mut io, &mut rbuf).await
+        };
+        let connack = tokio::time::timeout_at(deadline, handshake)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no CONNACK within {timeout:?}: the peer accepted the connection but \
+                         did not answer as an MQTT v5 broker; is it an MQTT v5 broker port?"
+                    ),
+                )
+            })??;
         if connack.code != ConnectReturnCode::Success {
             self.refused = Some(super::codes::connack(&connack.code));
             return Err(io::Error::other(format!(
@@ -433,5 +464,58 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8]) -> io::Re
         wr.flush().await.map(|()| 0)
     } else {
         wr.write(buf).await
+    }
+}
+
+/// The error of a peer that answered CONNECT with something other than an
+/// MQTT v5 CONNACK: what it looks like and what to check.
+fn not_mqtt(head: &[u8], what: &str) -> io::Error {
+    let seen = if head.starts_with(b"HTTP/") {
+        "it answered in HTTP (a web server, or a WebSocket endpoint: write ws://host:port/path)"
+            .to_string()
+    } else if head.len() >= 2 && head[0] == 0x15 && head[1] == 0x03 {
+        "it answered with a TLS alert (a TLS port: write mqtts://)".to_string()
+    } else if head.len() >= 4 && head[0] == 0x20 && head[1] == 0x02 {
+        // An MQTT 3.1.1 CONNACK (two bytes, no properties): 0x01 refuses
+        // the protocol version.
+        "it answered as an MQTT 3.1.1 broker; mqrpc needs MQTT v5".to_string()
+    } else if head.len() >= 4
+        && head
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        // Printable bytes where a CONNACK should be: another text protocol
+        // (a web server answering as HTTP/0.9, SMTP, Redis...).
+        let text = String::from_utf8_lossy(head);
+        format!("it answered in text, `{}`…", text.trim_end().escape_debug())
+    } else {
+        format!("it sent {what}")
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the peer did not answer as an MQTT v5 broker: {seen}; is it an MQTT v5 broker port?"
+        ),
+    )
+}
+
+/// The name of a packet type, for errors.
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Auth(_) => "AUTH",
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq(_) => "PINGREQ",
+        Packet::PingResp(_) => "PINGRESP",
+        Packet::Disconnect(_) => "DISCONNECT",
     }
 }

@@ -61,6 +61,10 @@ pub struct TransportConfig {
     /// in CONNACK replaces it. No PINGRESP within one more interval means the
     /// link is dead: the transport reconnects.
     pub keep_alive: Duration,
+    /// How long one connection attempt may take, from opening the stream
+    /// to the CONNACK; a peer that accepts but never answers fails the
+    /// attempt once it has passed.
+    pub connect_timeout: Duration,
     /// Clean Start on the first connection only; reconnects always ask to
     /// resume the session.
     pub clean_start: bool,
@@ -94,13 +98,15 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults: keep-alive 30 s, clean start, session expiry 0, 1 MiB
+    /// Defaults: keep-alive 30 s, connect timeout 10 s, clean start,
+    /// session expiry 0, 1 MiB
     /// packets, Receive Maximum 100, reconnect after 100 ms doubling up to 5 s,
     /// no Response Information asked, QoS 1 resent after a session loss.
     pub fn new(client_id: impl Into<String>) -> Self {
         TransportConfig {
             client_id: client_id.into(),
             keep_alive: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
             clean_start: true,
             session_expiry: 0,
             credentials: None,
@@ -472,7 +478,8 @@ pub(crate) struct Counts {
     pub(crate) merged_parts: std::sync::atomic::AtomicU64,
 }
 
-/// Publishes handed to the session loop so far (see [`Transport::counts`]).
+/// Publishes handed to the session loop so far (see
+/// [`Connection::publish_counts`](crate::Connection::publish_counts)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishCounts {
     /// PUBLISH packets queued for the broker (a merged one counts once).

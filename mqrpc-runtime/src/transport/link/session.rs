@@ -432,6 +432,13 @@ impl Session {
         };
         let mut inflight: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         inflight.sort_unstable_by_key(|(_, f)| f.order);
+        if !inflight.is_empty() {
+            tracing::debug!(
+                publishes = inflight.len(),
+                session_present = connack.session_present,
+                "unacknowledged publishes after the reconnect: resent or ended"
+            );
+        }
         if connack.session_present {
             // The broker redelivers our unacked QoS 1 with DUP and their ids may
             // come back: acks owed on the old link are void (MQTT-4.4.0-1).

@@ -11,7 +11,8 @@ impl ConnectOptions {
     /// same. IPv6 hosts with or without brackets.
     ///
     /// ```
-    /// use mqrpc_runtime::ConnectOptions;
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ConnectOptions;
     /// let opts = ConnectOptions::new("node1", 1883)
     ///     .fallback_broker("node2", 1883)
     ///     .fallback_broker("::1", 1884);
