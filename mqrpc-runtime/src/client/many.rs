@@ -79,7 +79,7 @@ impl Client {
         Error,
     > {
         let payload = self.options.codec.encode(args)?;
-        self.send_many_encoded(topic, qos, schema, payload, capacity, stream)
+        self.send_many_encoded(topic, qos, schema, payload, capacity, gather)
             .await
     }
 
@@ -91,7 +91,7 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
         capacity: usize,
-        stream: bool,
+        gather: Gather,
     ) -> Result<
         (
             tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
@@ -374,7 +374,7 @@ impl Client {
 
 /// Whose answers a request with many answers gathers.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Gather {
+pub(super) enum Gather {
     /// Every server's (a broadcast), until the timeout.
     All,
     /// One instance's (this client's), bound to it.

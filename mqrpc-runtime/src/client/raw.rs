@@ -48,9 +48,16 @@ impl Client {
         let topic = [&*self.topic_base, method].concat();
         let capacity = WINDOW as usize + 2;
         let (rx, slot) = self
-            .send_many_encoded(topic, None, None, payload, capacity, true)
+            .send_many_encoded(
+                topic,
+                None,
+                None,
+                payload,
+                capacity,
+                super::many::Gather::Stream,
+            )
             .await?;
-        let idle = self.options.timeout;
+        let idle = self.options.get_stream_idle_timeout();
         Ok(RawAnswers {
             rx,
             idle,
