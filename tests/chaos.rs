@@ -158,13 +158,7 @@ async fn lossy_link(faulty_server: bool, calls: u64, in_flight: usize) {
         ClientOptions::default().timeout(Duration::from_secs(20)),
     )
     .await;
-    let load = Load::start(
-        client_site.runtime().handle(),
-        &[calc.clone()],
-        in_flight,
-        calls,
-        0,
-    );
+    let load = Load::start(client_site.runtime().handle(), &calc, in_flight, calls, 0);
     let tally = load.wait().await;
     let dropped = faulty.link().dropped_packets();
     let name = if faulty_server {
@@ -238,16 +232,10 @@ async fn server_link_fails_then_heals(
         .to_instance(&instance)
         .unwrap()
         .with_timeout(Duration::from_secs(SHORT_KEEP_ALIVE * 5));
-    let shared_load = Load::start(
-        runtime,
-        &[shared.clone()],
-        IN_FLIGHT * 6 / 10,
-        u64::MAX / 4,
-        0,
-    );
+    let shared_load = Load::start(runtime, &shared, IN_FLIGHT * 6 / 10, u64::MAX / 4, 0);
     let pinned_load = Load::start(
         runtime,
-        &[pinned.clone()],
+        &pinned,
         IN_FLIGHT * 4 / 10,
         u64::MAX / 4,
         u64::MAX / 4,
@@ -395,7 +383,7 @@ async fn half_open_links_are_detected_by_keep_alive() {
     )
     .await;
     // Ids of their own: the Runs of the first phase go on counting.
-    let load = Load::start(&runtime, &[calc.clone()], IN_FLIGHT, u64::MAX / 8, 3 << 62);
+    let load = Load::start(&runtime, &calc, IN_FLIGHT, u64::MAX / 8, 3 << 62);
     assert!(
         within(Duration::from_secs(30), || load
             .tally
@@ -449,13 +437,7 @@ async fn client_partitioned(persistent: bool) {
         ClientOptions::default().timeout(Duration::from_secs(6)),
     )
     .await;
-    let load = Load::start(
-        client_site.runtime().handle(),
-        &[calc.clone()],
-        IN_FLIGHT,
-        CALLS,
-        0,
-    );
+    let load = Load::start(client_site.runtime().handle(), &calc, IN_FLIGHT, CALLS, 0);
     assert!(within(Duration::from_secs(30), || load.ended() > CALLS / 4).await);
     client_site.link().set(KernelFault::Partition).unwrap();
     let mut disconnected = false;
@@ -522,7 +504,7 @@ async fn matrix_cell(batches: bool, qos: QoS, calls: u64, in_flight: usize) {
         .qos(qos);
     let calc = client(&conn, options).await;
     let runtime = tokio::runtime::Handle::current();
-    let load = Load::start(&runtime, &[calc.clone()], in_flight, calls, 0);
+    let load = Load::start(&runtime, &calc, in_flight, calls, 0);
     assert!(within(Duration::from_secs(60), || load.ended() > calls / 2).await);
     client_proxy.cut();
     let tally = load.wait().await;
@@ -594,13 +576,7 @@ async fn rate_limited_link() {
         ClientOptions::default().timeout(Duration::from_secs(20)),
     )
     .await;
-    let load = Load::start(
-        client_site.runtime().handle(),
-        &[calc.clone()],
-        IN_FLIGHT,
-        CALLS,
-        0,
-    );
+    let load = Load::start(client_site.runtime().handle(), &calc, IN_FLIGHT, CALLS, 0);
     let tally = load.wait().await;
     check("tbf 2 Mbit/s client<->broker", &tally, &worker, true).await;
     assert_eq!(tally.calls(), CALLS);

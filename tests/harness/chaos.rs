@@ -137,7 +137,7 @@ pub async fn checked_call(client: &ChaosClient, id: u64, tally: &Tally) {
     }
 }
 
-/// Callers calling in a loop, `in_flight` at once, until `max_calls` were
+/// Callers of `client` calling in a loop, `in_flight` at once, until `max_calls` were
 /// made or [`Load::stop`]; call ids from a shared counter (unique per
 /// load, offset by `first_id`).
 pub struct Load {
@@ -153,7 +153,7 @@ impl Load {
     /// Starts on `runtime` (a site's, or the current one).
     pub fn start(
         runtime: &tokio::runtime::Handle,
-        clients: &[ChaosClient],
+        client: &ChaosClient,
         in_flight: usize,
         max_calls: u64,
         first_id: u64,
@@ -163,8 +163,8 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let end = first_id + max_calls;
         let workers = (0..in_flight)
-            .map(|w| {
-                let client = clients[w % clients.len()].clone();
+            .map(|_| {
+                let client = client.clone();
                 let (tally, next, stop) = (tally.clone(), next.clone(), stop.clone());
                 runtime.spawn(async move {
                     while !stop.load(Ordering::Relaxed) {

@@ -18,6 +18,14 @@ use tokio::sync::oneshot;
 /// Identifies one call: where its answer goes and its Correlation Data.
 pub(crate) type CallKey = (String, Bytes);
 
+/// The key as the table keeps it: its Correlation Data copied out of the
+/// packet it arrived in. A slice would keep that whole packet (and the read
+/// buffer around it) alive for as long as the entry lives: a peer sending
+/// big requests would make each kept entry cost its request's size.
+fn own(key: CallKey) -> CallKey {
+    (key.0, Bytes::copy_from_slice(&key.1))
+}
+
 /// One admitted request: its key and the digest that tells a redelivered
 /// copy (same digest) from a new call that reuses the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +41,7 @@ impl CallId {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (method, content_type, payload).hash(&mut hasher);
         CallId {
-            key,
+            key: own(key),
             digest: hasher.finish(),
         }
     }
@@ -173,6 +181,7 @@ impl CallTable {
     /// A cancel message: stops the call if it runs; remembers it otherwise,
     /// so the request, should it arrive late, is not run.
     pub fn cancel(&mut self, key: CallKey, now: Instant) -> bool {
+        let key = own(key);
         let expires = now + self.limits.window;
         match self.entries.get_mut(&key) {
             Some(Entry { state, .. }) if matches!(state, State::Running(_)) => {
@@ -287,6 +296,20 @@ impl CallTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 23, hostile peer): a kept entry held its request's
+    /// whole packet through the Correlation Data slice.
+    #[test]
+    fn kept_keys_do_not_hold_the_packet_they_came_in() {
+        let packet = Bytes::from(vec![7u8; 1 << 20]);
+        let inside = |b: &Bytes| packet.as_ptr_range().contains(&b.as_ptr());
+        let id = CallId::new(("r".into(), packet.slice(10..18)), "m", None, &packet);
+        assert!(!inside(&id.key.1));
+        assert_eq!(&id.key.1[..], &packet[10..18]);
+        let mut table = CallTable::new(limits());
+        assert!(!table.cancel(("r".into(), packet.slice(20..28)), Instant::now()));
+        assert!(table.entries.keys().all(|(_, c)| !inside(c)));
+    }
 
     fn limits() -> Limits {
         Limits {
