@@ -7,10 +7,15 @@
 //! acknowledged to their sender. What loss does to a TCP stream is delay:
 //! the lost segment is sent again after a retransmission timeout, and the
 //! bytes behind it wait (head-of-line blocking). [`Faults::loss`] models
-//! exactly that: with the given probability a chunk waits one
-//! retransmission timeout (doubled on each further "loss" of the same
-//! chunk), and everything behind it waits with it. Real packet loss is made
-//! by the kernel in the network namespaces of [`crate::netns`].
+//! exactly that: with the given probability a chunk waits for its
+//! retransmission (doubled on each further "loss" of the same chunk), and
+//! everything behind it waits with it. [`Faults::lossy`] makes that wait
+//! one round trip of the modelled link (fast retransmit after duplicate
+//! ACKs, what a busy stream sees); a retransmission *timeout* (200 ms and
+//! more on Linux) only follows a loss at the tail of a burst, and charging
+//! it for every loss made a busy stream fall behind without end. Real
+//! packet loss is made by the kernel in the network namespaces of
+//! [`crate::netns`].
 //!
 //! The proxy listens on `127.0.0.1` of the network namespace it is started
 //! in (the thread's), and runs on the current Tokio runtime.
@@ -41,7 +46,8 @@ pub enum Direction {
 pub struct Loss {
     /// Probability that a chunk is "lost" (waits for a retransmission).
     pub probability: f64,
-    /// The first retransmission timeout (Linux: at least 200 ms).
+    /// How long the first retransmission takes (a round trip for a fast
+    /// retransmit; a timeout, at least 200 ms on Linux, for a tail loss).
     pub rto: Duration,
 }
 
@@ -68,14 +74,15 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// A link with this delay and jitter, and loss as retransmission delay.
+    /// A link with this one-way delay and jitter, and loss as the delay of
+    /// a fast retransmit (one round trip, `2 × delay_ms`).
     pub fn lossy(delay_ms: u64, jitter_ms: u64, loss: f64) -> Faults {
         Faults {
             delay: Duration::from_millis(delay_ms),
             jitter: Duration::from_millis(jitter_ms),
             loss: (loss > 0.0).then_some(Loss {
                 probability: loss,
-                rto: Duration::from_millis(200),
+                rto: Duration::from_millis((2 * delay_ms).max(1)),
             }),
             ..Faults::default()
         }
