@@ -6,7 +6,7 @@
 //! answering good calls and answers each probe correctly, on both brokers.
 //!
 //! The resident memory of the test process over the flood is printed, not
-//! bounded: with Mosquitto it grew by ~60 MiB (RELIABILITY.md, "Not
+//! bounded: with Mosquitto it grew by 60-100 MiB (RELIABILITY.md, "Not
 //! promised"): refusals (`overloaded`) and answers to a flood leave as
 //! fast as the broker takes them, each waiting with its request meanwhile.
 //! What this test fixed: a kept duplicate-table entry held the whole packet
