@@ -188,6 +188,11 @@ impl Link {
         let _ = self.stream.write_all(&buf).await;
     }
 
+    /// Sends raw bytes (a fuzzer's), whatever they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     /// Drops the link abruptly (no DISCONNECT).
     pub fn drop_link(self) {
         drop(self)

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod batch;
+pub mod chaos;
 pub mod cluster;
 pub mod fake_broker;
+pub mod netns;
+pub mod proxy;
 pub mod raw;
 pub mod security;
 

@@ -354,5 +354,64 @@ mod tests {
             let _ = decode_calls(&frame);
             let _ = decode_answers(&frame);
         }
+
+        /// Frames a peer could send: valid ones round-trip; the same
+        /// frames cut short or with one byte changed decode to an error
+        /// or to entries, never a panic, and never to more entries than
+        /// the frame has bytes (what a decoder allocates stays bounded by
+        /// what arrived).
+        #[test]
+        fn valid_and_damaged_frames(
+            calls in proptest::collection::vec(
+                (
+                    "[a-z_]{0,8}",
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                    proptest::option::of(0..u64::MAX),
+                    proptest::option::of("[ -~]{1,24}"),
+                    proptest::option::of("[ -~]{1,8}"),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+                ),
+                0..12,
+            ),
+            cut in proptest::num::usize::ANY,
+            flip in (proptest::num::usize::ANY, 1..=255u8),
+        ) {
+            let refs: Vec<CallRef<'_>> = calls
+                .iter()
+                .map(|(method, correlation, timeout_ms, content_type, traceparent, args)| CallRef {
+                    method,
+                    correlation,
+                    timeout_ms: *timeout_ms,
+                    content_type: content_type.as_deref(),
+                    traceparent: traceparent.as_deref(),
+                    tracestate: None,
+                    args,
+                })
+                .collect();
+            let frame = encode_calls(refs.iter().copied());
+            let decoded = decode_calls(&frame).unwrap();
+            proptest::prop_assert_eq!(decoded.len(), calls.len());
+            for (entry, call) in decoded.iter().zip(&refs) {
+                proptest::prop_assert_eq!(&entry.method, call.method);
+                proptest::prop_assert_eq!(&entry.correlation[..], call.correlation);
+                proptest::prop_assert_eq!(entry.timeout_ms, call.timeout_ms);
+                proptest::prop_assert_eq!(entry.content_type.as_deref(), call.content_type);
+                proptest::prop_assert_eq!(&entry.args[..], call.args);
+            }
+            let short = frame.slice(..cut % (frame.len() + 1));
+            if let Ok(entries) = decode_calls(&short) {
+                proptest::prop_assert!(entries.len() <= short.len());
+            }
+            let mut changed = frame.to_vec();
+            let at = flip.0 % changed.len();
+            changed[at] ^= flip.1;
+            let changed = Bytes::from(changed);
+            if let Ok(entries) = decode_calls(&changed) {
+                proptest::prop_assert!(entries.len() <= changed.len());
+            }
+            if let Ok(entries) = decode_answers(&changed) {
+                proptest::prop_assert!(entries.len() <= changed.len());
+            }
+        }
     }
 }

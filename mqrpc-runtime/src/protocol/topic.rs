@@ -246,4 +246,38 @@ mod tests {
         assert!(filter.matches(&request_topic("acme/rpc", "Calc", "_cancel")));
         assert!(!filter.matches(&request_topic("acme/rpc", "Other", "add")));
     }
+
+    proptest::proptest! {
+        /// Whatever filter and topic a peer makes us see (levels of `a`,
+        /// `b`, `$`, `+`, `#`, empty): the prepared filter agrees with the
+        /// general matcher, and nothing panics.
+        #[test]
+        fn any_filter_and_topic_are_matched_consistently(
+            filter in "(\\$share/g/)?(a|b|\\$a|\\+|#|)(/(a|b|\\+|#|)){0,4}",
+            topic in "(a|b|\\$a|)(/(a|b|)){0,4}",
+        ) {
+            proptest::prop_assert_eq!(
+                Filter::new(&filter).matches(&topic),
+                matches(&filter, &topic),
+                "filter {:?}, topic {:?}", filter, topic
+            );
+        }
+
+        /// Names a foreign peer chooses (client ids, instance ids) become
+        /// topics we may publish to, or a clear error: never a panic.
+        #[test]
+        fn any_name_becomes_a_level_or_an_error(name in "\\PC{0,12}", prefix in "\\PC{0,12}") {
+            let level = as_level(&name);
+            if !name.is_empty() {
+                proptest::prop_assert!(validate_level(&level).is_ok(), "{:?} -> {:?}", name, level);
+            }
+            if validate_prefix(&prefix).is_ok() && !name.is_empty() {
+                let reply = reply_topic(&prefix, &name);
+                proptest::prop_assert!(is_publishable(&reply), "{:?}", reply);
+                proptest::prop_assert!(Filter::new(&reply).matches(&reply));
+            }
+            let _ = validate_level(&name);
+            let _ = is_publishable(&name);
+        }
+    }
 }
