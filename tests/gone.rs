@@ -283,7 +283,9 @@ async fn shutdown_announces_the_instance_after_its_last_server_and_answers(broke
     let instance = unique("calc-shared");
     let conn = broker.connect().await;
     let options = || ServerOptions::default().instance(instance.as_str());
-    let calc_server = CalculatorServer::new(Calc::default())
+    let service = Calc::default();
+    let stats = service.stats.clone();
+    let calc_server = CalculatorServer::new(service)
         .serve_with(&conn, options())
         .await
         .unwrap();
@@ -299,6 +301,15 @@ async fn shutdown_announces_the_instance_after_its_last_server_and_answers(broke
         let one = one.clone();
         async move { one.linger(300).await }
     });
+    // The handler runs before the shutdown starts (the spawned call could
+    // otherwise be published after it, to nobody).
+    tokio::time::timeout(LONG, async {
+        while stats.started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the linger call never reached its handler");
     one.client().ping().await.unwrap();
     calc_server.shutdown().await.unwrap();
     assert_eq!(call.await.unwrap().unwrap(), 300);
