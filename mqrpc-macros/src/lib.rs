@@ -12,6 +12,7 @@ mod render_client;
 mod render_schema;
 mod render_server;
 mod render_trait;
+mod render_upstream;
 
 use proc_macro::TokenStream;
 

@@ -49,6 +49,18 @@ pub struct Method {
 pub struct Arg {
     pub ident: Ident,
     pub ty: Type,
+    /// `T` of an argument `mqrpc::Stream<T>` (any path ending in
+    /// `Stream<T>`): the caller streams its items to the server.
+    pub stream: Option<Box<Type>>,
+}
+
+impl Method {
+    /// The argument the caller streams, if any (at most one).
+    pub fn stream_arg(&self) -> Option<(&Ident, &Type)> {
+        self.args
+            .iter()
+            .find_map(|arg| Some((&arg.ident, &**arg.stream.as_ref()?)))
+    }
 }
 
 pub enum Output {
@@ -369,9 +381,23 @@ impl Method {
                 }
             };
             check_wire_type(&typed.ty, "argument", errors);
+            let stream = stream_item(&typed.ty).map(Box::new);
+            match &stream {
+                Some(_) if args.iter().any(|arg: &Arg| arg.stream.is_some()) => errors.push(
+                    &typed.ty,
+                    "a method takes at most one `mqrpc::Stream<T>` argument: its items travel in one sequence; merge the streams into one of an enum",
+                ),
+                Some(_) if oneway.is_some() => errors.push(
+                    &typed.ty,
+                    "a #[mqrpc(oneway)] method cannot take a `mqrpc::Stream<T>`: the server grants credit for its items in answers; remove `oneway`",
+                ),
+                Some(item) => check_no_stream(item, errors),
+                None => check_no_stream(&typed.ty, errors),
+            }
             args.push(Arg {
                 ident,
                 ty: (*typed.ty).clone(),
+                stream,
             });
         }
 
@@ -432,6 +458,27 @@ fn stream_item(ty: &Type) -> Option<Type> {
         Ok([item]) => Some(item),
         Err(_) => None,
     }
+}
+
+/// Rejects a `Stream<..>` inside an argument's type (`Vec<Stream<T>>`,
+/// `Option<Stream<T>>`, `Stream<Stream<T>>`): a stream is an argument of its own.
+fn check_no_stream(ty: &Type, errors: &mut Errors) {
+    struct Checker<'a> {
+        errors: &'a mut Errors,
+    }
+    impl<'ast> Visit<'ast> for Checker<'_> {
+        fn visit_type_path(&mut self, node: &'ast syn::TypePath) {
+            if stream_item(&Type::Path(node.clone())).is_some() {
+                self.errors.push(
+                    node,
+                    "a `mqrpc::Stream<T>` can only be a whole argument (`items: mqrpc::Stream<T>`), not inside another type",
+                );
+                return;
+            }
+            syn::visit::visit_type_path(self, node);
+        }
+    }
+    Checker { errors }.visit_type(ty);
 }
 
 /// `Result<T, E>` (any path ending in `Result` with two type arguments).

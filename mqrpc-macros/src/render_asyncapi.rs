@@ -26,18 +26,23 @@ pub fn render(service: &Service) -> TokenStream {
         let ident = method.ident.to_string();
         let method_docs = docs(&method.attrs);
         let qos = qos_tokens(krate, method.qos);
-        let args = method.args.iter().map(|arg| {
-            let name = arg.ident.unraw().to_string();
-            let schema = schema(&arg.ty);
-            let optional = is_option(&arg.ty);
-            quote! {
-                #krate::__private::asyncapi::ArgDoc {
-                    name: #name,
-                    schema: #schema,
-                    optional: #optional,
+        // A client stream's items are not in the request (see `upstream`).
+        let args = method
+            .args
+            .iter()
+            .filter(|arg| arg.stream.is_none())
+            .map(|arg| {
+                let name = arg.ident.unraw().to_string();
+                let schema = schema(&arg.ty);
+                let optional = is_option(&arg.ty);
+                quote! {
+                    #krate::__private::asyncapi::ArgDoc {
+                        name: #name,
+                        schema: #schema,
+                        optional: #optional,
+                    }
                 }
-            }
-        });
+            });
         let output = match &method.output {
             Output::Unit if method.oneway => {
                 quote!(#krate::__private::asyncapi::OutputDoc::Oneway)

@@ -47,7 +47,13 @@ pub fn render(service: &Service) -> TokenStream {
         };
         let qos = qos_tokens(krate, method.qos);
         let schema = render_schema::fingerprint(service, index);
-        let send = if method.oneway {
+        let upstream = method
+            .stream_arg()
+            .map(|(items, _)| crate::render_upstream::client_call(method, krate, items));
+        let output = upstream.as_ref().map_or(output, |(output, _, _)| output.clone());
+        let send = if let Some((_, call, tail)) = upstream {
+            quote!(self.client.#call(#wire, #qos, #schema, &#args_struct { #(#fields),* }, #tail).await)
+        } else if method.oneway {
             quote!(self.client.notify_qos(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
         } else {
             quote!(self.client.#call(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
@@ -72,7 +78,10 @@ pub fn render(service: &Service) -> TokenStream {
         .methods
         .iter()
         .enumerate()
-        .filter(|(_, m)| !m.oneway && !matches!(m.output, Output::Stream { .. }))
+        // A stream in either direction is bound to one server.
+        .filter(|(_, m)| {
+            !m.oneway && !matches!(m.output, Output::Stream { .. }) && m.stream_arg().is_none()
+        })
         .map(|(index, method)| {
             let name = &method.ident;
             let wire = &method.wire_name;
@@ -218,8 +227,10 @@ impl<'a> ArgTokens<'a> {
         krate: &syn::Path,
     ) -> ArgTokens<'a> {
         let args_struct = format_ident!("__{}Args", trait_ident);
-        let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-        let field_types = method.args.iter().map(|arg| &arg.ty);
+        // A client stream's items travel on their own, not in the request.
+        let wire_args: Vec<_> = method.args.iter().filter(|a| a.stream.is_none()).collect();
+        let fields: Vec<_> = wire_args.iter().map(|arg| &arg.ident).collect();
+        let field_types = wire_args.iter().map(|arg| &arg.ty);
         let serde = quote!(#krate::__private::serde);
         let (serializer, state) = (hidden("serializer"), hidden("state"));
         // What serde's derive writes, by hand: each field's `Serialize`
@@ -228,13 +239,12 @@ impl<'a> ArgTokens<'a> {
         // Each field is bound to a local spanned at its type, while `self`
         // keeps the call site's hygiene (a trait written by a `macro_rules!`
         // takes its types from elsewhere).
-        let locals: Vec<syn::Ident> = method
-            .args
+        let locals: Vec<syn::Ident> = wire_args
             .iter()
             .enumerate()
             .map(|(i, arg)| format_ident!("__mqrpc_field_{}", i, span = arg.ty.span()))
             .collect();
-        let serialize_fields = method.args.iter().zip(&locals).map(|(arg, local)| {
+        let serialize_fields = wire_args.iter().zip(&locals).map(|(arg, local)| {
             let span = arg.ty.span();
             let name = syn::ext::IdentExt::unraw(&arg.ident).to_string();
             let serde = respan(serde.clone(), span);
@@ -242,7 +252,7 @@ impl<'a> ArgTokens<'a> {
                 #serde::ser::SerializeStruct::serialize_field(&mut #state, #name, #local)?;
             }
         });
-        let count = method.args.len();
+        let count = wire_args.len();
         let struct_name = args_struct.to_string();
         let definition = quote! {
             struct #args_struct { #(#fields: #field_types),* }
@@ -263,8 +273,14 @@ impl<'a> ArgTokens<'a> {
                 .args
                 .iter()
                 .map(|arg| {
-                    let (ident, ty) = (&arg.ident, &arg.ty);
-                    quote!(#ident: #ty)
+                    let ident = &arg.ident;
+                    match &arg.stream {
+                        Some(item) => crate::render_upstream::client_param(ident, item, krate),
+                        None => {
+                            let ty = &arg.ty;
+                            quote!(#ident: #ty)
+                        }
+                    }
                 })
                 .collect(),
             fields,

@@ -20,7 +20,14 @@ pub fn render(service: &Service) -> TokenStream {
         let wire = &method.wire_name;
         let args = method.args.iter().map(|arg| {
             let name = arg.ident.unraw().to_string();
-            let text = type_text(&arg.ty);
+            let text = match &arg.stream {
+                // Written as a streamed output is: `stream<T>`.
+                Some(item) => {
+                    let item = type_text(item);
+                    quote!(__mqrpc_schema::stream(#item))
+                }
+                None => type_text(&arg.ty),
+            };
             quote!((#name, #text))
         });
         let output = match &method.output {

@@ -43,10 +43,13 @@ pub fn render(service: &Service) -> TokenStream {
     let arms = service.methods.iter().map(|method| {
         let name = &method.ident;
         let wire = &method.wire_name;
-        let fields: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
-        let field_types = method.args.iter().map(|arg| &arg.ty);
+        // Every argument, in order; the request carries all but a stream.
+        let all: Vec<_> = method.args.iter().map(|arg| &arg.ident).collect();
+        let wire_args = method.args.iter().filter(|arg| arg.stream.is_none());
+        let fields: Vec<_> = wire_args.clone().map(|arg| &arg.ident).collect();
+        let field_types = wire_args.map(|arg| &arg.ty);
         let args_struct = format_ident!("__{}Args", trait_ident);
-        let call = quote!(<#impl_type as #trait_ident>::#name(&self.service, #(#fields),*).await);
+        let call = quote!(<#impl_type as #trait_ident>::#name(&self.service, #(#all),*).await);
         let reply = match &method.output {
             Output::Unit | Output::Plain(_) => quote!(#krate::Reply::ok(#codec, &#call)),
             Output::Stream { .. } => quote!(#krate::Reply::stream(#codec, #call)),
@@ -57,6 +60,7 @@ pub fn render(service: &Service) -> TokenStream {
                 }
             },
         };
+        let reply = crate::render_upstream::server_reply(method, krate, &codec, reply);
         quote! {
             #wire => {
                 #[derive(#krate::__private::serde::Deserialize)]
@@ -69,6 +73,7 @@ pub fn render(service: &Service) -> TokenStream {
             }
         }
     });
+    let takes_stream = crate::render_upstream::takes_stream(service);
     quote! {
         #[doc = #doc]
         #vis struct #server<#impl_type> {
@@ -116,6 +121,8 @@ pub fn render(service: &Service) -> TokenStream {
             fn version() -> &'static str {
                 ::core::env!("CARGO_PKG_VERSION")
             }
+
+            #takes_stream
 
             fn schema(#method_var: &str) -> ::core::option::Option<&'static str> {
                 match #method_var {

@@ -53,6 +53,13 @@ pub mod __private {
         pub use crate::asyncapi::codegen::*;
     }
 
+    /// Client streams (`mqrpc::Stream<T>` arguments) of generated servers
+    /// and clients.
+    pub mod upstream {
+        pub use crate::server::upstream::{missing, take};
+        pub use futures_util::Stream;
+    }
+
     /// The schema fingerprint helpers of generated clients and servers.
     pub mod schema {
         pub use crate::protocol::schema::codegen::*;

@@ -212,6 +212,6 @@ pub use futures_util::StreamExt;
 /// Used by the code `#[mqrpc::service]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use mqrpc_runtime::__private::{asyncapi, schema};
+    pub use mqrpc_runtime::__private::{asyncapi, schema, upstream};
     pub use serde;
 }

@@ -11,6 +11,7 @@ mod options;
 mod pending;
 mod raw;
 mod response;
+mod upstream;
 
 pub(crate) use batching::BatchTargets;
 pub use discovery::discover;

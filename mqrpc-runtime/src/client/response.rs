@@ -5,7 +5,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::de::DeserializeOwned;
 
-use crate::protocol::{Status, INSTANCE_PROPERTY, SEQ_PROPERTY, STATUS_PROPERTY};
+use crate::protocol::{Status, CREDIT_PROPERTY, INSTANCE_PROPERTY, SEQ_PROPERTY, STATUS_PROPERTY};
 use crate::{Codec, Error};
 
 /// A response as it came off the wire.
@@ -24,6 +24,9 @@ pub struct Response {
     /// Position of a stream item (`mqrpc-seq`), from 0; the end marker
     /// carries the number of items.
     pub seq: Option<u64>,
+    /// On a [`Status::Credit`] grant (`mqrpc-credit`): how many more items
+    /// a caller streaming to the server may send.
+    pub credit: Option<u32>,
 }
 
 impl Response {
@@ -34,11 +37,13 @@ impl Response {
         let mut status = None;
         let mut instance = None;
         let mut seq = None;
+        let mut credit = None;
         for (key, value) in properties.user_properties {
             match key.as_str() {
                 STATUS_PROPERTY => status = Some(value),
                 INSTANCE_PROPERTY => instance = Some(value),
                 SEQ_PROPERTY => seq = value.parse().ok(),
+                CREDIT_PROPERTY => credit = value.trim().parse().ok(),
                 _ => {}
             }
         }
@@ -49,6 +54,7 @@ impl Response {
         )?;
         response.instance = instance;
         response.seq = seq;
+        response.credit = credit;
         Ok(response)
     }
 
@@ -76,6 +82,7 @@ impl Response {
             payload,
             instance: None,
             seq: None,
+            credit: None,
         })
     }
 
@@ -140,11 +147,13 @@ impl Response {
                     server,
                 }
             }
-            Status::Ok | Status::Error | Status::DeadlineExceeded | Status::End => {
-                Error::Protocol {
-                    reason: format!("unexpected status {}", self.status),
-                }
-            }
+            Status::Ok
+            | Status::Error
+            | Status::DeadlineExceeded
+            | Status::End
+            | Status::Credit => Error::Protocol {
+                reason: format!("unexpected status {}", self.status),
+            },
         }
     }
 }

@@ -59,8 +59,14 @@ pub const ANY_SERVICE: &str = "_all";
 pub const SEQ_PROPERTY: &str = "mqrpc-seq";
 /// Method level of stream credits: `<prefix>/<service>/_to/<instance>/_credit`.
 pub const CREDIT_METHOD: &str = "_credit";
-/// User property on stream credits: how many more items the caller takes.
+/// User property on stream credits: how many more items the caller takes
+/// (on a client stream's grants: how many more the caller may send).
 pub const CREDIT_PROPERTY: &str = "mqrpc-credit";
+/// Method level of a client stream's items and its end marker, sent to the
+/// instance that accepted the call:
+/// `<prefix>/<service>/_to/<instance>/_item` (PROTOCOL.md, "Client
+/// streaming and bidirectional streaming").
+pub const ITEM_METHOD: &str = "_item";
 
 /// User property on requests: the caller's W3C Trace Context
 /// `traceparent` (`00-<trace id>-<span id>-<flags>`); the server's span
@@ -133,6 +139,11 @@ pub enum Status {
     SchemaMismatch,
     /// The end of a stream: no more items follow. Empty payload.
     End,
+    /// Not an answer: a grant of credit to a caller streaming items to the
+    /// server (a method taking `mqrpc::Stream<T>`), its count in
+    /// `mqrpc-credit`, the granting instance in `mqrpc-instance`. Empty
+    /// payload.
+    Credit,
 }
 
 impl Status {
@@ -150,6 +161,7 @@ impl Status {
             Status::TooLarge => "too-large",
             Status::SchemaMismatch => "schema-mismatch",
             Status::End => "end",
+            Status::Credit => "credit",
         }
     }
 
@@ -167,6 +179,7 @@ impl Status {
             "too-large" => Status::TooLarge,
             "schema-mismatch" => Status::SchemaMismatch,
             "end" => Status::End,
+            "credit" => Status::Credit,
             _ => return None,
         })
     }

@@ -76,6 +76,9 @@ impl<S: Service> Dispatcher<S> {
         if publish.topic.ends_with(BATCH_SUFFIX.as_bytes()) {
             return self.admit_batch(conn, publish, now, held);
         }
+        if publish.topic.ends_with(super::upstream::ITEM_SUFFIX) {
+            return self.upstream_item(conn, publish, now);
+        }
         let request = Request::from_publish(publish, now);
         self.admit_request(conn, request, now, held);
     }
@@ -389,13 +392,17 @@ impl<S: Service> Dispatcher<S> {
             request.trace.as_ref(),
         );
         debug!(parent: &span, qos = ?request.qos, "request received");
+        let upstream = self.open_upstream(&conn, &request);
         let work = observe::InSpan::new(
             &span,
-            CallContext::new(request.deadline).scope(respond(
-                &self.service,
-                &request.method,
-                request.content_type.as_deref(),
-                &request.payload,
+            CallContext::new(request.deadline).scope(super::upstream::scope(
+                upstream,
+                respond(
+                    &self.service,
+                    &request.method,
+                    request.content_type.as_deref(),
+                    &request.payload,
+                ),
             )),
         );
         let deadline = request.deadline.map(tokio::time::Instant::from_std);

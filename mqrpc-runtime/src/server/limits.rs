@@ -186,6 +186,8 @@ pub(crate) type Streams = HashMap<CallKey, (u64, Arc<Credit>)>;
 pub(crate) struct Held {
     pub calls: Mutex<CallTable>,
     pub streams: Mutex<Streams>,
+    /// Client streams whose handler reads items (`server/upstream.rs`).
+    pub upstreams: Mutex<super::upstream::Upstreams>,
     /// Requests waiting for a handler slot, and the bytes they hold.
     pub queued: AtomicUsize,
     pub queued_bytes: AtomicUsize,
@@ -208,6 +210,7 @@ impl Held {
         Held {
             calls: Mutex::new(calls),
             streams: Mutex::new(HashMap::new()),
+            upstreams: Mutex::new(HashMap::new()),
             queued: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             task_bytes: AtomicUsize::new(0),
@@ -222,6 +225,10 @@ impl Held {
 
     pub fn streams(&self) -> MutexGuard<'_, Streams> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn upstreams(&self) -> MutexGuard<'_, super::upstream::Upstreams> {
+        self.upstreams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a place in the queue for a request holding `bytes`, or says
@@ -256,6 +263,7 @@ impl Held {
             queued: self.queued.load(Ordering::Acquire),
             queued_bytes: self.queued_bytes.load(Ordering::Acquire),
             streams: self.streams().len(),
+            upstreams: self.upstreams().len(),
             refused_over_limits: self.refused.load(Ordering::Relaxed),
             dropped_over_limits: self.dropped.load(Ordering::Relaxed),
         }
@@ -309,6 +317,9 @@ pub struct ServerUsage {
     pub queued_bytes: usize,
     /// Streams sending items.
     pub streams: usize,
+    /// Client streams whose handler is reading items (methods taking
+    /// `mqrpc::Stream<T>`).
+    pub upstreams: usize,
     /// Requests answered `bad-request` for being over a request limit
     /// (`ServerOptions::max_correlation_data` and the setters after it).
     pub refused_over_limits: u64,

@@ -12,6 +12,7 @@ mod options;
 mod request;
 mod stats;
 mod streaming;
+pub(crate) mod upstream;
 
 pub use handle::{serve, ServerHandle};
 pub use limits::ServerUsage;
@@ -75,6 +76,30 @@ pub trait Service: Send + Sync + 'static {
     fn schema(method: &str) -> Option<&'static str> {
         let _ = method;
         None
+    }
+
+    /// Whether `method` takes a stream of items from its caller (an
+    /// argument of type `mqrpc::Stream<T>`; PROTOCOL.md, "Client streaming
+    /// and bidirectional streaming"): its calls then get an upstream,
+    /// which the generated [`call`](Service::call) takes with
+    /// `mqrpc::__private::upstream::take`. Generated; `false` by default.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{Codec, Reply, Service};
+    /// struct Plain;
+    /// impl Service for Plain {
+    ///     const NAME: &'static str = "Plain";
+    ///     const METHODS: &'static [&'static str] = &["get"];
+    ///     async fn call(&self, _: &str, codec: Codec, _: &[u8]) -> Reply {
+    ///         Reply::ok(codec, &1u8)
+    ///     }
+    /// }
+    /// assert!(!Plain::takes_stream("get"));
+    /// ```
+    fn takes_stream(method: &str) -> bool {
+        let _ = method;
+        false
     }
 
     /// Decodes the arguments of `method`, runs it, encodes its outcome.
