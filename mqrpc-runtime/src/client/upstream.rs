@@ -136,20 +136,28 @@ where
 
 /// The properties of an item (`end: false`) or the end marker.
 fn item_properties(client: &Client, id: u64, seq: u64, end: bool) -> PublishProperties {
+    properties_of_item(&client.caller.reply_topic, client.options.codec, id, seq, end)
+}
+
+/// [`item_properties`] of a call whose answers go to `reply_topic`
+/// (PROTOCOL.md, "Client streaming and bidirectional streaming").
+fn properties_of_item(
+    reply_topic: &str,
+    codec: crate::Codec,
+    id: u64,
+    seq: u64,
+    end: bool,
+) -> PublishProperties {
     let mut user_properties = vec![
         (
             CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),
-            client.caller.reply_topic.clone(),
+            reply_topic.to_string(),
         ),
         (SEQ_PROPERTY.to_string(), seq.to_string()),
     ];
     if end {
-        user_properties.push((
-            STATUS_PROPERTY.to_string(),
-            Status::End.as_str().to_string(),
-        ));
+        user_properties.push((STATUS_PROPERTY.to_string(), Status::End.as_str().to_string()));
     }
-    let codec = client.options.codec;
     PublishProperties {
         correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
         content_type: (codec != crate::Codec::Postcard).then(|| codec.content_type().to_string()),
@@ -341,5 +349,61 @@ async fn route<I>(
             }
             () = answers.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+    use rumqttc::v5::mqttbytes::QoS as WireQoS;
+
+    /// The bytes of `publish`, as they go to the broker.
+    fn wire(topic: &str, payload: Vec<u8>, properties: PublishProperties) -> Vec<u8> {
+        let mut publish = Publish::new(topic, WireQoS::AtLeastOnce, payload, Some(properties));
+        publish.pkid = 2;
+        let mut buffer = bytes::BytesMut::new();
+        publish.write(&mut buffer).unwrap();
+        buffer.to_vec()
+    }
+
+    /// The hex pairs and "quoted" strings of the block after `marker` in
+    /// PROTOCOL.md (each line up to its comment).
+    fn documented(marker: &str) -> Vec<u8> {
+        let document = include_str!("../../../PROTOCOL.md");
+        let example = document
+            .split(marker)
+            .nth(1)
+            .unwrap_or_else(|| panic!("PROTOCOL.md marks {marker}"));
+        let mut bytes = Vec::new();
+        for line in example.lines().skip(1) {
+            if line.starts_with("```") {
+                if !bytes.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            for token in line.split_whitespace() {
+                if let Some(text) = token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                    bytes.extend_from_slice(text.as_bytes());
+                } else if token.len() == 2 && u8::from_str_radix(token, 16).is_ok() {
+                    bytes.push(u8::from_str_radix(token, 16).unwrap_or_default());
+                } else {
+                    break;
+                }
+            }
+        }
+        bytes
+    }
+
+    /// The item and end marker of PROTOCOL.md's example, byte for byte.
+    #[test]
+    fn item_bytes_match_the_protocol_document() {
+        let topic = "mqrpc/Files/_to/disk-1/_item";
+        let payload = crate::Codec::Postcard.encode(&vec![1u8, 2, 3]).unwrap();
+        let item = properties_of_item("mqrpc/_reply/c1", crate::Codec::Postcard, 7, 0, false);
+        assert_eq!(wire(topic, payload, item), documented("<!-- item bytes -->"));
+        let end = properties_of_item("mqrpc/_reply/c1", crate::Codec::Postcard, 7, 1, true);
+        assert_eq!(wire(topic, Vec::new(), end), documented("<!-- end bytes -->"));
     }
 }
