@@ -136,7 +136,13 @@ where
 
 /// The properties of an item (`end: false`) or the end marker.
 fn item_properties(client: &Client, id: u64, seq: u64, end: bool) -> PublishProperties {
-    properties_of_item(&client.caller.reply_topic, client.options.codec, id, seq, end)
+    properties_of_item(
+        &client.caller.reply_topic,
+        client.options.codec,
+        id,
+        seq,
+        end,
+    )
 }
 
 /// [`item_properties`] of a call whose answers go to `reply_topic`
@@ -156,7 +162,10 @@ fn properties_of_item(
         (SEQ_PROPERTY.to_string(), seq.to_string()),
     ];
     if end {
-        user_properties.push((STATUS_PROPERTY.to_string(), Status::End.as_str().to_string()));
+        user_properties.push((
+            STATUS_PROPERTY.to_string(),
+            Status::End.as_str().to_string(),
+        ));
     }
     PublishProperties {
         correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
@@ -402,8 +411,14 @@ mod tests {
         let topic = "mqrpc/Files/_to/disk-1/_item";
         let payload = crate::Codec::Postcard.encode(&vec![1u8, 2, 3]).unwrap();
         let item = properties_of_item("mqrpc/_reply/c1", crate::Codec::Postcard, 7, 0, false);
-        assert_eq!(wire(topic, payload, item), documented("<!-- item bytes -->"));
+        assert_eq!(
+            wire(topic, payload, item),
+            documented("<!-- item bytes -->")
+        );
         let end = properties_of_item("mqrpc/_reply/c1", crate::Codec::Postcard, 7, 1, true);
-        assert_eq!(wire(topic, Vec::new(), end), documented("<!-- end bytes -->"));
+        assert_eq!(
+            wire(topic, Vec::new(), end),
+            documented("<!-- end bytes -->")
+        );
     }
 }

@@ -27,7 +27,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
-use super::dispatch::{send_reply, Dispatcher};
+use super::dispatch::{send_refusal, Dispatcher};
 use super::limits::Held;
 use super::{Request, Service};
 use crate::protocol::{
@@ -94,13 +94,15 @@ impl Caller {
         self.held.calls().cancel(self.key.clone(), Instant::now());
         let request = self.request.clone();
         let payload = Bytes::from(message);
-        tokio::spawn(send_reply(
-            self.conn.clone(),
+        send_refusal(
+            &self.conn,
+            &self.held,
             request,
             Status::BadRequest,
             TEXT_CONTENT_TYPE,
             payload,
-        ));
+            None,
+        );
     }
 }
 
