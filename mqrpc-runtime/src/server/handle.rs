@@ -12,6 +12,7 @@ use crate::protocol::topic;
 use crate::protocol::{ANY_SERVICE, BATCH_LEVELS, BROADCAST_LEVEL, CANCEL_METHOD, INSTANCE_LEVEL};
 use crate::server::duplicates::{CallTable, Limits};
 use crate::server::limits::{Held, RequestLimits, ServerUsage};
+use crate::server::reassembly::Transfers;
 use crate::transport::{Connection, Sink};
 use crate::{Error, QoS};
 
@@ -202,12 +203,14 @@ pub async fn serve<S: Service>(
     };
     topic::validate_level(&instance)?;
     let activity = Arc::new(Activity::default());
-    let held = Arc::new(Held::new(CallTable::new(Limits {
+    let calls = CallTable::new(Limits {
         max_entries: options.dedup_entries,
         max_bytes: options.dedup_bytes,
         grace: Duration::from_secs(5),
         window: options.dedup_window,
-    })));
+    });
+    let transfers = Transfers::new(&options, &topics[..method_offset], &instance);
+    let held = Arc::new(Held::new(calls, transfers));
     sweep(Arc::downgrade(&held));
     let dispatcher = Arc::new(Dispatcher {
         service,

@@ -195,6 +195,8 @@ pub(crate) struct Held {
     pub task_bytes: AtomicUsize,
     pub refused: AtomicU64,
     pub dropped: AtomicU64,
+    /// Chunked transfers, partial requests and answers being sent.
+    pub transfers: super::reassembly::Transfers,
 }
 
 impl std::fmt::Debug for Held {
@@ -204,8 +206,9 @@ impl std::fmt::Debug for Held {
 }
 
 impl Held {
-    pub fn new(calls: CallTable) -> Held {
+    pub fn new(calls: CallTable, transfers: super::reassembly::Transfers) -> Held {
         Held {
+            transfers,
             calls: Mutex::new(calls),
             streams: Mutex::new(HashMap::new()),
             queued: AtomicUsize::new(0),
@@ -258,6 +261,7 @@ impl Held {
             streams: self.streams().len(),
             refused_over_limits: self.refused.load(Ordering::Relaxed),
             dropped_over_limits: self.dropped.load(Ordering::Relaxed),
+            chunked: self.transfers.usage(),
         }
     }
 }
@@ -315,6 +319,8 @@ pub struct ServerUsage {
     /// Requests, cancels and credits over a request limit that could not
     /// be answered (no usable Response Topic): dropped, with a warning.
     pub dropped_over_limits: u64,
+    /// Chunked transfers (PROTOCOL.md, "Chunked transfer").
+    pub chunked: crate::ChunkedUsage,
 }
 
 #[cfg(test)]

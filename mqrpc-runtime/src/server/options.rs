@@ -39,6 +39,10 @@ pub struct ServerOptions {
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
     pub(super) ack_after_answer: bool,
+    /// Chunked transfers (`reassembly/`): their settings and the bytes all
+    /// partial requests may hold.
+    pub(super) chunking: crate::Chunking,
+    pub(super) max_reassembly_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -47,7 +51,7 @@ impl Default for ServerOptions {
     /// 10 000 waiting in 64 MiB, requests up to 1 MiB, Correlation Data up
     /// to 256 bytes, Response Topics up to 1 024 bytes, up to 64 user
     /// properties of 16 KiB in all, duplicate detection over 10 000 calls
-    /// in 8 MiB.
+    /// in 8 MiB, chunked requests reassembled in 64 MiB at most.
     fn default() -> Self {
         ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
@@ -66,6 +70,8 @@ impl Default for ServerOptions {
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
             ack_after_answer: false,
+            chunking: crate::Chunking::default(),
+            max_reassembly_bytes: 64 * 1024 * 1024,
         }
     }
 }
