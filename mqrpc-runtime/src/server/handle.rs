@@ -210,7 +210,7 @@ pub async fn serve<S: Service>(
         window: options.dedup_window,
     });
     let transfers = Transfers::new(&options, &topics[..method_offset], &instance);
-    let held = Arc::new(Held::new(calls, transfers));
+    let held = Arc::new(Held::new(calls, options.max_answer_backlog, transfers));
     sweep(Arc::downgrade(&held));
     let dispatcher = Arc::new(Dispatcher {
         service,

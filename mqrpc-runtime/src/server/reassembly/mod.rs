@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tracing::debug;
 
-use super::dispatch::{send_reply, Dispatcher};
+use super::dispatch::{send_refusal, Dispatcher};
 use super::duplicates::{call_key, CallKey};
 use super::limits::Held;
 use super::{Request, ServerOptions, Service};
@@ -196,7 +196,7 @@ impl<S: Service> Dispatcher<S> {
         let now = Instant::now();
         let header = match request.chunk.take() {
             Some(Ok(header)) => header,
-            Some(Err(reason)) => return refuse(conn, request, Status::BadRequest, reason),
+            Some(Err(reason)) => return self.refuse(conn, request, Status::BadRequest, reason),
             None => return,
         };
         let (Some(topic), Some(correlation)) = (&request.response_topic, &request.correlation)
@@ -217,7 +217,7 @@ impl<S: Service> Dispatcher<S> {
                 self.send_grant(conn, &request, n);
                 watch(Arc::downgrade(&self.held), key, id, deadline);
             }
-            Next::Refuse(request, status, message) => refuse(conn, request, status, message),
+            Next::Refuse(request, status, message) => self.refuse(conn, request, status, message),
             Next::Complete(request) => {
                 debug!(service = S::NAME, method = %request.method, bytes = request.payload.len(), "chunked request reassembled");
                 self.admit_request(conn, request, now, None);
@@ -327,6 +327,20 @@ impl<S: Service> Dispatcher<S> {
         drop(conn.publish(topic, QoS::AtLeastOnce, Bytes::new(), properties, false));
     }
 
+    /// Answers a chunked request that failed, as a single answer.
+    fn refuse(&self, conn: &Connection, request: Request, status: Status, message: String) {
+        let payload = Bytes::from(message);
+        send_refusal(
+            conn,
+            &self.held,
+            request,
+            status,
+            TEXT_CONTENT_TYPE,
+            payload,
+            None,
+        );
+    }
+
     /// A cancel also ends the call's chunked transfers.
     pub(super) fn cancel_transfers(&self, key: &CallKey) -> bool {
         self.transfers().cancel(key)
@@ -348,17 +362,6 @@ pub(crate) fn grant_properties(
         ],
         ..PublishProperties::default()
     }
-}
-
-/// Answers a chunked request that failed, as a single answer.
-fn refuse(conn: &Connection, request: Request, status: Status, message: String) {
-    tokio::spawn(send_reply(
-        conn.clone(),
-        request,
-        status,
-        TEXT_CONTENT_TYPE,
-        Bytes::from(message),
-    ));
 }
 
 /// Ends the transfer `id` of `key` when its deadline passes or when no

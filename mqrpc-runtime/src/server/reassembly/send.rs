@@ -75,25 +75,36 @@ impl<S: Service> Dispatcher<S> {
         content_type: &'static str,
         payload: Bytes,
     ) {
-        let unary = request.seq.is_none() && !request.broadcast && request.correlation.is_some();
-        let chunking = *self.held.transfers.chunking();
-        let fits = || {
-            if payload.len() > chunking.get_size() {
-                return false;
-            }
-            let (Some(limit), Some(topic)) =
-                (conn.broker_max_packet_size(), &request.response_topic)
-            else {
-                return true;
-            };
-            let properties = reply_properties(&request, status, content_type);
-            crate::transport::publish_size(topic, payload.len(), &properties) <= limit as usize
-        };
-        if !unary || fits() {
-            return send_reply(conn, request, status, content_type, payload).await;
+        if !self.answer_in_chunks(&conn, &request, status, content_type, &payload) {
+            return send_reply(conn, &self.held, request, status, content_type, payload).await;
         }
         self.send_chunks(conn, request, status, content_type, payload)
             .await
+    }
+
+    /// Whether the answer to `request` goes in chunks: an answer to a
+    /// unary call over the chunk size or the broker's Maximum Packet Size.
+    pub(in crate::server) fn answer_in_chunks(
+        &self,
+        conn: &Connection,
+        request: &Request,
+        status: Status,
+        content_type: &'static str,
+        payload: &Bytes,
+    ) -> bool {
+        let unary = request.seq.is_none() && !request.broadcast && request.correlation.is_some();
+        if !unary {
+            return false;
+        }
+        if payload.len() > self.held.transfers.chunking().get_size() {
+            return true;
+        }
+        let (Some(limit), Some(topic)) = (conn.broker_max_packet_size(), &request.response_topic)
+        else {
+            return false;
+        };
+        let properties = reply_properties(request, status, content_type);
+        crate::transport::publish_size(topic, payload.len(), &properties) > limit as usize
     }
 
     async fn send_chunks(
@@ -110,7 +121,7 @@ impl<S: Service> Dispatcher<S> {
             return;
         };
         if !topic::is_publishable(&response_topic) {
-            return send_reply(conn, request, status, content_type, payload).await;
+            return send_reply(conn, &self.held, request, status, content_type, payload).await;
         }
         request.instance = Some(self.instance.clone());
         let mut properties = reply_properties(&request, status, content_type);
@@ -123,7 +134,7 @@ impl<S: Service> Dispatcher<S> {
         let chunking = *self.held.transfers.chunking();
         let size = chunking.slice_size(overhead, conn.broker_max_packet_size());
         if size == 0 {
-            return send_reply(conn, request, status, content_type, payload).await;
+            return send_reply(conn, &self.held, request, status, content_type, payload).await;
         }
         let count = cut(payload.len(), size);
         let key = call_key(&response_topic, &correlation);
