@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mqrpc::{ClientOptions, ConnectOptions, Connection, QoS, ServerOptions};
-use mqrpc_tests::chaos::{pending_table_is_empty, within, ChaosClient, ChaosServer, Load, Worker};
+use mqrpc_tests::chaos::{within, ChaosClient, ChaosServer, Load, Worker};
 use mqrpc_tests::netns::{KernelFault, Lab, Site};
 use mqrpc_tests::proxy::{Faults, Proxy};
 use mqrpc_tests::Mosquitto;
