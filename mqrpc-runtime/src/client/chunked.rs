@@ -18,9 +18,7 @@ use crate::error::Failure;
 use crate::protocol::chunk::{
     cut, Assembly, ChunkHeader, Progress, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY, MAX_WINDOW,
 };
-use crate::protocol::{
-    topic, CANCEL_RESPONSE_TOPIC_PROPERTY, INSTANCE_LEVEL, INSTANCE_PROPERTY, STATUS_PROPERTY,
-};
+use crate::protocol::{topic, CANCEL_RESPONSE_TOPIC_PROPERTY, INSTANCE_PROPERTY, STATUS_PROPERTY};
 use crate::transport::AckTo;
 use crate::{Chunking, Error, QoS};
 
@@ -415,16 +413,17 @@ fn later_topic(
     instance: Option<Arc<str>>,
 ) -> Result<String, Failure> {
     if client.instance.is_some() {
-        return Ok([&*client.topic_base, method].concat());
+        return Ok(topic::method_topic(&client.topic_base, method));
     }
     let protocol = |reason: String| Failure::Error(Error::Protocol { reason });
     let instance =
         instance.ok_or_else(|| protocol("a chunk grant without mqrpc-instance".into()))?;
     topic::validate_level(&instance)
         .map_err(|_| protocol(format!("a chunk grant names the instance `{instance}`")))?;
-    Ok(format!(
-        "{}/{}/{INSTANCE_LEVEL}/{instance}/{method}",
-        client.options.prefix, client.service
+    let service_base = topic::service_base(&client.options.prefix, &client.service);
+    Ok(topic::method_topic(
+        &topic::instance_base(&service_base, &instance),
+        method,
     ))
 }
 

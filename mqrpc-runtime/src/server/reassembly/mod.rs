@@ -20,9 +20,7 @@ use super::duplicates::{call_key, CallKey};
 use super::limits::Held;
 use super::{Request, ServerOptions, Service};
 use crate::protocol::chunk::{Assembly, ChunkHeader, Progress, CHUNK_GRANT_PROPERTY};
-use crate::protocol::{
-    Status, CREDIT_METHOD, INSTANCE_LEVEL, INSTANCE_PROPERTY, TEXT_CONTENT_TYPE,
-};
+use crate::protocol::{topic, Status, CREDIT_METHOD, INSTANCE_PROPERTY, TEXT_CONTENT_TYPE};
 use crate::transport::Connection;
 use crate::{Chunking, QoS};
 
@@ -116,8 +114,9 @@ impl Transfers {
     /// `service_base`: `<prefix>/<service>/`.
     pub fn new(options: &ServerOptions, service_base: &str, instance: &str) -> Transfers {
         Transfers {
-            grant_topic: Arc::from(format!(
-                "{service_base}{INSTANCE_LEVEL}/{instance}/{CREDIT_METHOD}"
+            grant_topic: Arc::from(topic::method_topic(
+                &topic::instance_base(service_base, instance),
+                CREDIT_METHOD,
             )),
             inner: Mutex::default(),
             chunking: options.chunking,
