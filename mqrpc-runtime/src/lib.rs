@@ -34,10 +34,12 @@ pub use error::Error;
 pub use futures_util::StreamExt;
 pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
 pub use protocol::codec::Codec;
+pub use protocol::Chunking;
 pub use protocol::Status;
 pub use server::context;
 pub use server::{
-    respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream, STREAM_WINDOW,
+    respond, serve, ChunkedUsage, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream,
+    STREAM_WINDOW,
 };
 #[cfg(feature = "embedded-broker")]
 pub use transport::EmbeddedBroker;

@@ -10,7 +10,7 @@
 //! member of a share group took the request). Items arriving are held in
 //! order of `mqrpc-seq` (a redelivered one is dropped, a gap waits for its
 //! item) until the handler takes them; each [`WINDOW`]` / 2` taken earn
-//! the caller as many more. An item over the credit, over the server's
+//! the caller as many more once the handler asks for the next. An item over the credit, over the server's
 //! request size, undecodable, or an end marker that contradicts the items
 //! stops the call with `bad-request`. The inbox leaves the table when the
 //! handler drops its stream (it returned, was stopped, or its answer
@@ -214,16 +214,16 @@ impl Inbox {
         if state.broken {
             return Poll::Ready(None);
         }
+        // Credit for what the handler took, now that it asks for more.
+        if state.taken >= WINDOW / 2 {
+            let n = std::mem::take(&mut state.taken);
+            state.granted += u64::from(n);
+            self.caller.grant(n, &self.instance);
+        }
         let next = state.next;
         if let Some(item) = state.items.remove(&next) {
             state.next += 1;
             state.taken += 1;
-            if state.taken >= WINDOW / 2 {
-                let n = std::mem::take(&mut state.taken);
-                state.granted += u64::from(n);
-                drop(state);
-                self.caller.grant(n, &self.instance);
-            }
             return Poll::Ready(Some(item));
         }
         if state.end == Some(next) {
