@@ -336,15 +336,18 @@ impl Client {
         };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
+        // Sent before the future that waits is made: what it would capture
+        // (topic, properties, payload: some 250 bytes) would stay in every
+        // call's state until its answer.
+        let batch = self.batchable();
+        // A refusal ends the call through the caller, which also takes its
+        // entry: no cancel is sent for a request no server has.
+        let ack = AckTo::Listener(self.caller.clone(), slot.id);
+        self.conn
+            .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
+        slot.sent.store(true, Ordering::Relaxed);
+        tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
         let exchange = async {
-            let batch = self.batchable();
-            // A refusal ends the call through the caller, which also takes
-            // its entry: no cancel is sent for a request no server has.
-            let ack = AckTo::Listener(self.caller.clone(), slot.id);
-            self.conn
-                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
-            slot.sent.store(true, Ordering::Relaxed);
-            tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
             answer(rx)
                 .await
                 .map_err(|failure| failure.into_error(method))
