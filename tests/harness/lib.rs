@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub mod batch;
 pub mod chaos;
 pub mod cluster;
+/// The scripted broker of the session loop's own tests (`mqrpc-link`),
+/// shared with the fault tests here.
+#[path = "../../mqrpc-link/tests/support/fake_broker.rs"]
 pub mod fake_broker;
 pub mod netns;
 pub mod proxy;

@@ -33,11 +33,12 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
+use crate::connection::{AckTo, Connection};
 use crate::error::Failure;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{Status, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
-use crate::transport::{AckTo, Connection};
-use crate::{observe, Codec, Error, QoS};
+use crate::{observe, Codec, Error};
 
 /// An untyped client of one service: what a generated `<Trait>Client`
 /// wraps. Use it directly to call methods by name.
@@ -291,7 +292,7 @@ impl Client {
         let ack = self
             .conn
             .publish(topic, qos, Bytes::from(payload), properties, false);
-        crate::transport::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
+        crate::connection::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
     }
 
     async fn call_encoded<A: Serialize + ?Sized>(
@@ -443,7 +444,7 @@ impl Client {
         let Some(limit) = self.conn.broker_max_packet_size() else {
             return Ok(());
         };
-        let size = crate::transport::publish_size(topic, payload_len, properties);
+        let size = crate::connection::publish_size(topic, payload_len, properties);
         if size > limit as usize {
             return Err(Error::TooLarge {
                 message: format!(

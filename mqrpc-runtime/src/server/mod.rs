@@ -19,7 +19,7 @@ pub use options::ServerOptions;
 pub(crate) use request::Request;
 pub(crate) use stats::Counters;
 pub(crate) use streaming::EncodedItems;
-pub use streaming::{Stream, WINDOW as STREAM_WINDOW};
+pub use streaming::Stream;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
