@@ -4,13 +4,13 @@
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::acks::{Answer, Reply};
-#[cfg(doc)]
-use crate::{AckListener, Coalesce, TransportError};
 use crate::events::EventSink;
 use crate::{
     event_loop, AckTo, ConnectionState, Connector, Event, Filter, Incoming, OutgoingPublish,
     PublishAck, ReasonCode, SubAck, SubscribeProperties, TransportConfig, UnsubAck,
 };
+#[cfg(doc)]
+use crate::{AckListener, Coalesce, TransportError};
 
 /// A request from a handle to the loop.
 pub(crate) enum Command {
