@@ -141,11 +141,8 @@ impl Client {
         topic::validate_level(instance)?;
         let mut client = self.clone();
         client.instance = Some(Arc::from(instance));
-        client.topic_base = Arc::from(format!(
-            "{}{}/{instance}/",
-            topic_base(&self.options.prefix, &self.service),
-            crate::protocol::INSTANCE_LEVEL
-        ));
+        let service_base = topic::service_base(&self.options.prefix, &self.service);
+        client.topic_base = Arc::from(topic::instance_base(&service_base, instance));
         client.batch = self.caller.batch_targets.get(&client.topic_base);
         Ok(client)
     }
@@ -281,7 +278,7 @@ impl Client {
         self.conn.ensure_open()?;
         let qos = qos.unwrap_or(self.options.qos);
         let payload = self.options.codec.encode(args)?;
-        let topic = [&*self.topic_base, method].concat();
+        let topic = topic::method_topic(&self.topic_base, method);
         let mut properties = PublishProperties {
             content_type: content_type(self.options.codec, schema),
             message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
@@ -427,7 +424,7 @@ impl Client {
             self.options.timeout,
         );
         observe::inject(&span, &mut properties.user_properties);
-        let topic = [&*self.topic_base, method].concat();
+        let topic = topic::method_topic(&self.topic_base, method);
         self.check_size(&topic, payload_len, &properties)?;
         Ok((slot, span, topic, properties, rx))
     }
@@ -500,7 +497,7 @@ fn content_type(codec: Codec, schema: Option<&'static str>) -> Option<String> {
 
 /// `<prefix>/<service>/`.
 fn topic_base(prefix: &str, service: &str) -> Arc<str> {
-    Arc::from(format!("{prefix}/{service}/"))
+    Arc::from(topic::service_base(prefix, service))
 }
 
 /// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.

@@ -12,24 +12,6 @@ use super::acks::describe;
 use super::shared::{Connection, Route, Sink};
 
 impl Connection {
-    /// Adds a route and subscribes to its filter, returning once the broker
-    /// has acknowledged the subscription (SUBACK).
-    pub(crate) async fn subscribe(
-        &self,
-        filter: String,
-        qos: QoS,
-        sink: Sink,
-    ) -> Result<u64, Error> {
-        let routes = vec![(filter.clone(), qos, sink)];
-        let mut subscribed = self.subscribe_routes(routes).await?;
-        subscribed.pop().unwrap_or_else(|| {
-            Err(Error::Subscribe {
-                filter,
-                reason: "the SUBACK has no reason code for it".into(),
-            })
-        })
-    }
-
     /// Adds routes and subscribes their filters in one SUBSCRIBE: for each,
     /// its route id, or the broker's refusal (its route removed again).
     pub(crate) async fn subscribe_routes(
