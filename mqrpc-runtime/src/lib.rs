@@ -38,10 +38,11 @@ pub use error::Error;
 pub use futures_util::StreamExt;
 pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
 pub use protocol::codec::Codec;
+pub use protocol::Chunking;
 pub use protocol::{QoS, Status, STREAM_WINDOW};
 pub use server::context;
 pub use server::{
-    respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream,
+    respond, serve, ChunkedUsage, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream,
 };
 
 /// Not a public API and not covered by semver: what the code

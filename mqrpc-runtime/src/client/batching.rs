@@ -131,6 +131,7 @@ impl Client {
                     Ok(Err(Failure::Refused(refusal))) => format!("{refusal:?}"),
                     Ok(Err(Failure::Error(e))) => e.to_string(),
                     Ok(Err(Failure::Gone(instance))) => format!("{instance} gone"),
+                    Ok(Err(Failure::Chunked(_))) => "a chunked answer".into(),
                     Err(_) => "no answer".into(),
                 };
                 debug!(service = %self.service, target = %self.topic_base, %outcome, "no batches");

@@ -3,6 +3,9 @@
 //! generated `<Trait>Client` wraps.
 
 mod batching;
+mod chunked;
+#[cfg(test)]
+mod chunked_doc;
 mod discovery;
 mod items;
 mod many;
@@ -323,29 +326,42 @@ impl Client {
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay
         // in the future across the await, 250 bytes per call in flight.
-        let (slot, span, topic, properties, rx) = match self.prepare(method, schema, payload.len())
-        {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                #[cfg(feature = "metrics")]
-                meter.finish(observe::error_label(&error));
-                return Err(error);
-            }
-        };
+        let (slot, span, topic, properties, rx, chunked) =
+            match self.prepare(method, schema, payload.len()) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    #[cfg(feature = "metrics")]
+                    meter.finish(observe::error_label(&error));
+                    return Err(error);
+                }
+            };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
         let exchange = async {
-            let batch = self.batchable();
-            // A refusal ends the call through the caller, which also takes
-            // its entry: no cancel is sent for a request no server has.
-            let ack = AckTo::Listener(self.caller.clone(), slot.id);
-            self.conn
-                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
-            slot.sent.store(true, Ordering::Relaxed);
-            tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
-            answer(rx)
-                .await
-                .map_err(|failure| failure.into_error(method))
+            let outcome = if chunked {
+                // Boxed: small calls' futures do not carry its state.
+                let send =
+                    chunked::send_request(self, &slot, method, topic, qos, payload, properties, rx);
+                Box::pin(send).await
+            } else {
+                let batch = self.batchable();
+                // A refusal ends the call through the caller, which also takes
+                // its entry: no cancel is sent for a request no server has.
+                let ack = AckTo::Listener(self.caller.clone(), slot.id);
+                self.conn
+                    .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
+                slot.sent.store(true, Ordering::Relaxed);
+                tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
+                answer(rx).await
+            };
+            match outcome {
+                // The answer comes in chunks (PROTOCOL.md, "Chunked transfer").
+                Err(Failure::Chunked(incoming)) => {
+                    Box::pin(chunked::receive_answer(self, slot.id, incoming)).await
+                }
+                other => other,
+            }
+            .map_err(|failure| failure.into_error(method))
         };
         let waited = tokio::time::timeout(self.options.timeout, exchange);
         let result = observe::InSpan::new(&span, waited).await;
@@ -403,6 +419,7 @@ impl Client {
             String,
             PublishProperties,
             oneshot::Receiver<Result<Response, Failure>>,
+            bool,
         ),
         Error,
     > {
@@ -425,8 +442,11 @@ impl Client {
         );
         observe::inject(&span, &mut properties.user_properties);
         let topic = topic::method_topic(&self.topic_base, method);
-        self.check_size(&topic, payload_len, &properties)?;
-        Ok((slot, span, topic, properties, rx))
+        let chunked = chunked::needs_chunks(self, &topic, payload_len, &properties);
+        if !chunked {
+            self.check_size(&topic, payload_len, &properties)?;
+        }
+        Ok((slot, span, topic, properties, rx, chunked))
     }
 
     /// Refuses a request over the broker's Maximum Packet Size before it

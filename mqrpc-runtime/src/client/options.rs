@@ -35,6 +35,10 @@ pub struct ClientOptions {
     pub(super) batches: bool,
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
+    /// Chunked transfers (`chunked.rs`): their settings, and the largest
+    /// answer this client reassembles.
+    pub(super) chunking: crate::Chunking,
+    pub(super) max_response_size: usize,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +54,8 @@ impl Default for ClientOptions {
             batches: true,
             stream_idle_timeout: None,
             stream_timeout: None,
+            chunking: crate::Chunking::default(),
+            max_response_size: 16 * 1024 * 1024,
         }
     }
 }

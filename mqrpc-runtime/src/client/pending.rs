@@ -69,6 +69,8 @@ pub(crate) struct Caller {
     gone: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Round trips that look like Nagle's delay.
     pub(super) nagle: super::nagle::NagleWatch,
+    /// Chunked requests being sent and answers being received.
+    pub(super) chunks: super::chunked::Chunks,
 }
 
 impl Caller {
@@ -89,6 +91,7 @@ impl Caller {
                     .iter()
                     .all(|(host, _)| super::nagle::is_loopback(host)),
             ),
+            chunks: Default::default(),
         });
         let weak = Arc::downgrade(&caller);
         let sink: Sink = Arc::new(move |_conn, publish, _ack| {
@@ -150,6 +153,9 @@ impl Caller {
             );
             return;
         };
+        if super::chunked::is_chunked(&properties) {
+            return super::chunked::deliver(self, id, publish, properties);
+        }
         let response = Response::from_publish(publish, properties).map_err(Failure::Error);
         let answered_by = response
             .as_ref()
@@ -264,6 +270,7 @@ impl Caller {
         for waiter in waiters {
             waiter.finish(Err(Failure::Error(error.clone())));
         }
+        self.chunks.fail_all(error);
     }
 
     /// `instance` is gone: every call bound to it ends with
@@ -285,6 +292,7 @@ impl Caller {
         for (instance, waiter) in ended {
             waiter.finish(Err(Failure::Gone(instance)));
         }
+        self.chunks.instance_gone(instance);
         let _ = self.gone.send(Arc::from(instance));
     }
 
@@ -339,7 +347,8 @@ pub(crate) struct PendingSlot<'a> {
 
 impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        let unanswered = self.client.caller.lock().remove(&self.id).is_some();
+        let unanswered = self.client.caller.lock().remove(&self.id).is_some()
+            | self.client.caller.chunks.forget(self.id);
         if unanswered && self.sent.load(Ordering::Relaxed) {
             self.client.send_cancel(self.id);
         }

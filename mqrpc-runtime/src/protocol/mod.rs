@@ -4,8 +4,10 @@
 pub(crate) mod batch;
 pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
+pub(crate) mod chunk;
 pub(crate) mod codec;
 mod qos;
+pub use chunk::{Chunking, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
 pub mod schema;
 pub(crate) mod topic;
 
