@@ -3,6 +3,9 @@
 //! generated `<Trait>Client` wraps.
 
 mod batching;
+mod chunked;
+#[cfg(test)]
+mod chunked_doc;
 mod discovery;
 mod items;
 mod many;
@@ -33,11 +36,12 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
+use crate::connection::{AckTo, Connection};
 use crate::error::Failure;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{Status, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
-use crate::transport::{AckTo, Connection};
-use crate::{observe, Codec, Error, QoS};
+use crate::{observe, Codec, Error};
 
 /// An untyped client of one service: what a generated `<Trait>Client`
 /// wraps. Use it directly to call methods by name.
@@ -288,7 +292,7 @@ impl Client {
         let ack = self
             .conn
             .publish(topic, qos, Bytes::from(payload), properties, false);
-        crate::transport::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
+        crate::connection::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
     }
 
     async fn call_encoded<A: Serialize + ?Sized>(
@@ -322,29 +326,42 @@ impl Client {
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay
         // in the future across the await, 250 bytes per call in flight.
-        let (slot, span, topic, properties, rx) = match self.prepare(method, schema, payload.len())
-        {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                #[cfg(feature = "metrics")]
-                meter.finish(observe::error_label(&error));
-                return Err(error);
-            }
-        };
+        let (slot, span, topic, properties, rx, chunked) =
+            match self.prepare(method, schema, payload.len()) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    #[cfg(feature = "metrics")]
+                    meter.finish(observe::error_label(&error));
+                    return Err(error);
+                }
+            };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
         let exchange = async {
-            let batch = self.batchable();
-            // A refusal ends the call through the caller, which also takes
-            // its entry: no cancel is sent for a request no server has.
-            let ack = AckTo::Listener(self.caller.clone(), slot.id);
-            self.conn
-                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
-            slot.sent.store(true, Ordering::Relaxed);
-            tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
-            answer(rx)
-                .await
-                .map_err(|failure| failure.into_error(method))
+            let outcome = if chunked {
+                // Boxed: small calls' futures do not carry its state.
+                let send =
+                    chunked::send_request(self, &slot, method, topic, qos, payload, properties, rx);
+                Box::pin(send).await
+            } else {
+                let batch = self.batchable();
+                // A refusal ends the call through the caller, which also takes
+                // its entry: no cancel is sent for a request no server has.
+                let ack = AckTo::Listener(self.caller.clone(), slot.id);
+                self.conn
+                    .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
+                slot.sent.store(true, Ordering::Relaxed);
+                tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
+                answer(rx).await
+            };
+            match outcome {
+                // The answer comes in chunks (PROTOCOL.md, "Chunked transfer").
+                Err(Failure::Chunked(incoming)) => {
+                    Box::pin(chunked::receive_answer(self, slot.id, incoming)).await
+                }
+                other => other,
+            }
+            .map_err(|failure| failure.into_error(method))
         };
         let waited = tokio::time::timeout(self.options.timeout, exchange);
         let result = observe::InSpan::new(&span, waited).await;
@@ -402,6 +419,7 @@ impl Client {
             String,
             PublishProperties,
             oneshot::Receiver<Result<Response, Failure>>,
+            bool,
         ),
         Error,
     > {
@@ -424,8 +442,11 @@ impl Client {
         );
         observe::inject(&span, &mut properties.user_properties);
         let topic = topic::method_topic(&self.topic_base, method);
-        self.check_size(&topic, payload_len, &properties)?;
-        Ok((slot, span, topic, properties, rx))
+        let chunked = chunked::needs_chunks(self, &topic, payload_len, &properties);
+        if !chunked {
+            self.check_size(&topic, payload_len, &properties)?;
+        }
+        Ok((slot, span, topic, properties, rx, chunked))
     }
 
     /// Refuses a request over the broker's Maximum Packet Size before it
@@ -440,7 +461,7 @@ impl Client {
         let Some(limit) = self.conn.broker_max_packet_size() else {
             return Ok(());
         };
-        let size = crate::transport::publish_size(topic, payload_len, properties);
+        let size = crate::connection::publish_size(topic, payload_len, properties);
         if size > limit as usize {
             return Err(Error::TooLarge {
                 message: format!(

@@ -9,11 +9,12 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use crate::observe::TraceContext;
 use crate::protocol::batch::{CallEntry, BATCH_METHOD};
+use crate::protocol::chunk::{ChunkHeader, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
+use crate::protocol::QoS;
 use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
-use crate::QoS;
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]
@@ -47,6 +48,11 @@ pub(crate) struct Request {
     /// kept).
     pub user_properties: usize,
     pub user_property_bytes: usize,
+    /// A chunk of a chunked request: its `mqrpc-chunk`, read (PROTOCOL.md,
+    /// "Chunked transfer").
+    pub chunk: Option<Result<ChunkHeader, String>>,
+    /// On a credit message: the grant of a chunked answer.
+    pub chunk_grant: Option<u32>,
 }
 
 impl Request {
@@ -95,6 +101,8 @@ impl Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
+            chunk: user(CHUNK_PROPERTY).map(|value| ChunkHeader::parse(&value)),
+            chunk_grant: user(CHUNK_GRANT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             method,
             response_topic: properties.response_topic,
             correlation: properties.correlation_data,
@@ -136,6 +144,8 @@ impl Request {
             batched: false,
             user_properties,
             user_property_bytes,
+            chunk: None,
+            chunk_grant: None,
         }
     }
 
@@ -180,6 +190,8 @@ impl Request {
             batched: true,
             user_properties,
             user_property_bytes,
+            chunk: None,
+            chunk_grant: None,
         }
     }
 
