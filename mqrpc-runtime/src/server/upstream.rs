@@ -30,11 +30,11 @@ use tracing::{debug, warn};
 use super::dispatch::{send_refusal, Dispatcher};
 use super::limits::Held;
 use super::{Request, Service};
+use crate::connection::Connection;
 use crate::protocol::{
     Status, CREDIT_PROPERTY, INSTANCE_PROPERTY, SEQ_PROPERTY, STATUS_PROPERTY, TEXT_CONTENT_TYPE,
 };
 use crate::server::duplicates::{call_key, CallKey, KeyData};
-use crate::transport::Connection;
 use crate::{Codec, QoS, STREAM_WINDOW as WINDOW};
 
 /// How the topic of an item ends: `/` and [`ITEM_METHOD`](crate::protocol::ITEM_METHOD)

@@ -19,10 +19,11 @@ use super::dispatch::{send_refusal, Dispatcher};
 use super::duplicates::{call_key, CallKey};
 use super::limits::Held;
 use super::{Request, ServerOptions, Service};
+use crate::connection::Connection;
 use crate::protocol::chunk::{Assembly, ChunkHeader, Progress, CHUNK_GRANT_PROPERTY};
+use crate::protocol::QoS;
 use crate::protocol::{topic, Status, CREDIT_METHOD, INSTANCE_PROPERTY, TEXT_CONTENT_TYPE};
-use crate::transport::Connection;
-use crate::{Chunking, QoS};
+use crate::Chunking;
 
 pub(crate) use send::Grants;
 
