@@ -82,7 +82,7 @@ pub fn takes_stream(service: &Service) -> TokenStream {
     if names.is_empty() {
         return TokenStream::new();
     }
-    let method = crate::render_server::hidden("method");
+    let method = crate::hygiene::hidden("method");
     quote! {
         fn takes_stream(#method: &str) -> bool {
             ::core::matches!(#method, #(#names)|*)
