@@ -4,14 +4,14 @@
 use serde_json::Value;
 use serde_json::{json, Map};
 
+use crate::protocol::QoS;
 use crate::protocol::{
     Status, INSTANCE_PROPERTY, SCHEMA_PARAMETER, SEQ_PROPERTY, STATUS_PROPERTY, TEXT_CONTENT_TYPE,
     TIMEOUT_PROPERTY,
 };
-use crate::{Codec, QoS};
+use crate::Codec;
 
-use super::builder::FAILURE;
-use super::codegen::{MethodDoc, OutputDoc};
+use super::model::{MethodDoc, OutputDoc};
 use super::MQTT_BINDING_VERSION;
 
 pub(super) fn codec_id(codec: Codec) -> &'static str {
@@ -148,6 +148,9 @@ pub(super) fn request_message(method: &MethodDoc, codec: Codec) -> Value {
     }
     message
 }
+
+/// The name of the failure answer (a status other than `ok`), one per document.
+pub(super) const FAILURE: &str = "failure";
 
 /// The arguments as a JSON array, in declaration order.
 pub(super) fn in_order(items: Vec<Value>) -> Value {

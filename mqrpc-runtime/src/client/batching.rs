@@ -15,9 +15,9 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::{request_properties, Client, Waiter};
+use crate::connection::AckTo;
 use crate::error::Failure;
 use crate::protocol::{Status, BATCH_CONTENT_TYPE};
-use crate::transport::AckTo;
 
 const UNKNOWN: u8 = 0;
 const PROBING: u8 = 1;

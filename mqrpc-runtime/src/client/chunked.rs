@@ -14,13 +14,14 @@ use tracing::debug;
 
 use super::pending::{answer, Caller, PendingSlot, Waiter};
 use super::{Client, ClientOptions, Control, Response};
+use crate::connection::AckTo;
 use crate::error::Failure;
 use crate::protocol::chunk::{
     cut, Assembly, ChunkHeader, Progress, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY, MAX_WINDOW,
 };
+use crate::protocol::QoS;
 use crate::protocol::{topic, CANCEL_RESPONSE_TOPIC_PROPERTY, INSTANCE_PROPERTY, STATUS_PROPERTY};
-use crate::transport::AckTo;
-use crate::{Chunking, Error, QoS};
+use crate::{Chunking, Error};
 
 /// The longest `mqrpc-chunk` value, for the size of a chunk's packet.
 const LONGEST_HEADER: &str = "4294967295/4294967295/18446744073709551615";
@@ -285,7 +286,7 @@ pub(super) fn needs_chunks(
         return true;
     }
     client.conn.broker_max_packet_size().is_some_and(|limit| {
-        crate::transport::publish_size(topic, payload_len, properties) > limit as usize
+        crate::connection::publish_size(topic, payload_len, properties) > limit as usize
     })
 }
 
@@ -337,7 +338,7 @@ pub(super) async fn send_request(
     longest
         .user_properties
         .push((CHUNK_PROPERTY.to_string(), LONGEST_HEADER.to_string()));
-    let overhead = crate::transport::publish_size(&topic, 0, &longest) + INSTANCE_ROOM;
+    let overhead = crate::connection::publish_size(&topic, 0, &longest) + INSTANCE_ROOM;
     let size = client
         .options
         .chunking

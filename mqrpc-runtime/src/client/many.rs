@@ -12,11 +12,12 @@ use crate::client::items::Idle;
 use crate::client::{Control, Items};
 use crate::error::Failure;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{
     CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY, INFO_METHOD,
     PING_METHOD, STATS_METHOD,
 };
-use crate::{observe, Error, QoS};
+use crate::{observe, Error};
 
 impl Client {
     /// Calls `method` on every server of the service at once (topic
@@ -131,7 +132,7 @@ impl Client {
             // A refusal (no server subscribed, not authorized) ends the
             // answers at once.
             tokio::spawn(async move {
-                if let Err(failure) = crate::transport::ack_outcome(ack.await) {
+                if let Err(failure) = crate::connection::ack_outcome(ack.await) {
                     caller.fail_call(id, failure);
                 }
             });
@@ -346,7 +347,7 @@ impl Client {
         let topic = topic::method_topic(&self.topic_base, method);
         // Room for a whole window plus the end marker: the server never
         // sends more, so nothing is dropped.
-        let capacity = crate::STREAM_WINDOW as usize + 2;
+        let capacity = crate::protocol::STREAM_WINDOW as usize + 2;
         let (rx, slot) = self
             .send_many(topic, qos, schema, args, capacity, Gather::Stream)
             .await?;

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::QoS;
 use crate::protocol::DEFAULT_PREFIX;
-use crate::{Codec, QoS};
+use crate::Codec;
 
 /// Default time a call waits for its answer: 10 s. Also, unless set
 /// apart, the longest a stream waits for each of its items

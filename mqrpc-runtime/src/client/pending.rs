@@ -9,11 +9,11 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::connection::{ack_outcome, AckListener, BrokerAck, Connection, Sink};
 use crate::error::Failure;
+use crate::protocol::QoS;
 use crate::protocol::BATCH_CONTENT_TYPE;
-use crate::transport::link::{ReasonCode, TransportError};
-use crate::transport::{ack_outcome, AckListener, Connection, Sink};
-use crate::{Error, QoS};
+use crate::Error;
 
 /// Where the answer(s) of a call go.
 pub(crate) enum Waiter {
@@ -80,7 +80,7 @@ impl Caller {
         let reply_topic = conn.reply_topic();
         let caller = Arc::new(Caller {
             reply_topic: reply_topic.clone(),
-            next_id: AtomicU64::new(crate::transport::random_u64() >> 16),
+            next_id: AtomicU64::new(crate::connection::random_u64() >> 16),
             pending: Mutex::new(FxHashMap::default()),
             max_pending: conn.options().max_pending_calls_limit(),
             batch_targets: Default::default(),
@@ -310,11 +310,11 @@ impl Caller {
 /// refusal (or a lost link) ends the call here, so the usual PUBACK wakes
 /// no task. An answer that came before the PUBACK already took the entry.
 impl AckListener for Caller {
-    fn acked(&self, id: u64, answer: Result<ReasonCode, TransportError>) {
+    fn acked(&self, id: u64, answer: BrokerAck) {
         match &answer {
-            Ok(ReasonCode(code)) => debug!(
+            Ok(code) => debug!(
                 correlation = id,
-                reason = code,
+                reason = code.0,
                 "request acknowledged by the broker"
             ),
             Err(error) => debug!(correlation = id, %error, "request not acknowledged"),

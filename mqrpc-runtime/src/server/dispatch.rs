@@ -12,9 +12,12 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
+use crate::connection::AckToken;
+use crate::connection::Connection;
 use crate::observe::{self};
 use crate::protocol::batch::BATCH_SUFFIX;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{
     Status, CANCEL_METHOD, CREDIT_METHOD, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SEQ_PROPERTY,
     STATUS_PROPERTY, TEXT_CONTENT_TYPE,
@@ -23,9 +26,7 @@ use crate::server::backlog::Answer;
 use crate::server::context::CallContext;
 use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
 use crate::server::limits::{Held, RequestLimits};
-use crate::transport::link::AckToken;
-use crate::transport::Connection;
-use crate::{Codec, QoS};
+use crate::Codec;
 
 /// What tokio's task adds to the future it runs (header, scheduler link,
 /// trailer), rounded up.
@@ -578,7 +579,7 @@ fn answer_to(
     // broker would drop the connection for it): answer `too-large` instead.
     if let Some(limit) = conn.broker_max_packet_size() {
         let fits = |properties: &PublishProperties, payload: &Bytes| {
-            crate::transport::publish_size(&response_topic, payload.len(), properties)
+            crate::connection::publish_size(&response_topic, payload.len(), properties)
                 <= limit as usize
         };
         if !fits(&properties, &payload) {

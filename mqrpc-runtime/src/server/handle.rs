@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::connection::{Connection, Sink};
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::server::duplicates::{CallTable, Limits};
 use crate::server::limits::{Held, RequestLimits, ServerUsage};
 use crate::server::reassembly::Transfers;
-use crate::transport::{Connection, Sink};
-use crate::{Error, QoS};
+use crate::Error;
 
 /// A running server. Dropping it leaves the service running for as long as
 /// the connection lives; call [`ServerHandle::shutdown`] to stop gracefully.

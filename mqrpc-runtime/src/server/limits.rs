@@ -15,8 +15,8 @@ use super::backlog::Backlog;
 use super::dispatch::{send_refusal, Dispatcher, HeldAck};
 use super::duplicates::{CallKey, CallTable};
 use super::{Request, Service};
+use crate::connection::Connection;
 use crate::protocol::{Status, CANCEL_METHOD, CREDIT_METHOD, TEXT_CONTENT_TYPE};
-use crate::transport::Connection;
 
 /// The limits on one request (see `ServerOptions::max_correlation_data`
 /// and the setters after it): checked before the server keeps anything of

@@ -22,7 +22,7 @@ pub use reassembly::ChunkedUsage;
 pub(crate) use request::Request;
 pub(crate) use stats::Counters;
 pub(crate) use streaming::EncodedItems;
-pub use streaming::{Stream, WINDOW as STREAM_WINDOW};
+pub use streaming::Stream;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::protocol::QoS;
 use crate::protocol::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
-use crate::QoS;
 
 /// Per-server settings.
 ///

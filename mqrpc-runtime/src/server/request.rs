@@ -10,11 +10,11 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use crate::observe::TraceContext;
 use crate::protocol::batch::{CallEntry, BATCH_METHOD};
 use crate::protocol::chunk::{ChunkHeader, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
+use crate::protocol::QoS;
 use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
-use crate::QoS;
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]

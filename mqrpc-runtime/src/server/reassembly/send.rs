@@ -11,9 +11,9 @@ use tracing::debug;
 use super::super::dispatch::{reply_properties, send_reply, Dispatcher};
 use super::super::duplicates::call_key;
 use super::super::{Request, Service};
+use crate::connection::Connection;
 use crate::protocol::chunk::{cut, ChunkHeader, CHUNK_PROPERTY};
 use crate::protocol::{topic, Status};
-use crate::transport::Connection;
 
 /// The grants of one chunked answer: how far the caller lets it go, and
 /// whether it was cancelled.
@@ -104,7 +104,7 @@ impl<S: Service> Dispatcher<S> {
             return false;
         };
         let properties = reply_properties(request, status, content_type);
-        crate::transport::publish_size(topic, payload.len(), &properties) > limit as usize
+        crate::connection::publish_size(topic, payload.len(), &properties) > limit as usize
     }
 
     async fn send_chunks(
@@ -130,7 +130,7 @@ impl<S: Service> Dispatcher<S> {
         longest
             .user_properties
             .push((CHUNK_PROPERTY.to_string(), LONGEST_HEADER.to_string()));
-        let overhead = crate::transport::publish_size(&response_topic, 0, &longest);
+        let overhead = crate::connection::publish_size(&response_topic, 0, &longest);
         let chunking = *self.held.transfers.chunking();
         let size = chunking.slice_size(overhead, conn.broker_max_packet_size());
         if size == 0 {
