@@ -24,7 +24,8 @@ mod server;
 mod transport;
 
 pub use client::{
-    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, DEFAULT_TIMEOUT,
+    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, ResponseMetadata,
+    DEFAULT_TIMEOUT,
 };
 pub use error::Error;
 /// Reads the [`Items`] of a streaming call and the [`Answers`] of a
@@ -34,10 +35,12 @@ pub use error::Error;
 pub use futures_util::StreamExt;
 pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
 pub use protocol::codec::Codec;
+pub use protocol::metadata::Metadata;
 pub use protocol::Status;
 pub use server::context;
 pub use server::{
-    respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream, STREAM_WINDOW,
+    respond, serve, Call, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream,
+    STREAM_WINDOW,
 };
 #[cfg(feature = "embedded-broker")]
 pub use transport::EmbeddedBroker;
@@ -52,6 +55,9 @@ pub mod __private {
     pub mod asyncapi {
         pub use crate::asyncapi::codegen::*;
     }
+
+    /// The hidden entry point of generated clients ([`Client::__private`](crate::Client::__private)).
+    pub use crate::client::Generated;
 
     /// The schema fingerprint helpers of generated clients and servers.
     pub mod schema {

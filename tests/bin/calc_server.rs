@@ -6,7 +6,8 @@
 //!   (`ConnectOptions::session_expiry`; give the client id in the URL,
 //!   `?client_id=ID`, to come back to it);
 //! - `CALC_ACK_AFTER_ANSWER=1`: `ServerOptions::ack_after_answer(true)`;
-//! - `CALC_INSTANCE`: `ServerOptions::instance`.
+//! - `CALC_INSTANCE`: `ServerOptions::instance`;
+//! - `CALC_META=1`: serve the `Meta` service of `harness/meta.rs` too.
 
 use std::time::Duration;
 
@@ -28,6 +29,15 @@ async fn main() {
     if let Ok(instance) = std::env::var("CALC_INSTANCE") {
         server = server.instance(instance);
     }
+    let _meta = match std::env::var("CALC_META").as_deref() {
+        Ok("1") => Some(
+            mqrpc_tests::meta::MetaServer::new(mqrpc_tests::meta::MetaImpl::default())
+                .serve_with(&conn, server.clone())
+                .await
+                .unwrap_or_else(|e| fail(e)),
+        ),
+        _ => None,
+    };
     let _server = CalculatorServer::new(Calc::default())
         .serve_with(&conn, server)
         .await

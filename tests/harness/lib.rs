@@ -13,6 +13,7 @@ pub mod batch;
 pub mod chaos;
 pub mod cluster;
 pub mod fake_broker;
+pub mod meta;
 pub mod netns;
 pub mod proxy;
 pub mod raw;

@@ -34,6 +34,7 @@ pub struct ClientOptions {
     pub(super) batches: bool,
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
+    pub(super) metadata: crate::Metadata,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +50,7 @@ impl Default for ClientOptions {
             batches: true,
             stream_idle_timeout: None,
             stream_timeout: None,
+            metadata: crate::Metadata::new(),
         }
     }
 }
@@ -128,6 +130,24 @@ impl ClientOptions {
     /// ```
     pub fn stream_timeout(mut self, total: Duration) -> Self {
         self.stream_timeout = Some(total);
+        self
+    }
+
+    /// Metadata sent with every call of the client (default none; PROTOCOL.md,
+    /// "Call metadata"), e.g. a token or a tenant id;
+    /// [`Client::with_metadata`](crate::Client::with_metadata) adds to it
+    /// per call.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{ClientOptions, Metadata};
+    /// let opts = ClientOptions::default()
+    ///     .metadata(Metadata::from_pairs([("authorization", "Bearer t0k3n")])?);
+    /// # let _ = opts;
+    /// # Ok::<(), mqrpc::Error>(())
+    /// ```
+    pub fn metadata(mut self, metadata: crate::Metadata) -> Self {
+        self.metadata = metadata;
         self
     }
 

@@ -249,16 +249,6 @@ impl Caller {
         id
     }
 
-    /// The broker refused the call's request (no subscriber, not
-    /// authorized, ...) or the link dropped before it was taken: the call
-    /// names its method in the error.
-    pub(crate) fn fail_call(&self, id: u64, failure: Failure) {
-        let entry = self.lock().remove(&id);
-        if let Some(entry) = entry {
-            entry.waiter.finish(Err(failure));
-        }
-    }
-
     pub(crate) fn fail_all(&self, error: &Error) {
         let waiters: Vec<Waiter> = self.lock().drain().map(|(_, p)| p.waiter).collect();
         for waiter in waiters {

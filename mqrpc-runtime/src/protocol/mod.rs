@@ -5,6 +5,7 @@ pub(crate) mod batch;
 pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
 pub(crate) mod codec;
+pub mod metadata;
 pub mod schema;
 pub(crate) mod topic;
 

@@ -19,7 +19,6 @@ use crate::protocol::{
     Status, CANCEL_METHOD, CREDIT_METHOD, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SEQ_PROPERTY,
     STATUS_PROPERTY, TEXT_CONTENT_TYPE,
 };
-use crate::server::context::CallContext;
 use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
 use crate::server::limits::{Held, RequestLimits};
 use crate::transport::link::AckToken;
@@ -91,7 +90,8 @@ impl<S: Service> Dispatcher<S> {
         ack: HeldAck,
     ) {
         let properties = publish.properties.take().unwrap_or_default();
-        let batch = Request::from_batch(&properties, publish.qos.into(), now);
+        let mut batch = Request::from_batch(&properties, publish.qos.into(), now);
+        batch.redelivered = publish.dup;
         drop(properties);
         if let Err(violation) = self.limits.check(&batch) {
             return self.over_limit(conn, batch, violation, ack);
@@ -165,6 +165,8 @@ impl<S: Service> Dispatcher<S> {
                     debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
                     let (status, content_type) = (reply.status, reply.content_type);
                     let payload = reply.payload.clone();
+                    let mut request = request;
+                    request.reply_metadata = reply.metadata.clone();
                     let reply = send_reply(conn.clone(), request, status, content_type, payload);
                     tokio::spawn(acked_after(reply, ack));
                     return;
@@ -317,7 +319,7 @@ impl<S: Service> Dispatcher<S> {
     async fn run(
         self: Arc<Self>,
         conn: Connection,
-        request: Request,
+        mut request: Request,
         key: Option<CallId>,
         slot: Slot,
         _active: ActivityGuard,
@@ -389,15 +391,16 @@ impl<S: Service> Dispatcher<S> {
             request.trace.as_ref(),
         );
         debug!(parent: &span, qos = ?request.qos, "request received");
-        let work = observe::InSpan::new(
-            &span,
-            CallContext::new(request.deadline).scope(respond(
-                &self.service,
-                &request.method,
-                request.content_type.as_deref(),
-                &request.payload,
-            )),
-        );
+        // The handler runs inside its call's context (`mqrpc::context`),
+        // made of the request's own fields; they come back afterwards.
+        let (context, content_type, payload) =
+            super::Call::of_request::<S>(&mut request, method).into_parts();
+        let name = context.method_name();
+        let service = &self.service;
+        let mut scoped = std::pin::pin!(context.scoped(async move {
+            respond(service, &name, content_type.as_deref(), &payload).await
+        }));
+        let work = observe::InSpan::new(&span, scoped.as_mut());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {
             reply = async {
@@ -408,6 +411,11 @@ impl<S: Service> Dispatcher<S> {
             } => Some(reply),
             Ok(()) = &mut stop_rx => None,
         };
+        if let Some(context) = scoped.as_mut().take_value() {
+            let (reply_metadata, reply_topic) = context.into_reply_parts();
+            request.reply_metadata = reply_metadata;
+            request.response_topic = reply_topic;
+        }
         let reply = match outcome {
             None => {
                 debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
@@ -453,7 +461,8 @@ impl<S: Service> Dispatcher<S> {
                     status: reply.status,
                     content_type,
                     payload: payload.clone(),
-                    held,
+                    held: held + request.reply_metadata.wire_bytes(),
+                    metadata: request.reply_metadata.clone(),
                 };
                 calls.finish(key, cached, expires);
             }
@@ -496,6 +505,7 @@ fn reply_properties(request: &Request, status: Status, content_type: &str) -> Pu
     if let Some(seq) = request.seq {
         user.push((SEQ_PROPERTY.to_string(), seq.to_string()));
     }
+    request.reply_metadata.write_to(&mut user);
     PublishProperties {
         correlation_data: request.correlation.clone(),
         content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),

@@ -3,6 +3,7 @@
 //! generated [`Service`] implementation, and always answer when the request
 //! names a Response Topic.
 
+mod call;
 pub mod context;
 mod dispatch;
 mod duplicates;
@@ -13,6 +14,7 @@ mod request;
 mod stats;
 mod streaming;
 
+pub use call::Call;
 pub use handle::{serve, ServerHandle};
 pub use limits::ServerUsage;
 pub use options::ServerOptions;

@@ -13,7 +13,7 @@ use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
-use crate::QoS;
+use crate::{Metadata, QoS};
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]
@@ -47,6 +47,12 @@ pub(crate) struct Request {
     /// kept).
     pub user_properties: usize,
     pub user_property_bytes: usize,
+    /// The caller's metadata (`md-` user properties).
+    pub metadata: Metadata,
+    /// The metadata of the answer, set by the handler.
+    pub reply_metadata: Metadata,
+    /// The broker delivered it before (MQTT DUP flag).
+    pub redelivered: bool,
 }
 
 impl Request {
@@ -71,6 +77,7 @@ impl Request {
             Request::from_parts(method, properties, publish.qos.into(), publish.payload, now);
         request.broadcast = broadcast;
         request.discovery = discovery;
+        request.redelivered = publish.dup;
         request
     }
 
@@ -93,6 +100,9 @@ impl Request {
         let deadline = deadline(budget, properties.message_expiry_interval, now);
         Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
+            metadata: Metadata::read_from(&properties.user_properties),
+            reply_metadata: Metadata::new(),
+            redelivered: false,
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             method,
@@ -136,6 +146,9 @@ impl Request {
             batched: false,
             user_properties,
             user_property_bytes,
+            metadata: Metadata::new(),
+            reply_metadata: Metadata::new(),
+            redelivered: false,
         }
     }
 
@@ -180,6 +193,10 @@ impl Request {
             batched: true,
             user_properties,
             user_property_bytes,
+            // Calls with metadata travel alone (PROTOCOL.md, "Batches").
+            metadata: Metadata::new(),
+            reply_metadata: Metadata::new(),
+            redelivered: self.redelivered,
         }
     }
 
@@ -221,6 +238,7 @@ impl Request {
             + self.correlation.as_ref().map_or(0, Bytes::len)
             + self.payload.len()
             + trace
+            + self.metadata.wire_bytes()
     }
 }
 
