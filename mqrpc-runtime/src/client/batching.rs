@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::{request_properties, Client, Waiter};
 use crate::error::Failure;
-use crate::protocol::{Status, BATCH_CONTENT_TYPE, BATCH_LEVELS};
+use crate::protocol::{Status, BATCH_CONTENT_TYPE};
 use crate::transport::AckTo;
 
 const UNKNOWN: u8 = 0;
@@ -109,7 +109,7 @@ impl Client {
             content_type: Some(BATCH_CONTENT_TYPE.to_string()),
             ..properties
         };
-        let topic = [&*self.topic_base, BATCH_LEVELS].concat();
+        let topic = crate::protocol::topic::batch_topic(&self.topic_base);
         self.conn.publish_to(
             topic,
             self.options.qos,

@@ -12,9 +12,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::client::Control;
 use crate::error::Failure;
+use crate::protocol::topic;
 use crate::protocol::{
     CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY, INFO_METHOD,
-    INSTANCE_LEVEL, PING_METHOD, STATS_METHOD,
+    PING_METHOD, STATS_METHOD,
 };
 use crate::{Error, QoS};
 
@@ -233,11 +234,11 @@ impl Client {
             Control::Credit(n) => (CREDIT_METHOD, Some(n)),
         };
         let topic = match instance {
-            Some(instance) => format!(
-                "{}{INSTANCE_LEVEL}/{instance}/{method}",
-                topic_base(&self.options.prefix, &self.service)
-            ),
-            None => [&*self.topic_base, method].concat(),
+            Some(instance) => {
+                let service_base = topic_base(&self.options.prefix, &self.service);
+                topic::method_topic(&topic::instance_base(&service_base, instance), method)
+            }
+            None => topic::method_topic(&self.topic_base, method),
         };
         let mut user_properties = vec![(
             CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),

@@ -153,11 +153,8 @@ impl Client {
         topic::validate_level(instance)?;
         let mut client = self.clone();
         client.instance = Some(Arc::from(instance));
-        client.topic_base = Arc::from(format!(
-            "{}{}/{instance}/",
-            topic_base(&self.options.prefix, &self.service),
-            crate::protocol::INSTANCE_LEVEL
-        ));
+        let service_base = topic::service_base(&self.options.prefix, &self.service);
+        client.topic_base = Arc::from(topic::instance_base(&service_base, instance));
         client.batch = self.caller.batch_targets.get(&client.topic_base);
         Ok(client)
     }
@@ -414,5 +411,5 @@ impl Client {
 
 /// `<prefix>/<service>/`.
 fn topic_base(prefix: &str, service: &str) -> Arc<str> {
-    Arc::from(format!("{prefix}/{service}/"))
+    Arc::from(topic::service_base(prefix, service))
 }

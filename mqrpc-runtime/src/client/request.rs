@@ -10,7 +10,8 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use super::{Caller, Client};
-use crate::protocol::{BROADCAST_LEVEL, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
+use crate::protocol::topic;
+use crate::protocol::{SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
 use crate::transport::AckTo;
 use crate::{observe, Codec, Error, QoS};
 
@@ -58,11 +59,11 @@ impl Client {
         span: Option<&tracing::Span>,
     ) -> Result<Outgoing, Error> {
         let topic = match target {
-            Target::Method => [&*self.topic_base, method].concat(),
-            Target::Broadcast => format!(
-                "{}/{}/{BROADCAST_LEVEL}/{method}",
-                self.options.prefix, self.service
-            ),
+            Target::Method => topic::method_topic(&self.topic_base, method),
+            Target::Broadcast => {
+                let service_base = topic::service_base(&self.options.prefix, &self.service);
+                topic::broadcast_topic(&service_base, method)
+            }
         };
         let mut properties = match answer {
             Answer::To { id, budget } => request_properties(

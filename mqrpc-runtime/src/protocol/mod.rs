@@ -54,6 +54,12 @@ pub const INFO_METHOD: &str = "_info";
 pub const STATS_METHOD: &str = "_stats";
 /// Service level meaning "every service", for discovery:
 /// `<prefix>/_all/_all/_info` reaches every server of every service.
+///
+/// The same text as [`BROADCAST_LEVEL`], under a name of its own because it
+/// stands in another place: it is a *service* name (one no trait can have,
+/// names starting with `_` being reserved), where `BROADCAST_LEVEL` is the
+/// level *after* a service. Discovery is then the broadcast of this
+/// service, built and matched like any other broadcast.
 pub const ANY_SERVICE: &str = "_all";
 
 /// User property on stream items and the end marker: the item's position.

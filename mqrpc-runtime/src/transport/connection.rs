@@ -20,7 +20,7 @@ use super::link::{
     TransportError,
 };
 use super::options::ConnectOptions;
-use super::routing::{Held, Route, Sink};
+use super::routing::{Held, Route};
 
 /// Told the error when the link drops or the connection closes (the
 /// clients fail their pending calls): the transport knows nothing of calls.
@@ -299,24 +299,6 @@ impl Connection {
         } else {
             Ok(())
         }
-    }
-
-    /// Adds a route and subscribes to its filter, returning once the broker
-    /// has acknowledged the subscription (SUBACK).
-    pub(crate) async fn subscribe(
-        &self,
-        filter: String,
-        qos: QoS,
-        sink: Sink,
-    ) -> Result<u64, Error> {
-        let routes = vec![(filter.clone(), qos, sink)];
-        let mut subscribed = self.subscribe_routes(routes).await?;
-        subscribed.pop().unwrap_or_else(|| {
-            Err(Error::Subscribe {
-                filter,
-                reason: "the SUBACK has no reason code for it".into(),
-            })
-        })
     }
 
     /// Unsubscribes and removes a route.
