@@ -3,8 +3,10 @@
 //! payload, and the whole [`Context`]), and how the dispatcher runs it.
 
 use std::borrow::Cow;
+use std::future::Future;
 
 use bytes::Bytes;
+use tokio::task::futures::TaskLocalFuture;
 
 use super::context::Context;
 use super::{respond, Reply, Request, Service};
@@ -120,20 +122,40 @@ impl Call {
     /// does, without deadline or cancellation: see [`respond`]), and gives
     /// the context back with the answer's metadata in it.
     pub async fn run<S: Service>(self, service: &S) -> (Reply, Context) {
-        let Call {
-            context,
-            content_type,
-            payload,
-        } = self;
-        let method = context.method_name();
-        let mut scoped = std::pin::pin!(context.scoped(async move {
-            respond(service, &method, content_type.as_deref(), &payload).await
-        }));
+        let mut scoped = std::pin::pin!(self.handler(service));
         let reply = scoped.as_mut().await;
         let context = scoped
             .as_mut()
             .take_value()
             .expect("the context is taken back once");
         (reply, context)
+    }
+
+    /// The handler of this call on `service`, inside its context, which
+    /// the caller takes back from the future (`take_value`) when it is
+    /// done, or stopped.
+    pub(crate) fn handler<S: Service>(
+        self,
+        service: &S,
+    ) -> TaskLocalFuture<Context, impl Future<Output = Reply> + '_> {
+        let Call {
+            context,
+            content_type,
+            payload,
+        } = self;
+        let method = context.method_name();
+        context.scoped(async move {
+            respond(service, &method, content_type.as_deref(), &payload).await
+        })
+    }
+}
+
+/// What the handler's context gives back to its request: the Response
+/// Topic it borrowed, and the answer's metadata.
+pub(crate) fn give_back(request: &mut Request, context: Option<Context>) {
+    if let Some(context) = context {
+        let (reply_metadata, reply_topic) = context.into_reply_parts();
+        request.reply_metadata = reply_metadata;
+        request.response_topic = reply_topic;
     }
 }

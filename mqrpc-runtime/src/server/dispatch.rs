@@ -2,7 +2,7 @@
 //! deadline, size, concurrency limit, then the handler on its own task.
 
 use super::handle::{Activity, ActivityGuard};
-use super::{respond, Reply, Request, Service};
+use super::{Reply, Request, Service};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -391,13 +391,8 @@ impl<S: Service> Dispatcher<S> {
         debug!(parent: &span, qos = ?request.qos, "request received");
         // The handler runs inside its call's context (`mqrpc::context`),
         // made of the request's own fields; they come back afterwards.
-        let (context, content_type, payload) =
-            super::Call::of_request::<S>(&mut request, method).into_parts();
-        let name = context.method_name();
-        let service = &self.service;
-        let mut scoped = std::pin::pin!(context.scoped(async move {
-            respond(service, &name, content_type.as_deref(), &payload).await
-        }));
+        let call = super::Call::of_request::<S>(&mut request, method);
+        let mut scoped = std::pin::pin!(call.handler(&self.service));
         let work = observe::InSpan::new(&span, scoped.as_mut());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {
@@ -409,11 +404,7 @@ impl<S: Service> Dispatcher<S> {
             } => Some(reply),
             Ok(()) = &mut stop_rx => None,
         };
-        if let Some(context) = scoped.as_mut().take_value() {
-            let (reply_metadata, reply_topic) = context.into_reply_parts();
-            request.reply_metadata = reply_metadata;
-            request.response_topic = reply_topic;
-        }
+        super::call::give_back(&mut request, scoped.as_mut().take_value());
         let reply = match outcome {
             None => {
                 debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
