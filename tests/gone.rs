@@ -15,7 +15,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mqrpc::{ClientOptions, Error, ServerOptions};
 use mqrpc_tests::raw::RawPeer;
-use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
+use mqrpc_tests::{
+    Calc, CalculatorClient, CalculatorServer, English, GreeterClient, GreeterServer, TestBroker,
+};
 
 mqrpc_tests::on_both_brokers!(
     killed_server_ends_its_instance_calls_and_stream_with_server_gone,
@@ -262,20 +264,6 @@ async fn dropping_a_serving_connection_announces_its_instance(broker: TestBroker
         String::from_utf8(notice.topic.to_vec()).unwrap(),
         format!("mqrpc/_gone/{instance}")
     );
-}
-
-/// A second service, to run two servers under one instance id.
-#[mqrpc::service]
-pub trait Greeter {
-    async fn hello(&self, name: String) -> String;
-}
-
-struct English;
-
-impl Greeter for English {
-    async fn hello(&self, name: String) -> String {
-        format!("Hello, {name}!")
-    }
 }
 
 async fn shutdown_announces_the_instance_after_its_last_server_and_answers(broker: TestBroker) {

@@ -5,7 +5,8 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{Answers, Client, Items, Response};
-use crate::{Error, QoS};
+use crate::protocol::QoS;
+use crate::Error;
 
 /// Calls of generated clients (`client.__private().call(..)`). Not a
 /// public API and not covered by semver: use [`Client`]'s methods or a

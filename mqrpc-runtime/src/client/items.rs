@@ -9,7 +9,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::many::Gather;
 use super::sequence::{Next, Sequence};
 use crate::client::{Client, Response};
-use crate::{Error, QoS, Status};
+use crate::protocol::{QoS, Status};
+use crate::Error;
 
 impl Client {
     /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
@@ -68,7 +69,7 @@ impl Client {
     ) -> Result<Sequence, Error> {
         // Room for a whole window plus the end marker: the server never
         // sends more, so nothing is dropped.
-        let capacity = crate::STREAM_WINDOW as usize + 2;
+        let capacity = crate::protocol::STREAM_WINDOW as usize + 2;
         let target = super::request::Target::Method;
         let (rx, slot) = self.send_many(
             target,

@@ -13,11 +13,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::client::Control;
 use crate::error::Failure;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{
     CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY, INFO_METHOD,
     PING_METHOD, STATS_METHOD,
 };
-use crate::{Error, QoS};
+use crate::Error;
 
 impl Client {
     /// [`broadcast`](Self::broadcast) with a QoS and schema fingerprint,
@@ -94,7 +95,7 @@ impl Client {
         };
         // No call span of its own (the answers outlive this function): the
         // servers join the caller's current trace.
-        let answer = Answer::To { id, budget };
+        let answer = Answer::Many { id, budget };
         let request = self.build_request(target, method, qos, schema, payload, answer, None)?;
         // A refusal (no server subscribed, not authorized) ends the
         // answers at once, through the caller.

@@ -3,6 +3,9 @@
 //! generated `<Trait>Client` wraps.
 
 mod batching;
+mod chunked;
+#[cfg(test)]
+mod chunked_doc;
 mod discovery;
 mod generated;
 mod items;
@@ -39,11 +42,11 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
+use crate::connection::Connection;
 use crate::error::Failure;
 use crate::protocol::topic;
-use crate::protocol::Status;
-use crate::transport::Connection;
-use crate::{observe, Error, QoS};
+use crate::protocol::{QoS, Status};
+use crate::{observe, Error};
 
 /// An untyped client of one service: what a generated `<Trait>Client`
 /// wraps. Use it directly to call methods by name.
@@ -304,15 +307,46 @@ impl Client {
         };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
-        let exchange = async {
+        // Sent before the future that waits is made (unless chunked, whose
+        // sending waits for credit): what that future would capture (topic,
+        // properties, payload: some 250 bytes) would stay in every call's
+        // state until its answer.
+        let chunked_request = if request.chunked {
+            Some(Box::new(request))
+        } else {
             let batch = self.batchable();
             let qos = request.qos;
             request.send(self, &self.caller, slot.id, batch);
             slot.sent.store(true, Ordering::Relaxed);
             tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
-            answer(rx)
-                .await
-                .map_err(|failure| failure.into_error(method))
+            None
+        };
+        let exchange = async {
+            let outcome = match chunked_request {
+                Some(request) => {
+                    let Outgoing {
+                        topic,
+                        qos,
+                        properties,
+                        payload,
+                        ..
+                    } = *request;
+                    // Boxed: small calls' futures do not carry its state.
+                    let send = chunked::send_request(
+                        self, &slot, method, topic, qos, payload, properties, rx,
+                    );
+                    Box::pin(send).await
+                }
+                None => answer(rx).await,
+            };
+            match outcome {
+                // The answer comes in chunks (PROTOCOL.md, "Chunked transfer").
+                Err(Failure::Chunked(incoming)) => {
+                    Box::pin(chunked::receive_answer(self, slot.id, incoming)).await
+                }
+                other => other,
+            }
+            .map_err(|failure| failure.into_error(method))
         };
         let waited = tokio::time::timeout(self.options.timeout, exchange);
         let result = observe::InSpan::new(&span, waited).await;
@@ -387,7 +421,7 @@ impl Client {
             sent: AtomicBool::new(false),
         };
         let span = observe::client_span(&self.service, method, id);
-        let answer = Answer::To {
+        let answer = Answer::Once {
             id,
             budget: self.options.timeout,
         };

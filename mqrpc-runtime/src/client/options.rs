@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::QoS;
 use crate::protocol::DEFAULT_PREFIX;
-use crate::{Codec, QoS};
+use crate::Codec;
 
 /// Default time a call waits for its answer: 10 s. Also, unless set
 /// apart, the longest a stream waits for each of its items
@@ -35,6 +36,10 @@ pub struct ClientOptions {
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
     pub(super) metadata: crate::Metadata,
+    /// Chunked transfers (`chunked.rs`): their settings, and the largest
+    /// answer this client reassembles.
+    pub(super) chunking: crate::Chunking,
+    pub(super) max_response_size: usize,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +56,8 @@ impl Default for ClientOptions {
             stream_idle_timeout: None,
             stream_timeout: None,
             metadata: crate::Metadata::new(),
+            chunking: crate::Chunking::default(),
+            max_response_size: 16 * 1024 * 1024,
         }
     }
 }

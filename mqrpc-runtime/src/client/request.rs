@@ -10,10 +10,12 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use super::{Caller, Client};
+use crate::connection::AckTo;
+use crate::protocol::codec::Codec;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
-use crate::transport::AckTo;
-use crate::{observe, Codec, Error, QoS};
+use crate::{observe, Error};
 
 /// Where a request goes, after `<prefix>/<service>/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +31,12 @@ pub(crate) enum Target {
 pub(crate) enum Answer {
     /// One-way (`#[mqrpc(oneway)]`): no Response Topic, no Correlation Data.
     None,
-    /// To the connection's response topic, as call `id`, within `budget`.
-    To { id: u64, budget: Duration },
+    /// One answer, to the connection's response topic, as call `id`,
+    /// within `budget`: a unary call, whose request may go in chunks
+    /// (PROTOCOL.md, "Chunked transfer").
+    Once { id: u64, budget: Duration },
+    /// Several answers (a stream, a broadcast), likewise; never chunked.
+    Many { id: u64, budget: Duration },
 }
 
 /// A request ready to go out.
@@ -39,6 +45,8 @@ pub(crate) struct Outgoing {
     pub(crate) qos: QoS,
     pub(crate) properties: PublishProperties,
     pub(crate) payload: Bytes,
+    /// Sent in chunks ([`chunked::send_request`](super::chunked)).
+    pub(crate) chunked: bool,
 }
 
 impl Client {
@@ -66,7 +74,7 @@ impl Client {
             }
         };
         let mut properties = match answer {
-            Answer::To { id, budget } => request_properties(
+            Answer::Once { id, budget } | Answer::Many { id, budget } => request_properties(
                 &self.caller.reply_topic,
                 id,
                 self.options.codec,
@@ -87,12 +95,20 @@ impl Client {
             self.metadata.check_limits()?;
             self.metadata.write_to(&mut properties.user_properties);
         }
-        self.check_size(&topic, payload.len(), &properties)?;
+        // Too big for one packet, or over the client's chunk size: a unary
+        // request goes in chunks, any other is refused.
+        let once = matches!(answer, Answer::Once { .. });
+        let chunked =
+            once && super::chunked::needs_chunks(self, &topic, payload.len(), &properties);
+        if !chunked {
+            self.check_size(&topic, payload.len(), &properties)?;
+        }
         Ok(Outgoing {
             topic,
             qos: qos.unwrap_or(self.options.qos),
             properties,
             payload: Bytes::from(payload),
+            chunked,
         })
     }
 
@@ -108,7 +124,7 @@ impl Client {
         let Some(limit) = self.conn.broker_max_packet_size() else {
             return Ok(());
         };
-        let size = crate::transport::publish_size(topic, payload_len, properties);
+        let size = crate::connection::publish_size(topic, payload_len, properties);
         if size > limit as usize {
             return Err(Error::TooLarge {
                 message: format!(
@@ -123,7 +139,7 @@ impl Client {
 impl Outgoing {
     /// Sends a request whose call is pending as `id`: the broker's refusal
     /// (no subscriber, not authorized) or a lost link ends the call through
-    /// the caller ([`Caller::acked`](crate::transport::AckListener::acked)),
+    /// the caller ([`Caller::acked`](crate::connection::AckListener::acked)),
     /// on the session loop's task, so the usual PUBACK wakes no task.
     pub(crate) fn send(self, client: &Client, caller: &Arc<Caller>, id: u64, batch: bool) {
         let ack = AckTo::Listener(caller.clone(), id);
@@ -143,7 +159,7 @@ impl Outgoing {
         let ack = client
             .conn
             .publish(self.topic, self.qos, self.payload, self.properties, false);
-        crate::transport::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
+        crate::connection::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
     }
 }
 

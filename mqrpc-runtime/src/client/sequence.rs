@@ -4,7 +4,7 @@
 //! and total limits, the server's `deadline-exceeded`, and the cancel sent
 //! when the caller stops early (PROTOCOL.md, "Server streaming").
 
-use crate::STREAM_WINDOW as WINDOW;
+use crate::protocol::STREAM_WINDOW as WINDOW;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +14,8 @@ use tokio::time::Sleep;
 
 use super::{BroadcastSlot, Client, Response};
 use crate::error::Failure;
-use crate::{Error, Status};
+use crate::protocol::Status;
+use crate::Error;
 
 /// What came next on a stream of answers.
 pub(crate) enum Next {

@@ -4,10 +4,24 @@
 pub(crate) mod batch;
 pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
+pub(crate) mod chunk;
 pub(crate) mod codec;
 pub mod metadata;
+mod qos;
+pub use chunk::{Chunking, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
 pub mod schema;
 pub(crate) mod topic;
+
+pub use qos::QoS;
+
+/// Items the server of a streaming call may send beyond what the caller
+/// has consumed (the credit window; PROTOCOL.md, "Streaming").
+///
+/// ```
+/// # use mqrpc_runtime as mqrpc;
+/// assert_eq!(mqrpc::STREAM_WINDOW, 32);
+/// ```
+pub const STREAM_WINDOW: u32 = 32;
 
 /// User property carrying the outcome of a call on every response.
 pub const STATUS_PROPERTY: &str = "mqrpc-status";

@@ -144,9 +144,9 @@ impl Call {
             payload,
         } = self;
         let method = context.method_name();
-        context.scoped(async move {
-            respond(service, &method, content_type.as_deref(), &payload).await
-        })
+        context.scoped(
+            async move { respond(service, &method, content_type.as_deref(), &payload).await },
+        )
     }
 }
 

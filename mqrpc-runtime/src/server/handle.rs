@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::connection::{Connection, Sink};
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::server::duplicates::{CallTable, Limits};
 use crate::server::limits::{Held, RequestLimits, ServerUsage};
-use crate::transport::{Connection, Sink};
-use crate::{Error, QoS};
+use crate::server::reassembly::Transfers;
+use crate::Error;
 
 /// A running server. Dropping it leaves the service running for as long as
 /// the connection lives; call [`ServerHandle::shutdown`] to stop gracefully.
@@ -198,15 +200,15 @@ pub async fn serve<S: Service>(
     };
     topic::validate_level(&instance)?;
     let activity = Arc::new(Activity::default());
-    let held = Arc::new(Held::new(
-        CallTable::new(Limits {
-            max_entries: options.dedup_entries,
-            max_bytes: options.dedup_bytes,
-            grace: Duration::from_secs(5),
-            window: options.dedup_window,
-        }),
-        options.max_answer_backlog,
-    ));
+    let calls = CallTable::new(Limits {
+        max_entries: options.dedup_entries,
+        max_bytes: options.dedup_bytes,
+        grace: Duration::from_secs(5),
+        window: options.dedup_window,
+    });
+    let service_base = topic::service_base(&options.prefix, S::NAME);
+    let transfers = Transfers::new(&options, &service_base, &instance);
+    let held = Arc::new(Held::new(calls, options.max_answer_backlog, transfers));
     sweep(Arc::downgrade(&held));
     let dispatcher = Arc::new(Dispatcher {
         service,

@@ -9,11 +9,13 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use crate::observe::TraceContext;
 use crate::protocol::batch::{CallEntry, BATCH_METHOD};
+use crate::protocol::chunk::{ChunkHeader, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
+use crate::protocol::QoS;
 use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
-use crate::{Metadata, QoS};
+use crate::Metadata;
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]
@@ -53,6 +55,11 @@ pub(crate) struct Request {
     pub reply_metadata: Metadata,
     /// The broker delivered it before (MQTT DUP flag).
     pub redelivered: bool,
+    /// A chunk of a chunked request: its `mqrpc-chunk`, read (PROTOCOL.md,
+    /// "Chunked transfer").
+    pub chunk: Option<Result<ChunkHeader, String>>,
+    /// On a credit message: the grant of a chunked answer.
+    pub chunk_grant: Option<u32>,
 }
 
 impl Request {
@@ -105,6 +112,8 @@ impl Request {
             redelivered: false,
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
+            chunk: user(CHUNK_PROPERTY).map(|value| ChunkHeader::parse(&value)),
+            chunk_grant: user(CHUNK_GRANT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             method,
             response_topic: properties.response_topic,
             correlation: properties.correlation_data,
@@ -149,6 +158,8 @@ impl Request {
             metadata: Metadata::new(),
             reply_metadata: Metadata::new(),
             redelivered: false,
+            chunk: None,
+            chunk_grant: None,
         }
     }
 
@@ -197,6 +208,8 @@ impl Request {
             metadata: Metadata::new(),
             reply_metadata: Metadata::new(),
             redelivered: self.redelivered,
+            chunk: None,
+            chunk_grant: None,
         }
     }
 
