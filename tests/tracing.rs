@@ -100,11 +100,7 @@ fn has(kind: SpanKind) -> impl Fn(&[SpanData]) -> bool {
 }
 
 async fn server_span_is_a_child_of_the_client_span(broker: TestBroker) {
-    let server_conn = broker.connect().await;
-    let _server = CalculatorServer::new(Calc::default())
-        .serve(&server_conn)
-        .await
-        .unwrap();
+    let (_server_conn, _) = broker.serve_calc().await;
     let client_conn = broker.connect().await;
     let calc = CalculatorClient::new(&client_conn).await.unwrap();
 
@@ -242,11 +238,7 @@ async fn a_stream_joins_the_callers_trace(broker: TestBroker) {
 /// At debug level a call tells its steps: sent, acknowledged, received,
 /// answering, answered; and a call nobody serves, how it failed.
 async fn a_call_logs_its_steps_at_debug(broker: TestBroker) {
-    let server_conn = broker.connect().await;
-    let _server = CalculatorServer::new(Calc::default())
-        .serve(&server_conn)
-        .await
-        .unwrap();
+    let (_server_conn, _) = broker.serve_calc().await;
     let client_conn = broker.connect().await;
     let calc = CalculatorClient::new(&client_conn).await.unwrap();
     // The events of this test alone: the tests of this binary share them.

@@ -379,7 +379,7 @@ impl Client {
             }),
             other => other,
         };
-        let status = observe::outcome_label(&result);
+        let status = observe::outcome_label(result.as_ref().map(|response| &response.status));
         observe::record_status(&span, status);
         match &result {
             Ok(_) => tracing::debug!(parent: &span, correlation = id, status, "answered"),
