@@ -13,7 +13,7 @@ impl Client {
     /// Sends an already-encoded request (in this client's codec) and
     /// returns its answers raw: the one answer of a plain method, or each
     /// item of a method returning `mqrpc::Stream<T>` until its end marker.
-    /// An answer with an error status ([`Status::Error`], a framework
+    /// An answer with an error status ([`Status::Error`](crate::Status::Error), a framework
     /// status) is the last. No answer within the stream idle timeout (by
     /// default the client's timeout; from the request, then while the
     /// caller waits for each item), or at the stream's limit if one is set,
