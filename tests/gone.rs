@@ -67,6 +67,18 @@ async fn spawn_server_at(
     mqrpc_tests::spawn_serving(command).await
 }
 
+/// Waits until a `calc-server` started with `CALC_ANNOUNCE_STARTS=1`
+/// prints that a `linger` handler has started.
+async fn wait_for_start(server: &mut tokio::process::Child) {
+    let stdout = server.stdout.as_mut().expect("spawn_serving keeps stdout");
+    let mut line = [0u8; 8];
+    tokio::time::timeout(LONG, tokio::io::AsyncReadExt::read_exact(stdout, &mut line))
+        .await
+        .expect("the linger call never reached its handler")
+        .unwrap();
+    assert_eq!(&line, b"\nstarted");
+}
+
 /// SIGKILL, by PID, and wait for the process to end.
 async fn kill(mut server: tokio::process::Child) {
     server.start_kill().unwrap();
@@ -401,15 +413,19 @@ async fn restarted_server_runs_the_requests_it_had_not_acknowledged() {
                 "CALC_ACK_AFTER_ANSWER",
                 if ack_after_answer { "1" } else { "0" },
             ),
+            ("CALC_ANNOUNCE_STARTS", "1"),
         ];
-        let server = spawn_server(&broker, &id, &env).await;
+        let mut server = spawn_server(&broker, &id, &env).await;
         let calc = broker.client(Duration::from_secs(8)).await;
         let one = calc.to_instance(&id).unwrap();
         let call = tokio::spawn({
             let one = one.clone();
             async move { one.linger(1_000).await }
         });
-        one.client().ping().await.unwrap();
+        // Killed while the handler runs: not before its request arrived
+        // (that request would wait in the kept session and run after the
+        // restart whether or not it had been acknowledged).
+        wait_for_start(&mut server).await;
         kill(server).await;
         let again = spawn_server(&broker, &id, &env).await;
         let outcome = call.await.unwrap();

@@ -110,7 +110,9 @@ impl Client {
             .await?
             .clone()
             .downcast::<Caller>()
-            .map_err(|_| Error::Mqtt("the connection's client state has another type".into()))?;
+            .map_err(|_| Error::Invariant {
+                reason: "the connection's client state has another type".into(),
+            })?;
         let topic_base = topic_base(&options.prefix, service);
         Ok(Client {
             conn: conn.clone(),

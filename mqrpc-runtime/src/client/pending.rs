@@ -82,7 +82,7 @@ impl Caller {
             reply_topic: reply_topic.clone(),
             next_id: AtomicU64::new(crate::connection::random_u64() >> 16),
             pending: Mutex::new(FxHashMap::default()),
-            max_pending: conn.options().max_pending_calls_limit(),
+            max_pending: conn.options().get_max_pending_calls(),
             batch_targets: Default::default(),
             gone: tokio::sync::broadcast::channel(64).0,
             nagle: super::nagle::NagleWatch::new(
