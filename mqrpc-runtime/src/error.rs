@@ -234,6 +234,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Call metadata that cannot be sent: a key outside the rules of
+    /// [`Metadata`](crate::Metadata), or more entries or bytes than
+    /// [`MAX_METADATA_ENTRIES`](crate::protocol::metadata::MAX_METADATA_ENTRIES)
+    /// and [`MAX_METADATA_BYTES`](crate::protocol::metadata::MAX_METADATA_BYTES)
+    /// allow. Nothing was sent.
+    #[error("invalid call metadata: {reason}")]
+    InvalidMetadata {
+        /// What is wrong, naming the limit.
+        reason: String,
+    },
     /// A combination of options mqrpc does not support.
     #[error("not supported: {what}")]
     Unsupported {

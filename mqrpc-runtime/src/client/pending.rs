@@ -255,9 +255,8 @@ impl Caller {
         id
     }
 
-    /// The broker refused the call's request (no subscriber, not
-    /// authorized, ...) or the link dropped before it was taken: the call
-    /// names its method in the error.
+    /// The call's request cannot go on (e.g. a chunked transfer the
+    /// server refused): the call ends with `failure`.
     pub(crate) fn fail_call(&self, id: u64, failure: Failure) {
         let entry = self.lock().remove(&id);
         if let Some(entry) = entry {

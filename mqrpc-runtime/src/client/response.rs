@@ -6,7 +6,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::de::DeserializeOwned;
 
 use crate::protocol::{Status, CREDIT_PROPERTY, INSTANCE_PROPERTY, SEQ_PROPERTY, STATUS_PROPERTY};
-use crate::{Codec, Error};
+use crate::{Codec, Error, Metadata};
 
 /// A response as it came off the wire.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct Response {
     /// On a [`Status::Credit`] grant (`mqrpc-credit`): how many more items
     /// a caller streaming to the server may send.
     pub credit: Option<u32>,
+    /// The answer's metadata (`md-` user properties).
+    metadata: Metadata,
 }
 
 impl Response {
@@ -38,13 +40,16 @@ impl Response {
         let mut instance = None;
         let mut seq = None;
         let mut credit = None;
+        let mut metadata = Metadata::new();
         for (key, value) in properties.user_properties {
             match key.as_str() {
                 STATUS_PROPERTY => status = Some(value),
                 INSTANCE_PROPERTY => instance = Some(value),
                 SEQ_PROPERTY => seq = value.parse().ok(),
                 CREDIT_PROPERTY => credit = value.trim().parse().ok(),
-                _ => {}
+                _ => {
+                    metadata.take_property(&key, &value);
+                }
             }
         }
         let mut response = Response::from_parts(
@@ -55,6 +60,7 @@ impl Response {
         response.instance = instance;
         response.seq = seq;
         response.credit = credit;
+        response.metadata = metadata;
         Ok(response)
     }
 
@@ -83,7 +89,14 @@ impl Response {
             instance: None,
             seq: None,
             credit: None,
+            metadata: Metadata::new(),
         })
+    }
+
+    /// The answer's metadata, set by the handler (PROTOCOL.md, "Call
+    /// metadata"); empty if it set none.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     /// The value of a method returning `T`, or the framework error the

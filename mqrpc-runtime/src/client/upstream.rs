@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 
 use super::many::Gather;
 use super::{topic_base, BroadcastSlot, Client, Control, Items, Response};
-use crate::client::items::Idle;
 use crate::error::Failure;
 use crate::protocol::{
     Status, CANCEL_RESPONSE_TOPIC_PROPERTY, INSTANCE_LEVEL, ITEM_METHOD, SEQ_PROPERTY,
@@ -187,8 +186,17 @@ impl Client {
     ) -> Result<(Frames, BroadcastSlot), Error> {
         let topic = [&*self.topic_base, method].concat();
         let payload = self.options.codec.encode(args)?;
-        self.send_many_encoded(topic, qos, schema, payload, CAPACITY, Gather::Stream)
-            .await
+        let _ = topic;
+        let target = super::request::Target::Method;
+        self.send_many(
+            target,
+            method,
+            qos,
+            schema,
+            payload,
+            CAPACITY,
+            Gather::Stream,
+        )
     }
 
     /// Calls a method taking `mqrpc::Stream<T>` and answering once
@@ -292,27 +300,12 @@ impl Client {
         I::Item: Serialize + Send,
     {
         let (frames, slot) = self.open_upstream(method, qos, schema, args).await?;
+        let id = slot.id;
         let (answers_tx, answers) = mpsc::channel(WINDOW as usize + 2);
         let pump = Pump::new(Box::pin(items), qos.unwrap_or(self.options.qos));
-        tokio::spawn(route(self.clone(), slot.id, frames, answers_tx, pump));
-        let total = self
-            .options
-            .get_stream_timeout()
-            .map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
-        Ok(Items {
-            rx: answers,
-            idle: Idle::start(self.options.get_stream_idle_timeout()),
-            total,
-            decode,
-            method: method.to_string(),
-            client: self.clone(),
-            id: slot.id,
-            next_seq: 0,
-            unacknowledged: 0,
-            instance: None,
-            done: false,
-            _slot: slot,
-        })
+        tokio::spawn(route(self.clone(), id, frames, answers_tx, pump));
+        let sequence = super::sequence::Sequence::start(self, method, answers, slot);
+        Ok(Items::of_sequence(sequence, decode))
     }
 }
 

@@ -4,6 +4,7 @@
 //! names a Response Topic.
 
 mod backlog;
+mod call;
 pub mod context;
 mod dispatch;
 mod duplicates;
@@ -16,6 +17,7 @@ mod stats;
 mod streaming;
 pub(crate) mod upstream;
 
+pub use call::Call;
 pub use handle::{serve, ServerHandle};
 pub use limits::ServerUsage;
 pub use options::ServerOptions;

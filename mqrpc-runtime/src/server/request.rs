@@ -15,6 +15,7 @@ use crate::protocol::{
     ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
+use crate::Metadata;
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]
@@ -48,6 +49,12 @@ pub(crate) struct Request {
     /// kept).
     pub user_properties: usize,
     pub user_property_bytes: usize,
+    /// The caller's metadata (`md-` user properties).
+    pub metadata: Metadata,
+    /// The metadata of the answer, set by the handler.
+    pub reply_metadata: Metadata,
+    /// The broker delivered it before (MQTT DUP flag).
+    pub redelivered: bool,
     /// A chunk of a chunked request: its `mqrpc-chunk`, read (PROTOCOL.md,
     /// "Chunked transfer").
     pub chunk: Option<Result<ChunkHeader, String>>,
@@ -77,6 +84,7 @@ impl Request {
             Request::from_parts(method, properties, publish.qos.into(), publish.payload, now);
         request.broadcast = broadcast;
         request.discovery = discovery;
+        request.redelivered = publish.dup;
         request
     }
 
@@ -99,6 +107,9 @@ impl Request {
         let deadline = deadline(budget, properties.message_expiry_interval, now);
         Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
+            metadata: Metadata::read_from(&properties.user_properties),
+            reply_metadata: Metadata::new(),
+            redelivered: false,
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             chunk: user(CHUNK_PROPERTY).map(|value| ChunkHeader::parse(&value)),
@@ -144,6 +155,9 @@ impl Request {
             batched: false,
             user_properties,
             user_property_bytes,
+            metadata: Metadata::new(),
+            reply_metadata: Metadata::new(),
+            redelivered: false,
             chunk: None,
             chunk_grant: None,
         }
@@ -190,6 +204,10 @@ impl Request {
             batched: true,
             user_properties,
             user_property_bytes,
+            // Calls with metadata travel alone (PROTOCOL.md, "Batches").
+            metadata: Metadata::new(),
+            reply_metadata: Metadata::new(),
+            redelivered: self.redelivered,
             chunk: None,
             chunk_grant: None,
         }
@@ -233,6 +251,7 @@ impl Request {
             + self.correlation.as_ref().map_or(0, Bytes::len)
             + self.payload.len()
             + trace
+            + self.metadata.wire_bytes()
     }
 }
 
