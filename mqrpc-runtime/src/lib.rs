@@ -24,7 +24,8 @@ mod server;
 mod transport;
 
 pub use client::{
-    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, DEFAULT_TIMEOUT,
+    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, RetryPolicy,
+    DEFAULT_TIMEOUT,
 };
 pub use error::Error;
 /// Reads the [`Items`] of a streaming call and the [`Answers`] of a
@@ -36,6 +37,7 @@ pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats}
 pub use protocol::codec::Codec;
 pub use protocol::Status;
 pub use server::context;
+pub use server::layers;
 pub use server::{
     respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream, STREAM_WINDOW,
 };

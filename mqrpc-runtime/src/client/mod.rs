@@ -11,6 +11,7 @@ mod options;
 mod pending;
 mod raw;
 mod response;
+mod retry;
 
 pub(crate) use batching::BatchTargets;
 pub use discovery::discover;
@@ -23,6 +24,7 @@ use pending::answer;
 pub(crate) use pending::{Caller, PendingSlot, Waiter};
 pub use raw::RawAnswers;
 pub use response::Response;
+pub use retry::RetryPolicy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -321,6 +323,10 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
+        if let Some(policy) = self.options.retry {
+            // Boxed: this future stays the size of a call without retries.
+            return Box::pin(self.send_retrying(method, qos, schema, payload, policy)).await;
+        }
         #[cfg(feature = "metrics")]
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay

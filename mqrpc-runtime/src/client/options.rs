@@ -34,6 +34,7 @@ pub struct ClientOptions {
     pub(super) batches: bool,
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
+    pub(super) retry: Option<super::RetryPolicy>,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +50,7 @@ impl Default for ClientOptions {
             batches: true,
             stream_idle_timeout: None,
             stream_timeout: None,
+            retry: None,
         }
     }
 }
@@ -129,6 +131,34 @@ impl ClientOptions {
     pub fn stream_timeout(mut self, total: Duration) -> Self {
         self.stream_timeout = Some(total);
         self
+    }
+
+    /// Retries of unary calls ([`RetryPolicy`](crate::RetryPolicy);
+    /// default none: each call is sent once). Every attempt keeps the
+    /// call's Correlation Data, so a server that already ran the call
+    /// answers from its duplicate table; all attempts stay within the
+    /// call's [`timeout`](Self::timeout). A server that does not remember
+    /// the call runs a retry only of a method marked
+    /// `#[mqrpc(idempotent)]`, or when it can vouch that the first attempt
+    /// did not run there, and answers
+    /// [`Error::RetryRefused`](crate::Error::RetryRefused) otherwise
+    /// (PROTOCOL.md, "Retries").
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{ClientOptions, RetryPolicy};
+    /// assert!(ClientOptions::default().get_retry().is_none());
+    /// let options = ClientOptions::default().retry(RetryPolicy::default());
+    /// assert_eq!(options.get_retry(), Some(&RetryPolicy::new(3)));
+    /// ```
+    pub fn retry(mut self, policy: super::RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The retry policy, if any ([`retry`](Self::retry)).
+    pub fn get_retry(&self) -> Option<&super::RetryPolicy> {
+        self.retry.as_ref()
     }
 
     /// The configured timeout.

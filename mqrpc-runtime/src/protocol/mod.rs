@@ -17,6 +17,18 @@ pub const STATUS_PROPERTY: &str = "mqrpc-status";
 /// Interval the broker forwarded.
 pub const TIMEOUT_PROPERTY: &str = "mqrpc-timeout-ms";
 
+/// User property on a retried request: which attempt this is (decimal
+/// ASCII, 2 or more; absent on the first). A retry keeps the first
+/// attempt's Correlation Data, so the server's duplicate table answers a
+/// call that already ran (PROTOCOL.md, "Retries").
+pub const ATTEMPT_PROPERTY: &str = "mqrpc-attempt";
+
+/// User property on a retried request: milliseconds since the call's first
+/// attempt was sent (decimal ASCII). The server refuses the retry of a
+/// method not marked idempotent (status `retry-refused`) when it may have
+/// forgotten a call that arrived that long ago.
+pub const AGE_PROPERTY: &str = "mqrpc-age-ms";
+
 /// Method level of cancel messages: `<prefix>/<service>/_cancel`. Method
 /// names starting with `_` are reserved, so it cannot collide with one.
 pub const CANCEL_METHOD: &str = "_cancel";
@@ -133,6 +145,22 @@ pub enum Status {
     SchemaMismatch,
     /// The end of a stream: no more items follow. Empty payload.
     End,
+    /// A server layer refused the call: it carries no credentials, or
+    /// none the server accepts (e.g. an auth layer found no token). The
+    /// method did not run. UTF-8 message.
+    Unauthenticated,
+    /// A server layer refused the call: the caller is known but may not
+    /// call this method. The method did not run. UTF-8 message.
+    PermissionDenied,
+    /// A server layer refused the call for a quota (a rate limit, a load
+    /// shedder): try again later. The method did not run. UTF-8 message.
+    ResourceExhausted,
+    /// The request is a retry (`mqrpc-attempt` 2 or more) of a call this
+    /// server does not remember, of a method not marked idempotent: the
+    /// first attempt may have run (here before the server forgot it, or on
+    /// another instance), so the server did not run it again
+    /// (PROTOCOL.md, "Retries"). UTF-8 message.
+    RetryRefused,
 }
 
 impl Status {
@@ -150,6 +178,10 @@ impl Status {
             Status::TooLarge => "too-large",
             Status::SchemaMismatch => "schema-mismatch",
             Status::End => "end",
+            Status::Unauthenticated => "unauthenticated",
+            Status::PermissionDenied => "permission-denied",
+            Status::ResourceExhausted => "resource-exhausted",
+            Status::RetryRefused => "retry-refused",
         }
     }
 
@@ -167,6 +199,10 @@ impl Status {
             "too-large" => Status::TooLarge,
             "schema-mismatch" => Status::SchemaMismatch,
             "end" => Status::End,
+            "unauthenticated" => Status::Unauthenticated,
+            "permission-denied" => Status::PermissionDenied,
+            "resource-exhausted" => Status::ResourceExhausted,
+            "retry-refused" => Status::RetryRefused,
             _ => return None,
         })
     }

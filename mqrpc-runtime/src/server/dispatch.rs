@@ -32,7 +32,10 @@ const TASK_HEADER: usize = 256;
 
 /// Admission and dispatch of one service's requests.
 pub(super) struct Dispatcher<S> {
-    pub(super) service: S,
+    pub(super) service: Arc<S>,
+    /// The layers around the service's methods, if any
+    /// ([`ServerOptions::layer`](super::ServerOptions::layer)).
+    pub(super) layered: Option<super::layers::Layered>,
     pub(super) instance: Arc<str>,
     /// The duplicate table, running streams, the queue's counts.
     pub(super) held: Arc<Held>,
@@ -47,6 +50,8 @@ pub(super) struct Dispatcher<S> {
     /// Keep each request's ack token until its answer is queued
     /// ([`ServerOptions::ack_after_answer`](super::ServerOptions::ack_after_answer)).
     pub(super) ack_after_answer: bool,
+    /// Subscribed in a share group: another instance may take a request.
+    pub(super) shared: bool,
 }
 
 /// A request's acknowledgement, held until its answer is queued; shared by
@@ -204,6 +209,15 @@ impl<S: Service> Dispatcher<S> {
             drop(calls);
             warn!(service = S::NAME, method = %request.method, "overloaded (duplicate table full of running calls): request refused");
             return refuse(request, Status::Overloaded, message);
+        }
+        if request.attempt > 1 {
+            let idempotent = S::IDEMPOTENT.contains(&request.method.as_str());
+            let since = self.calls().remembers_since();
+            let refused = super::retries::refusal(&request, idempotent, self.shared, since, now);
+            if let Some(message) = refused {
+                warn!(service = S::NAME, method = %request.method, "retry of a call not remembered: refused");
+                return refuse(request, Status::RetryRefused, message);
+            }
         }
         if request.payload.len() > self.max_request_size {
             let message = format!(
@@ -391,12 +405,7 @@ impl<S: Service> Dispatcher<S> {
         debug!(parent: &span, qos = ?request.qos, "request received");
         let work = observe::InSpan::new(
             &span,
-            CallContext::new(request.deadline).scope(respond(
-                &self.service,
-                &request.method,
-                request.content_type.as_deref(),
-                &request.payload,
-            )),
+            CallContext::new(request.deadline).scope(self.handle(&request)),
         );
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {
@@ -459,6 +468,25 @@ impl<S: Service> Dispatcher<S> {
             }
         }
         send_reply(conn, request, reply.status, content_type, payload).await;
+    }
+}
+
+impl<S: Service> Dispatcher<S> {
+    /// The method's reply: through the layers, if the server has any.
+    async fn handle(&self, request: &Request) -> Reply {
+        match &self.layered {
+            None => {
+                let content_type = request.content_type.as_deref();
+                respond(
+                    &*self.service,
+                    &request.method,
+                    content_type,
+                    &request.payload,
+                )
+                .await
+            }
+            Some(layered) => layered.call(S::NAME, request).await,
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub struct ServerOptions {
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
     pub(super) ack_after_answer: bool,
+    pub(super) layers: super::layers::Layers,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +67,7 @@ impl Default for ServerOptions {
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
             ack_after_answer: false,
+            layers: Default::default(),
         }
     }
 }
@@ -247,6 +249,41 @@ impl ServerOptions {
     /// ```
     pub fn ack_after_answer(mut self, on: bool) -> Self {
         self.ack_after_answer = on;
+        self
+    }
+
+    /// Adds a [`tower::Layer`] around the service's methods (PROTOCOL.md,
+    /// "Server layers"; [`layers`](crate::layers)). Layers added first are
+    /// outermost, as in tower's `ServiceBuilder`. A layer wraps a
+    /// [`CallService`](crate::layers::CallService) (a [`Call`](crate::layers::Call)
+    /// in, a [`Reply`](crate::Reply) out); it refuses a call by failing
+    /// with a [`Rejection`](crate::layers::Rejection), whose status the
+    /// caller sees. Tower's own layers apply as they are: a concurrency
+    /// limit, a rate limit, load shedding (answered `resource-exhausted`),
+    /// a timeout (`deadline-exceeded`). Built-ins (`_ping`, `_info`,
+    /// `_stats`) pass the layers by. Without layers (the default) a call
+    /// costs nothing more.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::layers::{intercept, Rejection};
+    /// use mqrpc::ServerOptions;
+    /// let options = ServerOptions::default()
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(8))
+    ///     .layer(intercept(|call| match call.method() {
+    ///         "shutdown" => Err(Rejection::permission_denied("not over MQTT")),
+    ///         _ => Ok(()),
+    ///     }));
+    /// # let _ = options;
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<super::layers::CallService> + Send + Sync + 'static,
+        L::Service: tower::Service<super::layers::Call, Response = super::Reply> + Send + 'static,
+        <L::Service as tower::Service<super::layers::Call>>::Error: Into<super::layers::BoxError>,
+        <L::Service as tower::Service<super::layers::Call>>::Future: Send + 'static,
+    {
+        self.layers.push(layer);
         self
     }
 
