@@ -7,13 +7,12 @@
 //! Batch frames here are written and read by `mqrpc_tests::batch`, an
 //! implementation of PROTOCOL.md independent of the runtime's.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mqrpc::{Codec, ServerOptions};
-use mqrpc_tests::batch::{answers_of, batch_properties, call_frame, Answer, Call};
+use mqrpc_tests::batch::{batch_properties, call_frame, collect, Call};
 use mqrpc_tests::raw::{correlation_of, request_properties, RawPeer};
 use mqrpc_tests::{eventually, CalculatorClient, MathError, TestBroker};
 
@@ -28,29 +27,6 @@ async fn brokers() -> Vec<TestBroker> {
 
 fn postcard<T: serde::Serialize>(value: &T) -> Vec<u8> {
     Codec::Postcard.encode(value).unwrap()
-}
-
-/// Collects answers on the peer's response topic until every correlation in
-/// `expected` has `expected` answers (10 s hang guard).
-async fn collect(peer: &mut RawPeer, expected: &[(&[u8], usize)]) -> HashMap<Vec<u8>, Vec<Answer>> {
-    let mut got: HashMap<Vec<u8>, Vec<Answer>> = HashMap::new();
-    let done = |got: &HashMap<Vec<u8>, Vec<Answer>>| {
-        expected
-            .iter()
-            .all(|(c, n)| got.get(*c).map_or(0, Vec::len) >= *n)
-    };
-    while !done(&got) {
-        let publish = peer
-            .next_publish(Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|| panic!("hang guard: answers so far {got:?}"));
-        for answer in answers_of(&publish) {
-            got.entry(answer.correlation.clone())
-                .or_default()
-                .push(answer);
-        }
-    }
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,13 @@
 //! Batch frames written and read the way PROTOCOL.md ("Batches") describes
 //! them, independently of the runtime's code: what a foreign peer would do.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+
+use crate::raw::RawPeer;
 
 /// Content Type of batch requests and answers.
 pub const BATCH_CONTENT_TYPE: &str = "application/x-mqrpc-batch";
@@ -149,4 +154,30 @@ pub fn answers_of(publish: &Publish) -> Vec<Answer> {
 /// `Bytes` of a frame.
 pub fn bytes(frame: Vec<u8>) -> Bytes {
     Bytes::from(frame)
+}
+
+/// Collects answers (single or batched) on the peer's response topic until
+/// every correlation in `expected` has `expected` answers (10 s hang guard).
+pub async fn collect(
+    peer: &mut RawPeer,
+    expected: &[(&[u8], usize)],
+) -> HashMap<Vec<u8>, Vec<Answer>> {
+    let mut got: HashMap<Vec<u8>, Vec<Answer>> = HashMap::new();
+    let done = |got: &HashMap<Vec<u8>, Vec<Answer>>| {
+        expected
+            .iter()
+            .all(|(c, n)| got.get(*c).map_or(0, Vec::len) >= *n)
+    };
+    while !done(&got) {
+        let publish = peer
+            .next_publish(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("hang guard: answers so far {got:?}"));
+        for answer in answers_of(&publish) {
+            got.entry(answer.correlation.clone())
+                .or_default()
+                .push(answer);
+        }
+    }
+    got
 }

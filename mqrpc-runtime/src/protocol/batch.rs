@@ -322,6 +322,61 @@ mod tests {
         );
     }
 
+    /// The budgets PROTOCOL.md shows ("Batches"): each line's bytes are
+    /// the varint of the budget its comment names, both ways; one more byte
+    /// or bit than the document allows is an error.
+    #[test]
+    fn budget_varints_match_the_protocol_document() {
+        let document = include_str!("../../../PROTOCOL.md");
+        let block = document
+            .split("<!-- budget varints -->")
+            .nth(1)
+            .expect("PROTOCOL.md marks the budget varints");
+        let mut seen = 0;
+        for line in block
+            .lines()
+            .filter(|l| !l.starts_with("```") && !l.is_empty())
+        {
+            let (hex, comment) = line.split_once("   ").expect("bytes, then a comment");
+            let bytes: Vec<u8> = hex
+                .split_whitespace()
+                .map(|b| u8::from_str_radix(b, 16).unwrap())
+                .collect();
+            let budget = match comment.trim().split(" ms").next() {
+                Some(none) if none.starts_with("none") => None,
+                Some(ms) => Some(ms.replace(' ', "").parse::<u64>().unwrap()),
+                None => unreachable!(),
+            };
+            let frame = Bytes::from(bytes.clone());
+            let mut reader = Reader {
+                frame: &frame,
+                at: 0,
+            };
+            assert_eq!(reader.varint().unwrap().checked_sub(1), budget, "{line}");
+            assert!(reader.end().is_ok(), "{line}");
+            let mut encoded = BytesMut::new();
+            put_varint(&mut encoded, budget.map_or(0, |ms| ms + 1));
+            assert_eq!(&encoded[..], &bytes[..], "{line}");
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+        let read = |bytes: &[u8]| {
+            let frame = Bytes::copy_from_slice(bytes);
+            Reader {
+                frame: &frame,
+                at: 0,
+            }
+            .varint()
+        };
+        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(read(&over).is_err(), "a tenth byte over 01");
+        let long = [
+            0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+        ];
+        assert!(read(&long).is_err(), "eleven bytes");
+        assert_eq!(read(&[0x80, 0x00]), Ok(0), "more bytes than needed");
+    }
+
     #[test]
     fn broken_frames_are_errors() {
         for frame in [
