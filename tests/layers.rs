@@ -2,7 +2,8 @@
 //! concurrency limit, load shedding and rate limit applied to a service
 //! unchanged, observed through the `_stats` built-in (which passes the
 //! layers by); an auth layer that refuses calls without a token, the
-//! caller getting the typed status and the handler never running.
+//! caller getting the typed status and the handler never running; client
+//! layers around outgoing calls.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -157,7 +158,43 @@ async fn a_rate_limit_refuses_calls_over_its_rate(broker: TestBroker) {
     assert_eq!((counted.calls, counted.failures), (3, 1), "{counted:?}");
 }
 
+/// Client layers: one that sees each call (and could change it), and a
+/// concurrency limit with load shedding on the client, which refuses a
+/// second call locally while one runs: it is never sent.
+async fn client_layers_see_and_limit_calls(broker: TestBroker) {
+    let gate = Turnstile::new();
+    let _server = serve(&broker, &gate, ServerOptions::default()).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let options = mqrpc::ClientOptions::default()
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut call: mqrpc::layers::ClientCall| {
+                log.lock().unwrap().push(call.method().to_string());
+                call.set_timeout(Duration::from_secs(20));
+                call
+            },
+        ))
+        .layer(LoadShedLayer::new())
+        .layer(ConcurrencyLimitLayer::new(1));
+    let client = GateClient::with_options(&broker.connect().await, options)
+        .await
+        .unwrap();
+    assert_eq!(client.pass(1).await.unwrap(), 1);
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.hold(2).await })
+    };
+    assert!(eventually(|| gate.running.load(Ordering::SeqCst) == 1).await);
+    let shed = client.pass(3).await.unwrap_err();
+    assert!(matches!(shed, Error::ResourceExhausted { .. }), "{shed}");
+    assert_eq!(gate.runs.load(Ordering::SeqCst), 2, "the shed call was not sent");
+    gate.passes.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap(), 2);
+    assert_eq!(*seen.lock().unwrap(), ["pass", "hold", "pass"]);
+}
+
 on_both_brokers!(
+    client_layers_see_and_limit_calls,
     a_concurrency_limit_runs_calls_one_at_a_time,
     load_shedding_refuses_what_the_limit_cannot_take,
     a_rate_limit_refuses_calls_over_its_rate,

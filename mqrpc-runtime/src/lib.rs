@@ -37,7 +37,15 @@ pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats}
 pub use protocol::codec::Codec;
 pub use protocol::Status;
 pub use server::context;
-pub use server::layers;
+/// Middleware: [`tower::Layer`]s around a server's methods
+/// ([`ServerOptions::layer`]: a [`Call`](layers::Call) in, a [`Reply`] out,
+/// refused with a [`Rejection`](layers::Rejection)) and around a client's
+/// calls ([`ClientOptions::layer`]: a [`ClientCall`](layers::ClientCall)
+/// in, a [`Response`] out). PROTOCOL.md, "Server layers".
+pub mod layers {
+    pub use crate::client::layers::{ClientCall, ClientCallService};
+    pub use crate::server::layers::*;
+}
 pub use server::{
     respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream, STREAM_WINDOW,
 };

@@ -5,6 +5,7 @@
 mod batching;
 mod discovery;
 mod items;
+pub(crate) mod layers;
 mod many;
 mod nagle;
 mod options;
@@ -323,6 +324,10 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
+        if !self.options.layers.is_empty() {
+            // Boxed, like retries: no cost in calls without layers.
+            return Box::pin(self.send_layered(method, qos, schema, payload)).await;
+        }
         if let Some(policy) = self.options.retry {
             // Boxed: this future stays the size of a call without retries.
             return Box::pin(self.send_retrying(method, qos, schema, payload, policy)).await;

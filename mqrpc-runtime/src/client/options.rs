@@ -35,6 +35,7 @@ pub struct ClientOptions {
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
     pub(super) retry: Option<super::RetryPolicy>,
+    pub(super) layers: super::layers::ClientLayers,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +52,7 @@ impl Default for ClientOptions {
             stream_idle_timeout: None,
             stream_timeout: None,
             retry: None,
+            layers: Default::default(),
         }
     }
 }
@@ -153,6 +155,37 @@ impl ClientOptions {
     /// ```
     pub fn retry(mut self, policy: super::RetryPolicy) -> Self {
         self.retry = Some(policy);
+        self
+    }
+
+    /// Adds a [`tower::Layer`] around this client's unary calls
+    /// ([`layers`](crate::layers)): each call is a
+    /// [`ClientCall`](crate::layers::ClientCall) in, a
+    /// [`Response`](crate::Response) out. Layers added first are outermost;
+    /// retries run under them (a layer sees one call, whatever its
+    /// attempts). A layer that fails a call with an
+    /// [`Error`](crate::Error) gives the caller that error; tower's load
+    /// shedding gives [`Error::ResourceExhausted`](crate::Error::ResourceExhausted),
+    /// its timeout [`Error::Timeout`](crate::Error::Timeout). Streams,
+    /// broadcasts and one-way calls do not pass through them.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ClientOptions;
+    /// // At most 16 calls of this client (and its clones) at once.
+    /// let options = ClientOptions::default().layer(tower::limit::ConcurrencyLimitLayer::new(16));
+    /// # let _ = options;
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<super::layers::ClientCallService> + Send + Sync + 'static,
+        L::Service:
+            tower::Service<super::layers::ClientCall, Response = super::Response> + Send + 'static,
+        <L::Service as tower::Service<super::layers::ClientCall>>::Error:
+            Into<super::layers::BoxError>,
+        <L::Service as tower::Service<super::layers::ClientCall>>::Future: Send + 'static,
+    {
+        self.layers.push(layer);
         self
     }
 

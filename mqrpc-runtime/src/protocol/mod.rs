@@ -219,3 +219,39 @@ impl std::fmt::Display for Status {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    /// Every status reads back from its wire value and has its row in
+    /// PROTOCOL.md's status table, so a foreign peer can read it.
+    #[test]
+    fn every_status_is_in_the_protocol_document() {
+        let document = include_str!("../../../PROTOCOL.md");
+        let all = [
+            Status::Ok,
+            Status::Error,
+            Status::UnknownMethod,
+            Status::BadRequest,
+            Status::UnsupportedContentType,
+            Status::Internal,
+            Status::DeadlineExceeded,
+            Status::Overloaded,
+            Status::TooLarge,
+            Status::SchemaMismatch,
+            Status::End,
+            Status::Unauthenticated,
+            Status::PermissionDenied,
+            Status::ResourceExhausted,
+            Status::RetryRefused,
+        ];
+        for status in all {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+            if status != Status::End {
+                let row = format!("\n| `{status}` |");
+                assert!(document.contains(&row), "PROTOCOL.md has no row {row:?}");
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@ pub mod context;
 mod dispatch;
 mod duplicates;
 mod handle;
-pub mod layers;
+pub(crate) mod layers;
 mod limits;
 mod options;
 mod request;
