@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mqrpc::{ClientOptions, ConnectOptions, Connection, QoS, ServerOptions};
-use mqrpc_tests::chaos::{pending_table_is_empty, within, ChaosClient, ChaosServer, Load, Worker};
+use mqrpc_tests::chaos::{within, ChaosClient, ChaosServer, Load, Worker};
 use mqrpc_tests::netns::{KernelFault, Lab, Site};
 use mqrpc_tests::proxy::{Faults, Proxy};
 use mqrpc_tests::Mosquitto;
@@ -75,50 +75,14 @@ async fn client(conn: &Connection, options: ClientOptions) -> ChaosClient {
     ChaosClient::with_options(conn, options).await.unwrap()
 }
 
-/// Asserts the promises every scenario keeps, after printing the tally.
+/// The promises every scenario keeps (`harness/chaos.rs`).
 async fn check(name: &str, load: &mqrpc_tests::chaos::Tally, worker: &Worker, qos_covered: bool) {
-    let (dup_ids, dup_runs) = worker.runs.duplicates();
-    println!(
-        "chaos {name}: {}; handler runs {} (ids run more than once: {dup_ids}, extra runs {dup_runs})",
-        load.line(),
-        worker.runs.total(),
-    );
-    assert_eq!(
-        load.mismatched.load(Ordering::Relaxed),
-        0,
-        "{name}: mismatched answers"
-    );
-    assert_eq!(
-        load.hung.load(Ordering::Relaxed),
-        0,
-        "{name}: calls outlived their deadline"
-    );
-    assert!(
-        load.answered.load(Ordering::Relaxed) > 0,
-        "{name}: nothing answered"
-    );
-    if qos_covered {
-        assert_eq!(dup_ids, 0, "{name}: a request ran more than once");
-    }
+    mqrpc_tests::chaos::check(name, load, worker, qos_covered);
 }
 
-/// Fills the pending table of `client`'s connection (healed link): a
-/// leaked entry would make a call fail with `TooManyPending`.
+/// No call left in `client`'s pending table (`harness/chaos.rs`).
 async fn check_pending(name: &str, client: &ChaosClient) {
-    let client = client.with_timeout(Duration::from_secs(30));
-    let conn = client.client().connection().clone();
-    assert!(
-        within(Duration::from_secs(60), || conn.is_connected()).await,
-        "{name}: the client did not reconnect"
-    );
-    let errors = pending_table_is_empty(&client, PENDING_LIMIT).await;
-    assert!(
-        errors
-            .iter()
-            .all(|e| !matches!(e, mqrpc::Error::TooManyPending { .. })),
-        "{name}: calls left in the pending table: {errors:?}"
-    );
-    assert!(errors.is_empty(), "{name}: on a healed link: {errors:?}");
+    mqrpc_tests::chaos::check_pending(name, client, PENDING_LIMIT).await;
 }
 
 /// (a) 5 % packet loss (kernel) and 50 ± 20 ms delay (proxy) on one link.

@@ -1,7 +1,10 @@
 //! Property test of the dispatcher's input: whatever method name, Content
 //! Type and payload bytes arrive, the server answers with a valid status
 //! and never panics; an `ok` or `error` answer decodes as the method's
-//! declared type, in the request's codec, and `add` adds.
+//! declared type, in the request's codec, and `add` adds. Besides
+//! arbitrary input, requests of the corpus of real traffic
+//! (`tests/corpus/`, `harness/corpus.rs`) with bytes changed, cut or
+//! appended.
 
 use futures_util::FutureExt;
 use mqrpc::{respond, Codec, Service, Status};
@@ -93,6 +96,52 @@ fn content_type() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
+/// The method, Content Type and payload of each single request of the
+/// corpus (batches, cancels and credits are not the dispatcher's input).
+fn recorded_requests() -> Vec<(String, Option<String>, Vec<u8>)> {
+    mqrpc_tests::corpus::load()
+        .into_iter()
+        .filter(|r| r.kind.starts_with("request-") && r.kind != "request-cancel")
+        .map(|r| {
+            let topic = String::from_utf8_lossy(&r.publish.topic).to_string();
+            let method = topic.rsplit('/').next().unwrap_or_default().to_string();
+            let content_type = r.publish.properties.and_then(|p| p.content_type);
+            (method, content_type, r.publish.payload.to_vec())
+        })
+        .collect()
+}
+
+/// A recorded request, its payload changed: bytes flipped, cut short, or
+/// more appended.
+fn recorded_request() -> impl Strategy<Value = (String, Option<String>, Vec<u8>)> {
+    let seeds = recorded_requests();
+    assert!(!seeds.is_empty(), "the corpus has requests");
+    let damage = prop_oneof![
+        Just((Vec::new(), None, Vec::new())),
+        prop::collection::vec((any::<usize>(), 1..=255u8), 1..4).prop_map(|f| (
+            f,
+            None,
+            Vec::new()
+        )),
+        any::<usize>().prop_map(|n| (Vec::new(), Some(n), Vec::new())),
+        prop::collection::vec(any::<u8>(), 1..32).prop_map(|more| (Vec::new(), None, more)),
+    ];
+    (0..seeds.len(), damage).prop_map(move |(i, (flips, cut, more))| {
+        let (method, content_type, mut payload) = seeds[i].clone();
+        for (at, mask) in flips {
+            if !payload.is_empty() {
+                let len = payload.len();
+                payload[at % len] ^= mask;
+            }
+        }
+        if let Some(n) = cut {
+            payload.truncate(n % (payload.len() + 1));
+        }
+        payload.extend_from_slice(&more);
+        (method, content_type, payload)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
@@ -102,27 +151,58 @@ proptest! {
         content_type in content_type(),
         payload in payload(),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        check_reply(&method, content_type, &payload)?;
+    }
+
+    #[test]
+    fn any_damage_to_a_recorded_request_gets_a_valid_answer(
+        (method, content_type, payload) in recorded_request(),
+    ) {
+        check_reply(&method, content_type, &payload)?;
+    }
+}
+
+/// The server's answer to one request is valid for its status.
+fn check_reply(
+    method: &str,
+    content_type: Option<String>,
+    payload: &[u8],
+) -> Result<(), TestCaseError> {
+    let method = method.to_string();
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         let _guard = runtime.enter();
         let server = CalculatorServer::new(Calc::default());
         // Methods that wait (sleep, hang) stay pending: dropped, never a panic.
-        let Some(reply) = respond(&server, &method, content_type.as_deref(), &payload).now_or_never() else {
+        let Some(reply) =
+            respond(&server, &method, content_type.as_deref(), payload).now_or_never()
+        else {
             return Ok(());
         };
         match reply.status() {
             Status::Ok if reply.is_stream() => {}
             status @ (Status::Ok | Status::Error) => {
                 let codec = Codec::from_content_type(content_type.as_deref()).unwrap();
-                check_answer(&method, codec, status, &payload, reply.payload())?;
+                check_answer(&method, codec, status, payload, reply.payload())?;
             }
             Status::UnknownMethod => {
                 let methods = <CalculatorServer<Calc> as Service>::METHODS;
-                prop_assert!(!methods.contains(&method.as_str()), "`{method}` is a method");
+                prop_assert!(
+                    !methods.contains(&method.as_str()),
+                    "`{method}` is a method"
+                );
             }
-            Status::BadRequest | Status::UnsupportedContentType | Status::Internal | Status::SchemaMismatch => {
+            Status::BadRequest
+            | Status::UnsupportedContentType
+            | Status::Internal
+            | Status::SchemaMismatch => {
                 prop_assert!(std::str::from_utf8(reply.payload()).is_ok());
             }
             other => prop_assert!(false, "unexpected status {other}"),
         }
     }
+    Ok(())
 }

@@ -3,7 +3,10 @@
 //! answers the handshake or a call with bytes chosen by proptest: random
 //! bytes, or real packets of this exchange (CONNACK, SUBACK, the answer
 //! PUBLISH with its Correlation Data and user properties) with bytes
-//! changed, cut or appended. Whatever arrives, the client ends with a value
+//! changed, cut or appended, and answers of the corpus of real traffic
+//! (`tests/corpus/`: single, batch, stream and error answers a real
+//! server sent) addressed to this call and damaged the same ways.
+//! Whatever arrives, the client ends with a value
 //! or an error by its deadline (plus a hang guard), and nothing panics,
 //! in any task (a panic hook counts them).
 //!
@@ -168,6 +171,33 @@ fn real_answer(request: &Publish, status: Option<String>, payload: Vec<u8>) -> P
     Packet::Publish(answer)
 }
 
+/// The answers of the corpus (`harness/corpus.rs`).
+fn recorded_answers() -> Vec<Publish> {
+    let answers: Vec<Publish> = mqrpc_tests::corpus::load()
+        .into_iter()
+        .filter(|r| !r.is_request())
+        .map(|r| r.publish)
+        .collect();
+    assert!(!answers.is_empty(), "the corpus has answers");
+    answers
+}
+
+/// A recorded answer sent to `request`: its Response Topic, and (single
+/// answers) its Correlation Data, so that it reaches the call.
+fn recorded_answer(recorded: &Publish, request: &Publish) -> Packet {
+    let wanted = request.properties.clone().unwrap_or_default();
+    let mut answer = recorded.clone();
+    answer.topic = wanted.response_topic.unwrap_or_default().into();
+    answer.qos = QoS::AtMostOnce;
+    answer.pkid = 0;
+    if let Some(properties) = &mut answer.properties {
+        if properties.correlation_data.is_some() {
+            properties.correlation_data = wanted.correlation_data;
+        }
+    }
+    Packet::Publish(answer)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
@@ -235,6 +265,69 @@ proptest! {
             server.abort();
         })?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
+
+    /// A recorded answer of real traffic (any kind: batch, stream item,
+    /// error, refusal), addressed to this call and damaged: the call ends
+    /// with a value or an error by its deadline; nothing panics.
+    #[test]
+    fn any_damage_to_a_recorded_answer(
+        index in any::<usize>(),
+        damage in damage(),
+    ) {
+        let answers = recorded_answers();
+        let recorded = answers[index % answers.len()].clone();
+        run_case(async move {
+            let broker = FakeBroker::start().await;
+            let options = options(&broker);
+            let server = tokio::spawn(serve_then_answer(broker, move |request| {
+                damaged(&recorded_answer(&recorded, request), &damage)
+            }));
+            let conn = Connection::connect(options).await.expect("a good handshake");
+            let calc = CalculatorClient::with_options(&conn, ClientOptions::default().timeout(Duration::from_millis(800)))
+                .await
+                .expect("client on a good session");
+            let _ = calc.add(1, 2).await;
+            conn.close().await;
+            server.abort();
+        })?;
+    }
+}
+
+/// A recorded `ok` answer, undamaged, is this call's answer: the corpus
+/// is real traffic the client reads.
+#[test]
+fn a_recorded_answer_is_answered() {
+    let recorded = mqrpc_tests::corpus::load()
+        .into_iter()
+        .find(|r| r.kind == "answer-ok" && r.publish.payload.len() == 1)
+        .expect("a recorded `add` answer (one postcard byte)")
+        .publish;
+    let expected: i64 = mqrpc::Codec::Postcard.decode(&recorded.payload).unwrap();
+    run_case(async move {
+        let broker = FakeBroker::start().await;
+        let options = options(&broker);
+        let server = tokio::spawn(serve_then_answer(broker, move |request| {
+            damaged(&recorded_answer(&recorded, request), &Damage::None)
+        }));
+        let conn = Connection::connect(options).await.unwrap();
+        let calc = CalculatorClient::with_options(
+            &conn,
+            ClientOptions::default().timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(calc.add(1, 2).await, Ok(expected));
+        conn.close().await;
+        server.abort();
+    })
+    .unwrap();
 }
 
 /// The undamaged answer is the answer: the fuzz cases above exercise the

@@ -187,7 +187,11 @@ async fn client_layers_see_and_limit_calls(broker: TestBroker) {
     assert!(eventually(|| gate.running.load(Ordering::SeqCst) == 1).await);
     let shed = client.pass(3).await.unwrap_err();
     assert!(matches!(shed, Error::ResourceExhausted { .. }), "{shed}");
-    assert_eq!(gate.runs.load(Ordering::SeqCst), 2, "the shed call was not sent");
+    assert_eq!(
+        gate.runs.load(Ordering::SeqCst),
+        2,
+        "the shed call was not sent"
+    );
     gate.passes.add_permits(1);
     assert_eq!(first.await.unwrap().unwrap(), 2);
     assert_eq!(*seen.lock().unwrap(), ["pass", "hold", "pass"]);

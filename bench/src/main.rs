@@ -447,6 +447,9 @@ async fn measure_memory(settings: &Settings, url: &str) -> Vec<serde_json::Value
     .expect("client");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_bytes();
+    // The heap bytes the calls in flight hold, counted by the allocator
+    // (RSS also depends on what earlier cases freed).
+    alloc::start();
     let n = settings.memory_calls;
     // Started at ~10 000 calls/s, below what the broker link sends, so
     // rumqttc's queue never fills: what stays is the cost of a call that
@@ -461,11 +464,13 @@ async fn measure_memory(settings: &Settings, url: &str) -> Vec<serde_json::Value
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = rss_bytes();
+    let heap = alloc::now();
     // Only a measure of calls in flight if they all still are.
     let ended = calls.iter().filter(|c| c.is_finished()).count();
     for call in &calls {
         call.abort();
     }
+    alloc::stop();
     let _ = sink.kill();
     let _ = sink.wait();
     let per_call = during.saturating_sub(before) as f64 / n as f64;
@@ -475,6 +480,7 @@ async fn measure_memory(settings: &Settings, url: &str) -> Vec<serde_json::Value
         json!(null)
     };
     out.push(json!({"system": "mqrpc", "measure": "rss_bytes_per_in_flight_call", "in_flight": n, "value": value, "ended_early": ended, "rss_before": before, "rss_during": during}));
+    out.push(json!({"system": "mqrpc", "measure": "heap_bytes_per_in_flight_call", "in_flight": n, "value": heap.live as f64 / n as f64, "allocs_per_call": heap.allocs as f64 / n as f64}));
     // Most of that is the call's future (each waiting call is a task):
     // its size is part of the cost of a call in flight.
     let future_bytes = std::mem::size_of_val(&client.add(0, 1));

@@ -242,3 +242,53 @@ pub async fn pending_table_is_empty(client: &ChaosClient, limit: usize) -> Vec<m
         .filter_map(Result::err)
         .collect()
 }
+
+/// Asserts the promises every scenario keeps, after printing the tally:
+/// no answer mismatched, no call past its deadline (plus [`HANG_GUARD`]),
+/// something answered, and (`qos_covered`: where the duplicate table
+/// covers every copy) no call id run twice.
+pub fn check(name: &str, load: &Tally, worker: &Worker, qos_covered: bool) {
+    let (dup_ids, dup_runs) = worker.runs.duplicates();
+    println!(
+        "chaos {name}: {}; handler runs {} (ids run more than once: {dup_ids}, extra runs {dup_runs})",
+        load.line(),
+        worker.runs.total(),
+    );
+    assert_eq!(
+        load.mismatched.load(Ordering::Relaxed),
+        0,
+        "{name}: mismatched answers"
+    );
+    assert_eq!(
+        load.hung.load(Ordering::Relaxed),
+        0,
+        "{name}: calls outlived their deadline"
+    );
+    assert!(
+        load.answered.load(Ordering::Relaxed) > 0,
+        "{name}: nothing answered"
+    );
+    if qos_covered {
+        assert_eq!(dup_ids, 0, "{name}: a request ran more than once");
+    }
+}
+
+/// Fills the pending table of `client`'s connection (healed link) with
+/// `limit` calls, its `max_pending_calls`: a leaked entry would make one
+/// fail with `TooManyPending`.
+pub async fn check_pending(name: &str, client: &ChaosClient, limit: usize) {
+    let client = client.with_timeout(Duration::from_secs(30));
+    let conn = client.client().connection().clone();
+    assert!(
+        within(Duration::from_secs(60), || conn.is_connected()).await,
+        "{name}: the client did not reconnect"
+    );
+    let errors = pending_table_is_empty(&client, limit).await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| !matches!(e, mqrpc::Error::TooManyPending { .. })),
+        "{name}: calls left in the pending table: {errors:?}"
+    );
+    assert!(errors.is_empty(), "{name}: on a healed link: {errors:?}");
+}

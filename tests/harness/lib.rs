@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod batch;
 pub mod chaos;
 pub mod cluster;
+pub mod corpus;
 pub mod fake_broker;
 pub mod netns;
 pub mod proxy;

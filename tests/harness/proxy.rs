@@ -65,6 +65,10 @@ pub struct Faults {
     /// Nothing is forwarded and bytes pile up (up to a bounded buffer,
     /// then TCP flow control) until the stall ends.
     pub stall: bool,
+    /// The same, for bytes going up only (the broker still sends).
+    pub stall_up: bool,
+    /// The same, for bytes coming down only.
+    pub stall_down: bool,
     /// Bytes going up are read and thrown away.
     pub drop_up: bool,
     /// Bytes coming down are read and thrown away.
@@ -86,6 +90,14 @@ impl Faults {
             }),
             ..Faults::default()
         }
+    }
+
+    fn stalls(&self, direction: Direction) -> bool {
+        self.stall
+            || match direction {
+                Direction::Up => self.stall_up,
+                Direction::Down => self.stall_down,
+            }
     }
 
     fn drops(&self, direction: Direction) -> bool {
@@ -181,6 +193,15 @@ impl Proxy {
         self.update(|f| match direction {
             Direction::Up => f.drop_up = true,
             Direction::Down => f.drop_down = true,
+        });
+    }
+
+    /// Stall of one direction: bytes in `direction` are held (TCP flow
+    /// control then stops their sender) until [`heal`](Self::heal).
+    pub fn stall(&self, direction: Direction) {
+        self.update(|f| match direction {
+            Direction::Up => f.stall_up = true,
+            Direction::Down => f.stall_down = true,
         });
     }
 
@@ -297,7 +318,7 @@ async fn pump(
         while let Some((release, bytes)) = rx.recv().await {
             tokio::time::sleep_until(release).await;
             // A stall holds the chunk until it ends.
-            while faults.borrow_and_update().stall {
+            while faults.borrow_and_update().stalls(direction) {
                 if faults.changed().await.is_err() {
                     return;
                 }

@@ -2,7 +2,7 @@
 //! deadline, size, concurrency limit, then the handler on its own task.
 
 use super::handle::{Activity, ActivityGuard};
-use super::{respond, Reply, Request, Service};
+use super::{Reply, Request, Service};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +19,7 @@ use crate::protocol::{
     Status, CANCEL_METHOD, CREDIT_METHOD, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SEQ_PROPERTY,
     STATUS_PROPERTY, TEXT_CONTENT_TYPE,
 };
+use crate::server::backlog::Answer;
 use crate::server::context::CallContext;
 use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
 use crate::server::limits::{Held, RequestLimits};
@@ -65,7 +66,10 @@ impl<S: Service> Dispatcher<S> {
 
     /// Runs on the connection's event-loop task: decides at once, never
     /// waits; handlers run on their own tasks.
-    /// `ack`: the request's ack token, taken only if answers come first.
+    /// `ack`: the request's ack token. Taken: a refusal that waits for
+    /// room in the answer backlog holds it (`server/backlog.rs`), and so
+    /// does a handler if answers come first; dropped (acked) at once
+    /// otherwise.
     pub(super) fn admit(
         self: Arc<Self>,
         conn: &Connection,
@@ -73,11 +77,7 @@ impl<S: Service> Dispatcher<S> {
         ack: &mut Option<AckToken>,
     ) {
         let now = Instant::now();
-        let held = if self.ack_after_answer {
-            ack.take().map(Arc::new)
-        } else {
-            None
-        };
+        let held = ack.take().map(Arc::new);
         if publish.topic.ends_with(BATCH_SUFFIX.as_bytes()) {
             return self.admit_batch(conn, publish, now, held);
         }
@@ -107,28 +107,24 @@ impl<S: Service> Dispatcher<S> {
                 warn!(service = S::NAME, %reason, "undecodable batch request");
                 let payload = Bytes::from(format!("undecodable batch request: {reason}"));
                 let status = Status::BadRequest;
-                tokio::spawn(send_reply(
-                    conn.clone(),
-                    batch,
-                    status,
-                    TEXT_CONTENT_TYPE,
-                    payload,
-                ));
-                return;
+                let held = &self.held;
+                return send_refusal(conn, held, batch, status, TEXT_CONTENT_TYPE, payload, ack);
             }
         };
         if calls.is_empty() {
             // A probe: the client learns that this target takes batches.
             let payload = Bytes::new();
             let status = Status::Ok;
-            tokio::spawn(send_reply(
-                conn.clone(),
+            let held = &self.held;
+            return send_refusal(
+                conn,
+                held,
                 batch,
                 status,
                 POSTCARD_CONTENT_TYPE,
                 payload,
-            ));
-            return;
+                ack,
+            );
         }
         for call in calls {
             let request = batch.entry(call);
@@ -170,9 +166,8 @@ impl<S: Service> Dispatcher<S> {
                     debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
                     let (status, content_type) = (reply.status, reply.content_type);
                     let payload = reply.payload.clone();
-                    let reply = send_reply(conn.clone(), request, status, content_type, payload);
-                    tokio::spawn(acked_after(reply, ack));
-                    return;
+                    let held = &self.held;
+                    return send_refusal(conn, held, request, status, content_type, payload, ack);
                 }
                 Admission::Answered(None) => {
                     debug!(service = S::NAME, method = %request.method, "duplicate of an answered call (reply not kept): dropped");
@@ -196,8 +191,8 @@ impl<S: Service> Dispatcher<S> {
                 std::time::Duration::ZERO,
             );
             let payload = Bytes::from(message);
-            let reply = send_reply(conn.clone(), request, status, TEXT_CONTENT_TYPE, payload);
-            tokio::spawn(acked_after(reply, ack.clone()));
+            let (held, ack) = (&self.held, ack.clone());
+            send_refusal(conn, held, request, status, TEXT_CONTENT_TYPE, payload, ack);
         };
         if full {
             let calls = self.calls();
@@ -211,10 +206,7 @@ impl<S: Service> Dispatcher<S> {
             return refuse(request, Status::Overloaded, message);
         }
         if request.attempt > 1 {
-            let idempotent = S::IDEMPOTENT.contains(&request.method.as_str());
-            let since = self.calls().remembers_since();
-            let refused = super::retries::refusal(&request, idempotent, self.shared, since, now);
-            if let Some(message) = refused {
+            if let Some(message) = self.unknown_retry(&request, now) {
                 warn!(service = S::NAME, method = %request.method, "retry of a call not remembered: refused");
                 return refuse(request, Status::RetryRefused, message);
             }
@@ -259,6 +251,7 @@ impl<S: Service> Dispatcher<S> {
         };
         let active = self.activity.enter();
         let held = self.held.clone();
+        let ack = ack.filter(|_| self.ack_after_answer);
         // Boxed: the task then holds a pointer, not the whole future, which
         // tokio would copy several times while spawning.
         let run = Box::pin(self.run(conn.clone(), request, key, slot, active, ack));
@@ -368,6 +361,7 @@ impl<S: Service> Dispatcher<S> {
             let payload = Bytes::from(message);
             return send_reply(
                 conn,
+                &self.held,
                 request,
                 Status::DeadlineExceeded,
                 TEXT_CONTENT_TYPE,
@@ -389,7 +383,8 @@ impl<S: Service> Dispatcher<S> {
             }
             let content_type = reply.codec.map_or(TEXT_CONTENT_TYPE, Codec::content_type);
             let payload = Bytes::from(reply.payload);
-            return send_reply(conn, request, reply.status, content_type, payload).await;
+            let held = &self.held;
+            return send_reply(conn, held, request, reply.status, content_type, payload).await;
         }
         // One lookup for the statistics, the span and the metrics.
         let index = S::METHODS.iter().position(|m| *m == request.method);
@@ -467,26 +462,15 @@ impl<S: Service> Dispatcher<S> {
                 calls.finish(key, cached, expires);
             }
         }
-        send_reply(conn, request, reply.status, content_type, payload).await;
-    }
-}
-
-impl<S: Service> Dispatcher<S> {
-    /// The method's reply: through the layers, if the server has any.
-    async fn handle(&self, request: &Request) -> Reply {
-        match &self.layered {
-            None => {
-                let content_type = request.content_type.as_deref();
-                respond(
-                    &*self.service,
-                    &request.method,
-                    content_type,
-                    &request.payload,
-                )
-                .await
-            }
-            Some(layered) => layered.call(S::NAME, request).await,
-        }
+        send_reply(
+            conn,
+            &self.held,
+            request,
+            reply.status,
+            content_type,
+            payload,
+        )
+        .await;
     }
 }
 
@@ -495,12 +479,6 @@ impl<S: Service> Dispatcher<S> {
 enum Slot {
     Running(tokio::sync::OwnedSemaphorePermit),
     Waiting(usize),
-}
-
-/// `reply`, then the ack it held back.
-pub(super) async fn acked_after(reply: impl std::future::Future<Output = ()>, ack: HeldAck) {
-    reply.await;
-    drop(ack);
 }
 
 /// The wire name of `name` if the service has such a method: a label
@@ -532,22 +510,54 @@ fn reply_properties(request: &Request, status: Status, content_type: &str) -> Pu
     }
 }
 
-/// Publishes the answer to `request`, if it asked for one.
+/// Publishes the answer to `request`, if it asked for one, once the
+/// server's answer backlog has room for it (`server/backlog.rs`).
 pub(super) async fn send_reply(
     conn: Connection,
-    mut request: Request,
+    held: &Held,
+    request: Request,
     status: Status,
     content_type: &'static str,
     payload: Bytes,
 ) {
+    if let Some(answer) = answer_to(&conn, request, status, content_type, payload) {
+        answer.send(&conn, &held.backlog).await;
+    }
+}
+
+/// Publishes a refusal (or any answer decided on the connection's task)
+/// if there is room for it, else drops or delays it by the backlog's
+/// policy (`server/backlog.rs`); `ack` is released once it is queued.
+pub(super) fn send_refusal(
+    conn: &Connection,
+    held: &Held,
+    request: Request,
+    status: Status,
+    content_type: &'static str,
+    payload: Bytes,
+    ack: HeldAck,
+) {
+    if let Some(answer) = answer_to(conn, request, status, content_type, payload) {
+        answer.refuse(conn, &held.backlog, ack);
+    }
+}
+
+/// The answer to `request`, if it asked for one and one can be sent.
+fn answer_to(
+    conn: &Connection,
+    mut request: Request,
+    status: Status,
+    content_type: &'static str,
+    payload: Bytes,
+) -> Option<Answer> {
     let method = &request.method;
     let Some(response_topic) = request.response_topic.take() else {
         debug!(%method, "request without Response Topic: not answered");
-        return;
+        return None;
     };
     if !topic::is_publishable(&response_topic) {
         warn!(%method, %response_topic, "invalid Response Topic: not answered");
-        return;
+        return None;
     }
     if request.correlation.is_none() {
         debug!(%method, "request without Correlation Data: answering without it");
@@ -571,17 +581,17 @@ pub(super) async fn send_reply(
             properties = reply_properties(&request, Status::TooLarge, TEXT_CONTENT_TYPE);
             if !fits(&properties, &payload) {
                 warn!(%method, "not even the error fits the broker's packet size: not answered");
-                return;
+                return None;
             }
         }
     }
-    // Not awaited: the broker's PUBACK concerns the answer's delivery, which
-    // no one here can act on.
-    drop(conn.publish(
-        response_topic,
-        request.qos,
+    // The broker's PUBACK concerns the answer's delivery, which no one
+    // here can act on; the backlog counts the answer until then.
+    Some(Answer {
+        topic: response_topic,
+        qos: request.qos,
         payload,
         properties,
-        request.batched,
-    ));
+        batched: request.batched,
+    })
 }

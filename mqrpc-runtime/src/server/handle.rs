@@ -202,12 +202,15 @@ pub async fn serve<S: Service>(
     };
     topic::validate_level(&instance)?;
     let activity = Arc::new(Activity::default());
-    let held = Arc::new(Held::new(CallTable::new(Limits {
-        max_entries: options.dedup_entries,
-        max_bytes: options.dedup_bytes,
-        grace: Duration::from_secs(5),
-        window: options.dedup_window,
-    })));
+    let held = Arc::new(Held::new(
+        CallTable::new(Limits {
+            max_entries: options.dedup_entries,
+            max_bytes: options.dedup_bytes,
+            grace: Duration::from_secs(5),
+            window: options.dedup_window,
+        }),
+        options.max_answer_backlog,
+    ));
     sweep(Arc::downgrade(&held));
     let service = Arc::new(service);
     let dispatcher = Arc::new(Dispatcher {

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::dispatch::{acked_after, send_reply, Dispatcher, HeldAck};
+use super::backlog::Backlog;
+use super::dispatch::{send_refusal, Dispatcher, HeldAck};
 use super::duplicates::{CallKey, CallTable};
 use super::{Request, Service};
 use crate::protocol::{Status, CANCEL_METHOD, CREDIT_METHOD, TEXT_CONTENT_TYPE};
@@ -126,15 +127,9 @@ impl<S: Service> Dispatcher<S> {
                 std::time::Duration::ZERO,
             );
             let payload = Bytes::from(violation.to_string());
-            let reply = send_reply(
-                conn.clone(),
-                request,
-                Status::BadRequest,
-                TEXT_CONTENT_TYPE,
-                payload,
-            );
-            tokio::spawn(acked_after(reply, ack));
-            return;
+            let status = Status::BadRequest;
+            let held = &self.held;
+            return send_refusal(conn, held, request, status, TEXT_CONTENT_TYPE, payload, ack);
         }
         let dropped = self.held.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // A peer sending nothing else must not flood the log either.
@@ -195,6 +190,8 @@ pub(crate) struct Held {
     pub task_bytes: AtomicUsize,
     pub refused: AtomicU64,
     pub dropped: AtomicU64,
+    /// Answers not yet written or acknowledged (`server/backlog.rs`).
+    pub backlog: Arc<Backlog>,
 }
 
 impl std::fmt::Debug for Held {
@@ -204,7 +201,7 @@ impl std::fmt::Debug for Held {
 }
 
 impl Held {
-    pub fn new(calls: CallTable) -> Held {
+    pub fn new(calls: CallTable, backlog_budget: usize) -> Held {
         Held {
             calls: Mutex::new(calls),
             streams: Mutex::new(HashMap::new()),
@@ -213,6 +210,7 @@ impl Held {
             task_bytes: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            backlog: Arc::new(Backlog::new(backlog_budget)),
         }
     }
 
@@ -249,6 +247,7 @@ impl Held {
             let calls = self.calls();
             (calls.len(), calls.bytes(), calls.budget())
         };
+        let backlog = self.backlog.usage();
         ServerUsage {
             dedup_entries,
             dedup_bytes,
@@ -258,6 +257,12 @@ impl Held {
             streams: self.streams().len(),
             refused_over_limits: self.refused.load(Ordering::Relaxed),
             dropped_over_limits: self.dropped.load(Ordering::Relaxed),
+            answer_backlog_bytes: backlog.bytes,
+            answer_backlog_peak: backlog.peak,
+            answer_backlog_budget: backlog.budget,
+            refusals_waiting: backlog.waiting,
+            refusals_waiting_peak: backlog.waiting_peak,
+            refusals_dropped: backlog.dropped,
         }
     }
 }
@@ -268,7 +273,9 @@ impl Held {
 /// Every figure is bounded by [`ServerOptions`](super::ServerOptions):
 /// `dedup_bytes` by `dedup`'s bytes (keys, digests, kept answers and the
 /// table's own structure all count), `queued` and `queued_bytes` by
-/// `max_queued` and `max_queued_bytes`, `streams` by `max_concurrent`.
+/// `max_queued` and `max_queued_bytes`, `streams` by `max_concurrent`,
+/// `answer_backlog_bytes` by `max_answer_backlog` (or one answer larger
+/// than it).
 ///
 /// ```
 /// # use mqrpc_runtime as mqrpc;
@@ -288,6 +295,8 @@ impl Held {
 /// let usage = server.usage();
 /// assert_eq!((usage.dedup_entries, usage.queued, usage.streams), (0, 0, 0));
 /// assert!(usage.dedup_bytes <= usage.dedup_budget);
+/// assert!(usage.answer_backlog_peak <= usage.answer_backlog_budget);
+/// assert_eq!(usage.refusals_dropped, 0);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -315,6 +324,25 @@ pub struct ServerUsage {
     /// Requests, cancels and credits over a request limit that could not
     /// be answered (no usable Response Topic): dropped, with a warning.
     pub dropped_over_limits: u64,
+    /// Bytes of answers and refusals handed to the connection and not yet
+    /// written (QoS 0) or acknowledged by the broker (QoS 1/2): its
+    /// queue, write buffer and publishes waiting for a Receive Maximum
+    /// slot (`ServerOptions::max_answer_backlog`).
+    pub answer_backlog_bytes: usize,
+    /// The most `answer_backlog_bytes` has been since the server started:
+    /// at most `answer_backlog_budget`, or one answer larger than it.
+    pub answer_backlog_peak: usize,
+    /// The backlog's byte budget (`ServerOptions::max_answer_backlog`).
+    pub answer_backlog_budget: usize,
+    /// QoS 1/2 refusals waiting for room in the backlog, each holding its
+    /// request's acknowledgement (so the broker holds back what follows).
+    pub refusals_waiting: usize,
+    /// The most `refusals_waiting` has been since the server started.
+    pub refusals_waiting_peak: usize,
+    /// Refusals dropped because the backlog was full: at QoS 0 (their
+    /// callers time out), or at QoS 1/2 once the refusals waiting for room
+    /// hold another budget's worth of bytes.
+    pub refusals_dropped: u64,
 }
 
 #[cfg(test)]

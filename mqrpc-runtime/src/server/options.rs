@@ -39,6 +39,7 @@ pub struct ServerOptions {
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
     pub(super) ack_after_answer: bool,
+    pub(super) max_answer_backlog: usize,
     pub(super) layers: super::layers::Layers,
 }
 
@@ -48,7 +49,7 @@ impl Default for ServerOptions {
     /// 10 000 waiting in 64 MiB, requests up to 1 MiB, Correlation Data up
     /// to 256 bytes, Response Topics up to 1 024 bytes, up to 64 user
     /// properties of 16 KiB in all, duplicate detection over 10 000 calls
-    /// in 8 MiB.
+    /// in 8 MiB, 8 MiB of answers waiting to leave.
     fn default() -> Self {
         ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
@@ -67,6 +68,7 @@ impl Default for ServerOptions {
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
             ack_after_answer: false,
+            max_answer_backlog: 8 * 1024 * 1024,
             layers: Default::default(),
         }
     }
@@ -291,6 +293,33 @@ impl ServerOptions {
     /// ([`ack_after_answer`](Self::ack_after_answer)).
     pub fn get_ack_after_answer(&self) -> bool {
         self.ack_after_answer
+    }
+
+    /// Bytes of answers and refusals that may wait to leave (default
+    /// 8 MiB): handed to the connection, not yet written to the socket
+    /// (QoS 0) or acknowledged by the broker (QoS 1/2). When a broker
+    /// takes answers slower than requests arrive, answers of calls that
+    /// ran wait for room (keeping their handler slot, so that further
+    /// requests queue and are then refused `overloaded`); refusals at QoS 0
+    /// are dropped and counted; refusals at QoS 1/2 wait holding their
+    /// request's acknowledgement, so the broker holds back the requests
+    /// behind them (PROTOCOL.md, "Server limits";
+    /// [`ServerUsage::refusals_dropped`](crate::ServerUsage)). One answer
+    /// larger than the budget still goes, alone.
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ServerOptions;
+    /// let opts = ServerOptions::default().max_answer_backlog(1 << 20);
+    /// assert_eq!(opts.get_max_answer_backlog(), 1 << 20);
+    /// ```
+    pub fn max_answer_backlog(mut self, bytes: usize) -> Self {
+        self.max_answer_backlog = bytes;
+        self
+    }
+
+    /// The answer backlog's budget ([`max_answer_backlog`](Self::max_answer_backlog)).
+    pub fn get_max_answer_backlog(&self) -> usize {
+        self.max_answer_backlog
     }
 
     /// The configured concurrency limit.

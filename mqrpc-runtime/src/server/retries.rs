@@ -22,7 +22,18 @@
 
 use std::time::{Duration, Instant};
 
-use super::Request;
+use super::dispatch::Dispatcher;
+use super::{Request, Service};
+
+impl<S: Service> Dispatcher<S> {
+    /// Why the retry `request`, of a call the duplicate table does not
+    /// know, must not run ([`refusal`]), if it must not.
+    pub(super) fn unknown_retry(&self, request: &Request, now: Instant) -> Option<String> {
+        let idempotent = S::IDEMPOTENT.contains(&request.method.as_str());
+        let since = self.calls().remembers_since();
+        refusal(request, idempotent, self.shared, since, now)
+    }
+}
 
 /// Allowance for the difference between the travel times of the first
 /// attempt and of the retry, which the age cannot see: a forgetting that

@@ -175,7 +175,8 @@ impl<S: Service> Dispatcher<S> {
                     Some(Ok(bytes)) => {
                         let mut answer = request.clone();
                         answer.seq = Some(seq);
-                        send_reply(conn.clone(), answer, Status::Ok, content_type, bytes).await;
+                        let held = &self.held;
+                        send_reply(conn.clone(), held, answer, Status::Ok, content_type, bytes).await;
                         seq += 1;
                         credit -= 1;
                         due = next_due();
@@ -205,10 +206,22 @@ impl<S: Service> Dispatcher<S> {
         self.end_stream(&key);
         request.seq = Some(seq);
         match end {
-            None => send_reply(conn, request, Status::End, TEXT_CONTENT_TYPE, Bytes::new()).await,
+            None => {
+                let end = Bytes::new();
+                send_reply(
+                    conn,
+                    &self.held,
+                    request,
+                    Status::End,
+                    TEXT_CONTENT_TYPE,
+                    end,
+                )
+                .await
+            }
             Some((status, message)) => {
                 send_reply(
                     conn,
+                    &self.held,
                     request,
                     status,
                     TEXT_CONTENT_TYPE,

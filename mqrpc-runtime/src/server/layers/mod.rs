@@ -274,6 +274,25 @@ impl Layered {
     }
 }
 
+impl<S: Service> super::dispatch::Dispatcher<S> {
+    /// The method's reply: through the layers, if the server has any.
+    pub(in crate::server) async fn handle(&self, request: &Request) -> Reply {
+        match &self.layered {
+            None => {
+                let content_type = request.content_type.as_deref();
+                respond(
+                    &*self.service,
+                    &request.method,
+                    content_type,
+                    &request.payload,
+                )
+                .await
+            }
+            Some(layered) => layered.call(S::NAME, request).await,
+        }
+    }
+}
+
 /// The innermost service: the methods themselves.
 struct Methods<S>(Arc<S>);
 
