@@ -141,16 +141,30 @@ impl ClientLayers {
 }
 
 impl Client {
-    /// A call through the client's layers.
-    pub(super) async fn send_layered(
+    /// A call of a client with layers or retries: through its layers, if
+    /// any, then sent with its retries, if any.
+    pub(super) async fn send_extra(
         &self,
+        extras: Arc<super::options::Extras>,
         method: &str,
         qos: QoS,
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
+        if extras.layers.is_empty() {
+            let policy = extras.retry.unwrap_or_else(|| super::RetryPolicy::new(1));
+            return self
+                .send_retrying(method, qos, schema, payload, policy)
+                .await;
+        }
+        // The client the innermost service sends with: without layers.
         let mut client = self.clone();
-        client.options.layers = ClientLayers::default();
+        client.options.extras = extras.retry.map(|policy| {
+            Arc::new(super::options::Extras {
+                retry: Some(policy),
+                layers: ClientLayers::default(),
+            })
+        });
         let call = ClientCall {
             client,
             method: method.to_string(),
@@ -160,7 +174,7 @@ impl Client {
         };
         let timeout = self.options.timeout;
         let answer = {
-            let mut stack = self.options.layers.stack().lock().await;
+            let mut stack = extras.layers.stack().lock().await;
             match stack.ready().await {
                 Ok(ready) => ready.call(call),
                 Err(error) => return Err(failed(error, method, timeout)),

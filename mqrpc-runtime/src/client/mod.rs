@@ -324,13 +324,10 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
-        if !self.options.layers.is_empty() {
-            // Boxed, like retries: no cost in calls without layers.
-            return Box::pin(self.send_layered(method, qos, schema, payload)).await;
-        }
-        if let Some(policy) = self.options.retry {
-            // Boxed: this future stays the size of a call without retries.
-            return Box::pin(self.send_retrying(method, qos, schema, payload, policy)).await;
+        if let Some(extras) = &self.options.extras {
+            // Boxed: a call without layers or retries carries none of it.
+            let extras = extras.clone();
+            return Box::pin(self.send_extra(extras, method, qos, schema, payload)).await;
         }
         #[cfg(feature = "metrics")]
         let meter = observe::CallMeter::start(&self.service, method);

@@ -34,6 +34,14 @@ pub struct ClientOptions {
     pub(super) batches: bool,
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
+    /// Retries and layers, when set: one pointer in every client (and
+    /// every call's future) without them.
+    pub(super) extras: Option<Arc<Extras>>,
+}
+
+/// What a client with retries or layers has on top.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Extras {
     pub(super) retry: Option<super::RetryPolicy>,
     pub(super) layers: super::layers::ClientLayers,
 }
@@ -51,8 +59,7 @@ impl Default for ClientOptions {
             batches: true,
             stream_idle_timeout: None,
             stream_timeout: None,
-            retry: None,
-            layers: Default::default(),
+            extras: None,
         }
     }
 }
@@ -154,7 +161,8 @@ impl ClientOptions {
     /// assert_eq!(options.get_retry(), Some(&RetryPolicy::new(3)));
     /// ```
     pub fn retry(mut self, policy: super::RetryPolicy) -> Self {
-        self.retry = Some(policy);
+        let extras = self.extras.get_or_insert_with(Default::default);
+        Arc::make_mut(extras).retry = Some(policy);
         self
     }
 
@@ -185,13 +193,14 @@ impl ClientOptions {
             Into<super::layers::BoxError>,
         <L::Service as tower::Service<super::layers::ClientCall>>::Future: Send + 'static,
     {
-        self.layers.push(layer);
+        let extras = self.extras.get_or_insert_with(Default::default);
+        Arc::make_mut(extras).layers.push(layer);
         self
     }
 
     /// The retry policy, if any ([`retry`](Self::retry)).
     pub fn get_retry(&self) -> Option<&super::RetryPolicy> {
-        self.retry.as_ref()
+        self.extras.as_ref()?.retry.as_ref()
     }
 
     /// The configured timeout.

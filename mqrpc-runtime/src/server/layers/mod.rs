@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use tower::util::BoxService;
 use tower::{Layer, Service as _, ServiceExt};
 
@@ -276,19 +277,24 @@ impl Layered {
 
 impl<S: Service> super::dispatch::Dispatcher<S> {
     /// The method's reply: through the layers, if the server has any.
-    pub(in crate::server) async fn handle(&self, request: &Request) -> Reply {
+    /// Not an `async fn`: without layers this is the method's own future
+    /// (the choice adds no state to every call's task).
+    pub(in crate::server) fn handle<'a>(
+        &'a self,
+        request: &'a Request,
+    ) -> impl Future<Output = Reply> + Send + 'a {
         match &self.layered {
             None => {
                 let content_type = request.content_type.as_deref();
-                respond(
+                let method = &request.method;
+                Either::Left(respond(
                     &*self.service,
-                    &request.method,
+                    method,
                     content_type,
                     &request.payload,
-                )
-                .await
+                ))
             }
-            Some(layered) => layered.call(S::NAME, request).await,
+            Some(layered) => Either::Right(layered.call(S::NAME, request)),
         }
     }
 }
