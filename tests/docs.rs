@@ -160,7 +160,7 @@ fn the_readme_says_how_to_depend_on_mqrpc() {
 /// instead of E0599 (CI compiles it: `cargo check -p mqrpc`).
 #[test]
 fn the_lean_build_names_the_embedded_broker_feature() {
-    let source = read("mqrpc-runtime/src/transport/connection.rs");
+    let source = read("mqrpc-runtime/src/connection/establish.rs");
     let stub = source
         .split("#[cfg(not(feature = \"embedded-broker\"))]")
         .nth(1)

@@ -429,3 +429,136 @@ async fn stats_count_handler_runs_not_copies(broker: TestBroker) {
         .unwrap();
     assert_eq!(count["calls"], 1, "{stats}");
 }
+
+mod subscribe {
+    use mqrpc::{ConnectOptions, Connection, Error, ServerOptions};
+    use mqrpc_tests::fake_broker::{Connack, FakeBroker, Link};
+    use mqrpc_tests::{Calc, CalculatorServer};
+    use rumqttc::v5::mqttbytes::v5::{Packet, SubAck, Subscribe, SubscribeReasonCode, UnsubAck};
+    use rumqttc::v5::mqttbytes::QoS;
+
+    /// The filters of a server of `Calculator` in the default group, with
+    /// instance `calc-1`, as PROTOCOL.md's topic table lists them.
+    const FILTERS: [(&str, QoS); 7] = [
+        ("$share/mqrpc/mqrpc/Calculator/+", QoS::ExactlyOnce),
+        ("mqrpc/Calculator/_to/calc-1/+", QoS::ExactlyOnce),
+        ("mqrpc/Calculator/_all/+", QoS::ExactlyOnce),
+        ("mqrpc/_all/_all/+", QoS::ExactlyOnce),
+        ("$share/mqrpc/mqrpc/Calculator/_batch/1", QoS::ExactlyOnce),
+        ("mqrpc/Calculator/_to/calc-1/_batch/1", QoS::ExactlyOnce),
+        ("mqrpc/Calculator/_cancel", QoS::AtMostOnce),
+    ];
+
+    async fn connected(broker: &FakeBroker) -> (Connection, Link) {
+        let port = broker.addr().rsplit_once(':').unwrap().1.parse().unwrap();
+        // The instance id is the client id: no connection of its own for
+        // its Will (PROTOCOL.md, "Server gone").
+        let options = ConnectOptions::new("127.0.0.1", port).client_id("calc-1");
+        let (conn, (link, _)) = tokio::join!(
+            Connection::connect(options),
+            broker.accept_with(Connack::default())
+        );
+        (conn.unwrap(), link)
+    }
+
+    /// Answers the connection's own SUBSCRIBEs (response topic, notices)
+    /// until the server's: that one is returned, unanswered.
+    async fn server_subscribe(link: &mut Link) -> Subscribe {
+        loop {
+            match link.recv().await {
+                Packet::Subscribe(s) if s.filters.iter().any(|f| f.path.contains("Calculator")) => {
+                    return s
+                }
+                Packet::Subscribe(s) => {
+                    let codes =
+                        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); s.filters.len()];
+                    link.send(suback(s.pkid, codes)).await
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn suback(pkid: u16, return_codes: Vec<SubscribeReasonCode>) -> Packet {
+        Packet::SubAck(SubAck {
+            pkid,
+            return_codes,
+            properties: None,
+        })
+    }
+
+    /// "Topics": every filter of the table, in one SUBSCRIBE, at the
+    /// documented QoS; served once its one SUBACK came.
+    #[tokio::test]
+    async fn a_server_subscribes_every_filter_in_one_subscribe() {
+        let broker = FakeBroker::start().await;
+        let (conn, mut link) = connected(&broker).await;
+        let options = ServerOptions::default();
+        let serving = CalculatorServer::new(Calc::default()).serve_with(&conn, options);
+        tokio::pin!(serving);
+        let subscribe = tokio::select! {
+            s = server_subscribe(&mut link) => s,
+            served = &mut serving => panic!("served before any SUBACK: {:?}", served.err()),
+        };
+        let seen: Vec<(&str, QoS)> = subscribe
+            .filters
+            .iter()
+            .map(|f| (f.path.as_str(), f.qos))
+            .collect();
+        assert_eq!(seen, FILTERS);
+        let document = super::document();
+        for (filter, _) in &FILTERS[..4] {
+            let pattern = filter
+                .replace("mqrpc/Calculator", "<prefix>/<service>")
+                .replace("mqrpc/_all", "<prefix>/_all")
+                .replace("$share/mqrpc/", "$share/<group>/")
+                .replace("calc-1", "<instance>");
+            assert!(document.contains(&pattern), "PROTOCOL.md names `{pattern}`");
+        }
+        let granted = vec![SubscribeReasonCode::Success(QoS::ExactlyOnce); FILTERS.len()];
+        link.send(suback(subscribe.pkid, granted)).await;
+        let server = serving.await.unwrap();
+        assert_eq!(server.topic_filter(), FILTERS[0].0);
+    }
+
+    /// A broker refusing one filter: the server does not start, the error
+    /// names that filter, and the others are unsubscribed again.
+    #[tokio::test]
+    async fn a_refused_filter_fails_serve_and_leaves_nothing_subscribed() {
+        let broker = FakeBroker::start().await;
+        let (conn, mut link) = connected(&broker).await;
+        let options = ServerOptions::default();
+        let serving = CalculatorServer::new(Calc::default()).serve_with(&conn, options);
+        let broker_side = async {
+            let subscribe = server_subscribe(&mut link).await;
+            let mut codes = vec![SubscribeReasonCode::Success(QoS::ExactlyOnce); FILTERS.len()];
+            codes[3] = SubscribeReasonCode::NotAuthorized;
+            link.send(suback(subscribe.pkid, codes)).await;
+            let mut unsubscribed = Vec::new();
+            while unsubscribed.len() < FILTERS.len() - 1 {
+                if let Packet::Unsubscribe(u) = link.recv().await {
+                    let reasons =
+                        vec![rumqttc::v5::mqttbytes::v5::UnsubAckReason::Success; u.filters.len()];
+                    let ack = UnsubAck {
+                        pkid: u.pkid,
+                        reasons,
+                        properties: None,
+                    };
+                    link.send(Packet::UnsubAck(ack)).await;
+                    unsubscribed.extend(u.filters);
+                }
+            }
+            unsubscribed
+        };
+        let (served, mut unsubscribed) = tokio::join!(serving, broker_side);
+        match served {
+            Err(Error::Subscribe { filter, .. }) => assert_eq!(filter, FILTERS[3].0),
+            other => panic!("expected a refused subscription, got {:?}", other.err()),
+        }
+        let mut expected: Vec<&str> = FILTERS.iter().map(|(f, _)| *f).collect();
+        expected.remove(3);
+        unsubscribed.sort();
+        expected.sort();
+        assert_eq!(unsubscribed, expected);
+    }
+}

@@ -369,6 +369,9 @@ pub(crate) enum Failure {
     Error(Error),
     /// The instance serving the call is gone (its notice arrived).
     Gone(std::sync::Arc<str>),
+    /// Not an end: the answer comes in chunks, which the call reads from
+    /// this (the client's receiver of them, PROTOCOL.md "Chunked transfer").
+    Chunked(std::sync::Arc<dyn std::any::Any + Send + Sync>),
 }
 
 impl Failure {
@@ -380,6 +383,9 @@ impl Failure {
             Failure::Gone(instance) => Error::ServerGone {
                 instance: instance.to_string(),
                 method: method.to_string(),
+            },
+            Failure::Chunked(_) => Error::Protocol {
+                reason: format!("a chunked answer to `{method}` where none was expected"),
             },
         }
     }

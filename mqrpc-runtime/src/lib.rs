@@ -8,25 +8,29 @@
 //! - `client/` ([`Client`]: calls waiting for answers, broadcasts, streams)
 //!   and `server/` ([`serve`]: admission, duplicates, dispatch, built-ins);
 //! - `observe/`: spans, trace context, metrics;
-//! - `transport/` ([`Connection`]: the broker link, TLS, routing of
-//!   incoming publishes; the embedded broker);
-//! - `protocol/`: names, statuses, topics, the payload [`Codec`];
+//! - `connection/` ([`Connection`]: connect, reconnect, TLS settings,
+//!   routing of incoming publishes; the embedded broker), over the MQTT v5
+//!   session loop of the `mqrpc-link` crate, which only this layer uses;
+//! - `protocol/`: names, statuses, topics, [`QoS`], the payload [`Codec`];
 //! - [`Error`], shared by all.
 
 #![warn(missing_docs)]
 
 pub mod asyncapi;
 mod client;
+mod connection;
 mod error;
 mod observe;
 pub mod protocol;
 mod server;
-mod transport;
 
 pub use client::{
     discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, RetryPolicy,
     DEFAULT_TIMEOUT,
 };
+#[cfg(feature = "embedded-broker")]
+pub use connection::EmbeddedBroker;
+pub use connection::{ConnectOptions, Connection, PublishCounts};
 pub use error::Error;
 /// Reads the [`Items`] of a streaming call and the [`Answers`] of a
 /// broadcast (`while let Some(item) = items.next().await`); the trait of
@@ -35,7 +39,8 @@ pub use error::Error;
 pub use futures_util::StreamExt;
 pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
 pub use protocol::codec::Codec;
-pub use protocol::Status;
+pub use protocol::Chunking;
+pub use protocol::{QoS, Status, STREAM_WINDOW};
 pub use server::context;
 /// Middleware: [`tower::Layer`]s around a server's methods
 /// ([`ServerOptions::layer`]: a [`Call`](layers::Call) in, a [`Reply`] out,
@@ -47,11 +52,8 @@ pub mod layers {
     pub use crate::server::layers::*;
 }
 pub use server::{
-    respond, serve, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream, STREAM_WINDOW,
+    respond, serve, ChunkedUsage, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream,
 };
-#[cfg(feature = "embedded-broker")]
-pub use transport::EmbeddedBroker;
-pub use transport::{ConnectOptions, Connection, PublishCounts};
 
 /// Not a public API and not covered by semver: what the code
 /// `#[mqrpc::service]` generates uses (through `mqrpc::__private`), and
@@ -66,48 +68,5 @@ pub mod __private {
     /// The schema fingerprint helpers of generated clients and servers.
     pub mod schema {
         pub use crate::protocol::schema::codegen::*;
-    }
-
-    /// The MQTT v5 session loop over rumqttc's codec that carries every
-    /// [`Connection`](crate::Connection), for the transport's own tests.
-    pub mod transport {
-        pub use crate::transport::link::*;
-    }
-}
-
-/// MQTT delivery guarantee of requests and responses.
-///
-/// ```
-/// # use mqrpc_runtime as mqrpc;
-/// assert_eq!(mqrpc::QoS::default(), mqrpc::QoS::AtLeastOnce);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum QoS {
-    /// QoS 0: fastest; a request or response lost on the way ends in a timeout.
-    AtMostOnce,
-    /// QoS 1: acknowledged by the broker (the default).
-    #[default]
-    AtLeastOnce,
-    /// QoS 2: exactly once between each client and the broker.
-    ExactlyOnce,
-}
-
-impl From<QoS> for rumqttc::v5::mqttbytes::QoS {
-    fn from(qos: QoS) -> Self {
-        match qos {
-            QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-            QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
-        }
-    }
-}
-
-impl From<rumqttc::v5::mqttbytes::QoS> for QoS {
-    fn from(qos: rumqttc::v5::mqttbytes::QoS) -> Self {
-        match qos {
-            rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-            rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
-        }
     }
 }

@@ -13,6 +13,9 @@ pub mod batch;
 pub mod chaos;
 pub mod cluster;
 pub mod corpus;
+/// The scripted broker of the session loop's own tests (`mqrpc-link`),
+/// shared with the fault tests here.
+#[path = "../../mqrpc-link/tests/support/fake_broker.rs"]
 pub mod fake_broker;
 pub mod netns;
 pub mod proxy;

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use serde_json::{json, Value};
 
 pub use super::AsyncApiOptions;
-pub use crate::QoS;
+pub use crate::protocol::QoS;
 
 /// Builds the document. Called by the generated `<Trait>Server::asyncapi`.
 pub fn document(service: ServiceDoc, schemas: Schemas, options: &AsyncApiOptions) -> Value {

@@ -4,11 +4,12 @@
 use serde_json::Value;
 use serde_json::{json, Map};
 
+use crate::protocol::QoS;
 use crate::protocol::{
     Status, INSTANCE_PROPERTY, SCHEMA_PARAMETER, SEQ_PROPERTY, STATUS_PROPERTY, TEXT_CONTENT_TYPE,
     TIMEOUT_PROPERTY,
 };
-use crate::{Codec, QoS};
+use crate::Codec;
 
 use super::builder::FAILURE;
 use super::codegen::{MethodDoc, OutputDoc};

@@ -31,8 +31,8 @@
 //! assert_eq!(options.get_prefix(), "acme/prod");
 //! ```
 
+use crate::connection::{host_and_port, Scheme};
 use crate::protocol::DEFAULT_PREFIX;
-use crate::transport::{host_and_port, Scheme};
 use crate::{Codec, ConnectOptions, Error};
 
 /// A JSON value: what `asyncapi()` returns (`serde_json::Value`).

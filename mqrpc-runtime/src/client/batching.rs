@@ -15,9 +15,9 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::{request_properties, Client, Waiter};
+use crate::connection::AckTo;
 use crate::error::Failure;
-use crate::protocol::{Status, BATCH_CONTENT_TYPE, BATCH_LEVELS};
-use crate::transport::AckTo;
+use crate::protocol::{Status, BATCH_CONTENT_TYPE};
 
 const UNKNOWN: u8 = 0;
 const PROBING: u8 = 1;
@@ -109,7 +109,7 @@ impl Client {
             content_type: Some(BATCH_CONTENT_TYPE.to_string()),
             ..properties
         };
-        let topic = [&*self.topic_base, BATCH_LEVELS].concat();
+        let topic = crate::protocol::topic::batch_topic(&self.topic_base);
         self.conn.publish_to(
             topic,
             self.options.qos,
@@ -131,6 +131,7 @@ impl Client {
                     Ok(Err(Failure::Refused(refusal))) => format!("{refusal:?}"),
                     Ok(Err(Failure::Error(e))) => e.to_string(),
                     Ok(Err(Failure::Gone(instance))) => format!("{instance} gone"),
+                    Ok(Err(Failure::Chunked(_))) => "a chunked answer".into(),
                     Err(_) => "no answer".into(),
                 };
                 debug!(service = %self.service, target = %self.topic_base, %outcome, "no batches");

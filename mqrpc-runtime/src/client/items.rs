@@ -1,6 +1,6 @@
 //! The caller's side of a streaming call.
 
-use crate::STREAM_WINDOW as WINDOW;
+use crate::protocol::STREAM_WINDOW as WINDOW;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -11,11 +11,13 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::client::items::Idle;
 use crate::client::{Control, Items};
 use crate::error::Failure;
+use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{
-    BROADCAST_LEVEL, CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY,
-    INFO_METHOD, INSTANCE_LEVEL, PING_METHOD, STATS_METHOD,
+    CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY, INFO_METHOD,
+    PING_METHOD, STATS_METHOD,
 };
-use crate::{observe, Error, QoS};
+use crate::{observe, Error};
 
 impl Client {
     /// Calls `method` on every server of the service at once (topic
@@ -40,10 +42,8 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
-        let topic = format!(
-            "{}{BROADCAST_LEVEL}/{method}",
-            topic_base(&self.options.prefix, &self.service)
-        );
+        let service_base = topic_base(&self.options.prefix, &self.service);
+        let topic = topic::broadcast_topic(&service_base, method);
         let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
         let (rx, slot) = self
             .send_many(topic, qos, schema, args, capacity, Gather::All)
@@ -132,7 +132,7 @@ impl Client {
             // A refusal (no server subscribed, not authorized) ends the
             // answers at once.
             tokio::spawn(async move {
-                if let Err(failure) = crate::transport::ack_outcome(ack.await) {
+                if let Err(failure) = crate::connection::ack_outcome(ack.await) {
                     caller.fail_call(id, failure);
                 }
             });
@@ -273,7 +273,7 @@ impl Client {
                 .broadcast_qos(method, None, None, &(), None, Response::into_value)
                 .await;
         }
-        let topic = [&*self.topic_base, method].concat();
+        let topic = topic::method_topic(&self.topic_base, method);
         let (rx, slot) = self
             .send_many(topic, None, None, &(), 1, Gather::One)
             .await?;
@@ -297,11 +297,11 @@ impl Client {
             Control::Credit(n) => (CREDIT_METHOD, Some(n)),
         };
         let topic = match instance {
-            Some(instance) => format!(
-                "{}{INSTANCE_LEVEL}/{instance}/{method}",
-                topic_base(&self.options.prefix, &self.service)
-            ),
-            None => [&*self.topic_base, method].concat(),
+            Some(instance) => {
+                let service_base = topic_base(&self.options.prefix, &self.service);
+                topic::method_topic(&topic::instance_base(&service_base, instance), method)
+            }
+            None => topic::method_topic(&self.topic_base, method),
         };
         let mut user_properties = vec![(
             CANCEL_RESPONSE_TOPIC_PROPERTY.to_string(),
@@ -344,10 +344,10 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        let topic = [&*self.topic_base, method].concat();
+        let topic = topic::method_topic(&self.topic_base, method);
         // Room for a whole window plus the end marker: the server never
         // sends more, so nothing is dropped.
-        let capacity = crate::STREAM_WINDOW as usize + 2;
+        let capacity = crate::protocol::STREAM_WINDOW as usize + 2;
         let (rx, slot) = self
             .send_many(topic, qos, schema, args, capacity, Gather::Stream)
             .await?;

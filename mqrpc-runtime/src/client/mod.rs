@@ -3,6 +3,9 @@
 //! generated `<Trait>Client` wraps.
 
 mod batching;
+mod chunked;
+#[cfg(test)]
+mod chunked_doc;
 mod discovery;
 mod items;
 pub(crate) mod layers;
@@ -36,11 +39,12 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
+use crate::connection::{AckTo, Connection};
 use crate::error::Failure;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{Status, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
-use crate::transport::{AckTo, Connection};
-use crate::{observe, Codec, Error, QoS};
+use crate::{observe, Codec, Error};
 
 /// An untyped client of one service: what a generated `<Trait>Client`
 /// wraps. Use it directly to call methods by name.
@@ -143,11 +147,8 @@ impl Client {
         topic::validate_level(instance)?;
         let mut client = self.clone();
         client.instance = Some(Arc::from(instance));
-        client.topic_base = Arc::from(format!(
-            "{}{}/{instance}/",
-            topic_base(&self.options.prefix, &self.service),
-            crate::protocol::INSTANCE_LEVEL
-        ));
+        let service_base = topic::service_base(&self.options.prefix, &self.service);
+        client.topic_base = Arc::from(topic::instance_base(&service_base, instance));
         client.batch = self.caller.batch_targets.get(&client.topic_base);
         Ok(client)
     }
@@ -283,7 +284,7 @@ impl Client {
         self.conn.ensure_open()?;
         let qos = qos.unwrap_or(self.options.qos);
         let payload = self.options.codec.encode(args)?;
-        let topic = [&*self.topic_base, method].concat();
+        let topic = topic::method_topic(&self.topic_base, method);
         let mut properties = PublishProperties {
             content_type: content_type(self.options.codec, schema),
             message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
@@ -294,7 +295,7 @@ impl Client {
         let ack = self
             .conn
             .publish(topic, qos, Bytes::from(payload), properties, false);
-        crate::transport::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
+        crate::connection::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
     }
 
     async fn call_encoded<A: Serialize + ?Sized>(
@@ -324,7 +325,9 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
-        if let Some(extras) = &self.options.extras {
+        // Calls sent in chunks are neither layered nor retried.
+        let small = |_: &_| payload.len() <= self.options.chunking.get_size();
+        if let Some(extras) = self.options.extras.as_ref().filter(small) {
             // Boxed: a call without layers or retries carries none of it.
             let extras = extras.clone();
             return Box::pin(self.send_extra(extras, method, qos, schema, payload)).await;
@@ -333,29 +336,42 @@ impl Client {
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay
         // in the future across the await, 250 bytes per call in flight.
-        let (slot, span, topic, properties, rx) = match self.prepare(method, schema, payload.len())
-        {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                #[cfg(feature = "metrics")]
-                meter.finish(observe::error_label(&error));
-                return Err(error);
-            }
-        };
+        let (slot, span, topic, properties, rx, chunked) =
+            match self.prepare(method, schema, payload.len()) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    #[cfg(feature = "metrics")]
+                    meter.finish(observe::error_label(&error));
+                    return Err(error);
+                }
+            };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
         let exchange = async {
-            let batch = self.batchable();
-            // A refusal ends the call through the caller, which also takes
-            // its entry: no cancel is sent for a request no server has.
-            let ack = AckTo::Listener(self.caller.clone(), slot.id);
-            self.conn
-                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
-            slot.sent.store(true, Ordering::Relaxed);
-            tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
-            answer(rx)
-                .await
-                .map_err(|failure| failure.into_error(method))
+            let outcome = if chunked {
+                // Boxed: small calls' futures do not carry its state.
+                let send =
+                    chunked::send_request(self, &slot, method, topic, qos, payload, properties, rx);
+                Box::pin(send).await
+            } else {
+                let batch = self.batchable();
+                // A refusal ends the call through the caller, which also takes
+                // its entry: no cancel is sent for a request no server has.
+                let ack = AckTo::Listener(self.caller.clone(), slot.id);
+                self.conn
+                    .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
+                slot.sent.store(true, Ordering::Relaxed);
+                tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
+                answer(rx).await
+            };
+            match outcome {
+                // The answer comes in chunks (PROTOCOL.md, "Chunked transfer").
+                Err(Failure::Chunked(incoming)) => {
+                    Box::pin(chunked::receive_answer(self, slot.id, incoming)).await
+                }
+                other => other,
+            }
+            .map_err(|failure| failure.into_error(method))
         };
         let waited = tokio::time::timeout(self.options.timeout, exchange);
         let result = observe::InSpan::new(&span, waited).await;
@@ -413,6 +429,7 @@ impl Client {
             String,
             PublishProperties,
             oneshot::Receiver<Result<Response, Failure>>,
+            bool,
         ),
         Error,
     > {
@@ -434,9 +451,12 @@ impl Client {
             self.options.timeout,
         );
         observe::inject(&span, &mut properties.user_properties);
-        let topic = [&*self.topic_base, method].concat();
-        self.check_size(&topic, payload_len, &properties)?;
-        Ok((slot, span, topic, properties, rx))
+        let topic = topic::method_topic(&self.topic_base, method);
+        let chunked = chunked::needs_chunks(self, &topic, payload_len, &properties);
+        if !chunked {
+            self.check_size(&topic, payload_len, &properties)?;
+        }
+        Ok((slot, span, topic, properties, rx, chunked))
     }
 
     /// Refuses a request over the broker's Maximum Packet Size before it
@@ -451,7 +471,7 @@ impl Client {
         let Some(limit) = self.conn.broker_max_packet_size() else {
             return Ok(());
         };
-        let size = crate::transport::publish_size(topic, payload_len, properties);
+        let size = crate::connection::publish_size(topic, payload_len, properties);
         if size > limit as usize {
             return Err(Error::TooLarge {
                 message: format!(
@@ -507,7 +527,7 @@ fn content_type(codec: Codec, schema: Option<&'static str>) -> Option<String> {
 
 /// `<prefix>/<service>/`.
 fn topic_base(prefix: &str, service: &str) -> Arc<str> {
-    Arc::from(format!("{prefix}/{service}/"))
+    Arc::from(topic::service_base(prefix, service))
 }
 
 /// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::QoS;
 use crate::protocol::DEFAULT_PREFIX;
-use crate::{Codec, QoS};
+use crate::Codec;
 
 /// Default time a call waits for its answer: 10 s. Also, unless set
 /// apart, the longest a stream waits for each of its items
@@ -34,6 +35,10 @@ pub struct ClientOptions {
     pub(super) batches: bool,
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
+    /// Chunked transfers (`chunked.rs`): their settings, and the largest
+    /// answer this client reassembles.
+    pub(super) chunking: crate::Chunking,
+    pub(super) max_response_size: usize,
     /// Retries and layers, when set: one pointer in every client (and
     /// every call's future) without them.
     pub(super) extras: Option<Arc<Extras>>,
@@ -59,6 +64,8 @@ impl Default for ClientOptions {
             batches: true,
             stream_idle_timeout: None,
             stream_timeout: None,
+            chunking: crate::Chunking::default(),
+            max_response_size: 16 * 1024 * 1024,
             extras: None,
         }
     }
@@ -175,7 +182,8 @@ impl ClientOptions {
     /// [`Error`](crate::Error) gives the caller that error; tower's load
     /// shedding gives [`Error::ResourceExhausted`](crate::Error::ResourceExhausted),
     /// its timeout [`Error::Timeout`](crate::Error::Timeout). Streams,
-    /// broadcasts and one-way calls do not pass through them.
+    /// broadcasts, one-way calls and calls sent in chunks do not pass
+    /// through them.
     ///
     /// ```
     /// # use mqrpc_runtime as mqrpc;

@@ -9,11 +9,11 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::connection::{ack_outcome, AckListener, BrokerAck, Connection, Sink};
 use crate::error::Failure;
+use crate::protocol::QoS;
 use crate::protocol::BATCH_CONTENT_TYPE;
-use crate::transport::link::{ReasonCode, TransportError};
-use crate::transport::{ack_outcome, AckListener, Connection, Sink};
-use crate::{Error, QoS};
+use crate::Error;
 
 /// Where the answer(s) of a call go.
 pub(crate) enum Waiter {
@@ -69,6 +69,8 @@ pub(crate) struct Caller {
     gone: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Round trips that look like Nagle's delay.
     pub(super) nagle: super::nagle::NagleWatch,
+    /// Chunked requests being sent and answers being received.
+    pub(super) chunks: super::chunked::Chunks,
 }
 
 impl Caller {
@@ -78,7 +80,7 @@ impl Caller {
         let reply_topic = conn.reply_topic();
         let caller = Arc::new(Caller {
             reply_topic: reply_topic.clone(),
-            next_id: AtomicU64::new(crate::transport::random_u64() >> 16),
+            next_id: AtomicU64::new(crate::connection::random_u64() >> 16),
             pending: Mutex::new(FxHashMap::default()),
             max_pending: conn.options().max_pending_calls_limit(),
             batch_targets: Default::default(),
@@ -89,6 +91,7 @@ impl Caller {
                     .iter()
                     .all(|(host, _)| super::nagle::is_loopback(host)),
             ),
+            chunks: Default::default(),
         });
         let weak = Arc::downgrade(&caller);
         let sink: Sink = Arc::new(move |_conn, publish, _ack| {
@@ -150,6 +153,9 @@ impl Caller {
             );
             return;
         };
+        if super::chunked::is_chunked(&properties) {
+            return super::chunked::deliver(self, id, publish, properties);
+        }
         let response = Response::from_publish(publish, properties).map_err(Failure::Error);
         let answered_by = response
             .as_ref()
@@ -271,6 +277,7 @@ impl Caller {
         for waiter in waiters {
             waiter.finish(Err(Failure::Error(error.clone())));
         }
+        self.chunks.fail_all(error);
     }
 
     /// `instance` is gone: every call bound to it ends with
@@ -292,6 +299,7 @@ impl Caller {
         for (instance, waiter) in ended {
             waiter.finish(Err(Failure::Gone(instance)));
         }
+        self.chunks.instance_gone(instance);
         let _ = self.gone.send(Arc::from(instance));
     }
 
@@ -309,11 +317,11 @@ impl Caller {
 /// refusal (or a lost link) ends the call here, so the usual PUBACK wakes
 /// no task. An answer that came before the PUBACK already took the entry.
 impl AckListener for Caller {
-    fn acked(&self, id: u64, answer: Result<ReasonCode, TransportError>) {
+    fn acked(&self, id: u64, answer: BrokerAck) {
         match &answer {
-            Ok(ReasonCode(code)) => debug!(
+            Ok(code) => debug!(
                 correlation = id,
-                reason = code,
+                reason = code.0,
                 "request acknowledged by the broker"
             ),
             Err(error) => debug!(correlation = id, %error, "request not acknowledged"),
@@ -346,7 +354,8 @@ pub(crate) struct PendingSlot<'a> {
 
 impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        let unanswered = self.client.caller.lock().remove(&self.id).is_some();
+        let unanswered = self.client.caller.lock().remove(&self.id).is_some()
+            | self.client.caller.chunks.forget(self.id);
         if unanswered && self.sent.load(Ordering::Relaxed) {
             self.client.send_cancel(self.id);
         }

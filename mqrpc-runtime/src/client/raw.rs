@@ -45,7 +45,7 @@ impl Client {
         method: &str,
         payload: Vec<u8>,
     ) -> Result<RawAnswers, Error> {
-        let topic = [&*self.topic_base, method].concat();
+        let topic = crate::protocol::topic::method_topic(&self.topic_base, method);
         let capacity = WINDOW as usize + 2;
         let (rx, slot) = self
             .send_many_encoded(

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{request_properties, topic_base, Client, PendingSlot, Response, Waiter};
+use crate::connection::AckTo;
 use crate::error::Failure;
 use crate::protocol::{Status, AGE_PROPERTY, ATTEMPT_PROPERTY};
-use crate::transport::AckTo;
 use crate::{observe, Error, QoS};
 
 /// When and how often a call is sent again: attempts in all, exponential
@@ -29,8 +29,9 @@ use crate::{observe, Error, QoS};
 /// A call is retried only after [`Error::Timeout`] (of an attempt),
 /// [`Error::Disconnected`], [`Error::Overloaded`] and
 /// [`Error::ServerGone`] (then sent to any instance of the service); a
-/// retry waits for a lost connection to come back. Unary calls only:
-/// streams, broadcasts and one-way calls are sent once.
+/// retry waits for a lost connection to come back. Unary calls only, and
+/// only those whose arguments fit in one message: streams, broadcasts,
+/// one-way calls and calls sent in chunks are sent once.
 ///
 /// ```
 /// # use mqrpc_runtime as mqrpc;
@@ -109,7 +110,7 @@ impl RetryPolicy {
             .initial_backoff
             .saturating_mul(1 << (attempt - 1).min(16));
         let ceiling = doubled.min(self.max_backoff);
-        let fraction = (crate::transport::random_u64() % 1024) as u32;
+        let fraction = (crate::connection::random_u64() % 1024) as u32;
         ceiling * fraction / 1024
     }
 }
@@ -202,6 +203,11 @@ impl Client {
                         }
                     }
                     Ok(Ok(response)) => break Ok(response),
+                    // The answer comes in chunks (PROTOCOL.md, "Chunked transfer").
+                    Ok(Err(Failure::Chunked(incoming))) => {
+                        let answer = super::chunked::receive_answer(self, id, incoming);
+                        break Box::pin(answer).await.map_err(|f| f.into_error(method));
+                    }
                     Ok(Err(failure)) => failure.into_error(method),
                     Err(Some(_)) => Error::Disconnected,
                     Err(None) => Error::Timeout {

@@ -4,9 +4,23 @@
 pub(crate) mod batch;
 pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
+pub(crate) mod chunk;
 pub(crate) mod codec;
+mod qos;
+pub use chunk::{Chunking, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
 pub mod schema;
 pub(crate) mod topic;
+
+pub use qos::QoS;
+
+/// Items the server of a streaming call may send beyond what the caller
+/// has consumed (the credit window; PROTOCOL.md, "Streaming").
+///
+/// ```
+/// # use mqrpc_runtime as mqrpc;
+/// assert_eq!(mqrpc::STREAM_WINDOW, 32);
+/// ```
+pub const STREAM_WINDOW: u32 = 32;
 
 /// User property carrying the outcome of a call on every response.
 pub const STATUS_PROPERTY: &str = "mqrpc-status";
@@ -65,6 +79,12 @@ pub const INFO_METHOD: &str = "_info";
 pub const STATS_METHOD: &str = "_stats";
 /// Service level meaning "every service", for discovery:
 /// `<prefix>/_all/_all/_info` reaches every server of every service.
+///
+/// The same text as [`BROADCAST_LEVEL`], under a name of its own because it
+/// stands in another place: it is a *service* name (one no trait can have,
+/// names starting with `_` being reserved), where `BROADCAST_LEVEL` is the
+/// level *after* a service. Discovery is then the broadcast of this
+/// service, built and matched like any other broadcast.
 pub const ANY_SERVICE: &str = "_all";
 
 /// User property on stream items and the end marker: the item's position.

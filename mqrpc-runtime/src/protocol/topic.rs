@@ -1,20 +1,92 @@
-//! The topic scheme: `<prefix>/<service>/<method>` for requests and
-//! `<prefix>/_reply/<client id>` for responses, plus MQTT filter matching
-//! used to route incoming publishes to the client or to a server.
+//! The topic scheme, the one place topics and filters are built (PROTOCOL.md,
+//! "Topics"): a service's topics all start with its **base**
+//! `<prefix>/<service>/`, those of one instance with
+//! `<prefix>/<service>/_to/<instance>/`; a request goes to `<base><method>`,
+//! a broadcast to `<service base>_all/<method>`, a batch to
+//! `<base>_batch/1`, a cancel to `<base>_cancel`; answers to
+//! `<prefix>/_reply/<client id>`, notices to `<reply prefix>/_gone/<instance>`.
+//! Discovery is the broadcast of the service named [`ANY_SERVICE`]:
+//! `<prefix>/_all/_all/<method>`. Plus MQTT filter matching, used to route
+//! incoming publishes to the client or to a server.
 
-use crate::protocol::{GONE_LEVEL, INSTANCE_LEVEL, REPLY_LEVEL};
+use crate::protocol::{
+    ANY_SERVICE, BATCH_LEVELS, BROADCAST_LEVEL, CANCEL_METHOD, GONE_LEVEL, INSTANCE_LEVEL,
+    REPLY_LEVEL,
+};
 use crate::Error;
+
+/// `<prefix>/<service>/`: how every topic of a service starts.
+pub(crate) fn service_base(prefix: &str, service: &str) -> String {
+    format!("{prefix}/{service}/")
+}
+
+/// `<service base>_to/<instance>/`: how the topics of one instance start.
+pub(crate) fn instance_base(service_base: &str, instance: &str) -> String {
+    format!("{service_base}{INSTANCE_LEVEL}/{instance}/")
+}
+
+/// A request (or cancel, or credit) to a target: `<base><method>`, the base
+/// a service's or an instance's.
+pub(crate) fn method_topic(base: &str, method: &str) -> String {
+    [base, method].concat()
+}
+
+/// A broadcast request: `<service base>_all/<method>`, reaching every
+/// instance of the service (of every service, under [`ANY_SERVICE`]).
+pub(crate) fn broadcast_topic(service_base: &str, method: &str) -> String {
+    format!("{service_base}{BROADCAST_LEVEL}/{method}")
+}
+
+/// A batch request to a target: `<base>_batch/1`.
+pub(crate) fn batch_topic(base: &str) -> String {
+    [base, BATCH_LEVELS].concat()
+}
 
 /// Filter a server subscribes to: every method of the service, so it can
 /// answer unknown methods too instead of leaving the caller to time out.
 pub(crate) fn service_filter(prefix: &str, service: &str) -> String {
-    format!("{prefix}/{service}/+")
+    method_topic(&service_base(prefix, service), "+")
 }
 
 /// Topic of a request: `<prefix>/<service>/<method>`, which
 /// [`service_filter`] matches.
 pub(crate) fn request_topic(prefix: &str, service: &str, method: &str) -> String {
-    format!("{prefix}/{service}/{method}")
+    method_topic(&service_base(prefix, service), method)
+}
+
+/// `filter` as the shared subscription of `group`
+/// (`$share/<group>/<filter>`), or alone without a group.
+pub(crate) fn shared(group: Option<&str>, filter: &str) -> String {
+    match group {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter.to_string(),
+    }
+}
+
+/// Every filter a server of `service` subscribes (PROTOCOL.md, "Topics"):
+/// first those taking requests, at the server's QoS — the service's
+/// methods (in `group`), this instance's, broadcasts, discovery, and the
+/// batch topics of the service (in `group`) and of the instance — then,
+/// for a server in a group, the cancel filter (QoS 0), so that every
+/// instance hears every cancel.
+pub(crate) fn server_filters(
+    prefix: &str,
+    service: &str,
+    instance: &str,
+    group: Option<&str>,
+) -> (Vec<String>, Option<String>) {
+    let base = service_base(prefix, service);
+    let mine = instance_base(&base, instance);
+    let requests = vec![
+        shared(group, &service_filter(prefix, service)),
+        method_topic(&mine, "+"),
+        broadcast_topic(&base, "+"),
+        broadcast_topic(&service_base(prefix, ANY_SERVICE), "+"),
+        shared(group, &batch_topic(&base)),
+        batch_topic(&mine),
+    ];
+    let cancels = group.map(|_| method_topic(&base, CANCEL_METHOD));
+    (requests, cancels)
 }
 
 /// The one stable response topic of a client.
@@ -39,12 +111,6 @@ pub(crate) fn as_level(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Filter of the requests addressed to one instance of a service, given
-/// `<prefix>/<service>/`.
-pub(crate) fn instance_filter(service_base: &str, instance: &str) -> String {
-    format!("{service_base}{INSTANCE_LEVEL}/{instance}/+")
 }
 
 /// Checks a prefix (may span several levels, e.g. `acme/prod/rpc`).
@@ -239,9 +305,51 @@ mod tests {
         assert!(is_publishable("a/b"));
     }
 
+    /// Every topic a client builds is matched by a filter of the server it
+    /// is for, and by no other of a server of another service (PROTOCOL.md,
+    /// "Topics").
+    #[test]
+    fn every_topic_a_client_builds_reaches_its_server() {
+        let (requests, cancels) = server_filters("acme/rpc", "Calc", "calc-1", Some("g"));
+        let mut filters: Vec<Filter> = requests.iter().map(|f| Filter::new(f)).collect();
+        filters.extend(cancels.iter().map(|f| Filter::new(f)));
+        let heard = |topic: &str| filters.iter().filter(|f| f.matches(topic)).count();
+        let base = service_base("acme/rpc", "Calc");
+        let mine = instance_base(&base, "calc-1");
+        let everyone = service_base("acme/rpc", ANY_SERVICE);
+        for topic in [
+            method_topic(&base, "add"),
+            method_topic(&mine, "add"),
+            method_topic(&mine, crate::protocol::CREDIT_METHOD),
+            broadcast_topic(&base, "add"),
+            broadcast_topic(&everyone, "_info"),
+            batch_topic(&base),
+            batch_topic(&mine),
+        ] {
+            assert_eq!(heard(&topic), 1, "{topic}");
+        }
+        // A cancel: by the shared service filter and the cancel filter.
+        assert_eq!(heard(&method_topic(&base, CANCEL_METHOD)), 2);
+        for topic in [
+            method_topic(&instance_base(&base, "calc-2"), "add"),
+            method_topic(&service_base("acme/rpc", "Other"), "add"),
+            batch_topic(&service_base("acme/rpc", "Other")),
+        ] {
+            assert_eq!(heard(&topic), 0, "{topic}");
+        }
+        assert_eq!(requests[0], "$share/g/acme/rpc/Calc/+");
+        assert_eq!(requests[4], "$share/g/acme/rpc/Calc/_batch/1");
+        assert_eq!(
+            broadcast_topic(&everyone, "_info"),
+            "acme/rpc/_all/_all/_info"
+        );
+        let (_, none) = server_filters("acme/rpc", "Calc", "calc-1", None);
+        assert_eq!(none, None, "no cancel filter without a group");
+    }
+
     #[test]
     fn request_topics_match_the_service_filter() {
-        let filter = Filter::new(&format!("$share/g/{}", service_filter("acme/rpc", "Calc")));
+        let filter = Filter::new(&shared(Some("g"), &service_filter("acme/rpc", "Calc")));
         assert!(filter.matches(&request_topic("acme/rpc", "Calc", "add")));
         assert!(filter.matches(&request_topic("acme/rpc", "Calc", "_cancel")));
         assert!(!filter.matches(&request_topic("acme/rpc", "Other", "add")));

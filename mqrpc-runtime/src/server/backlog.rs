@@ -42,8 +42,8 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use super::dispatch::HeldAck;
-use crate::transport::{AckListener, AckTo, Connection};
-use crate::QoS;
+use crate::connection::{AckListener, AckTo, Connection};
+use crate::protocol::QoS;
 
 /// The least the refusals waiting for room may hold together (see
 /// [`Backlog::waiting_budget`]).
@@ -181,11 +181,7 @@ impl AckListener for Backlog {
     /// The answer left (QoS 0: written; QoS 1/2: acknowledged, or the
     /// broker refused it, or the link closed): its bytes are free. `id` is
     /// what it was charged.
-    fn acked(
-        &self,
-        id: u64,
-        _answer: Result<crate::transport::link::ReasonCode, crate::transport::link::TransportError>,
-    ) {
+    fn acked(&self, id: u64, _answer: crate::connection::BrokerAck) {
         self.release(id as usize);
     }
 }
@@ -203,7 +199,7 @@ impl Answer {
     /// What this answer holds until it has left: its packet and the
     /// queue's structure.
     fn cost(&self) -> usize {
-        crate::transport::publish_size(&self.topic, self.payload.len(), &self.properties)
+        crate::connection::publish_size(&self.topic, self.payload.len(), &self.properties)
             + ANSWER_OVERHEAD
     }
 

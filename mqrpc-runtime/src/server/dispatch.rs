@@ -12,9 +12,12 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
+use crate::connection::AckToken;
+use crate::connection::Connection;
 use crate::observe::{self};
 use crate::protocol::batch::BATCH_SUFFIX;
 use crate::protocol::topic;
+use crate::protocol::QoS;
 use crate::protocol::{
     Status, CANCEL_METHOD, CREDIT_METHOD, INSTANCE_PROPERTY, POSTCARD_CONTENT_TYPE, SEQ_PROPERTY,
     STATUS_PROPERTY, TEXT_CONTENT_TYPE,
@@ -23,9 +26,7 @@ use crate::server::backlog::Answer;
 use crate::server::context::CallContext;
 use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
 use crate::server::limits::{Held, RequestLimits};
-use crate::transport::link::AckToken;
-use crate::transport::Connection;
-use crate::{Codec, QoS};
+use crate::Codec;
 
 /// What tokio's task adds to the future it runs (header, scheduler link,
 /// trailer), rounded up.
@@ -132,7 +133,7 @@ impl<S: Service> Dispatcher<S> {
         }
     }
 
-    fn admit_request(
+    pub(super) fn admit_request(
         self: Arc<Self>,
         conn: &Connection,
         mut request: Request,
@@ -149,8 +150,15 @@ impl<S: Service> Dispatcher<S> {
         if request.method == CANCEL_METHOD {
             return self.cancel(&request, now);
         }
+        if request.chunk_grant.is_some() {
+            return self.chunk_grant(&request); // PROTOCOL.md, "Chunked transfer"
+        }
         if request.method == CREDIT_METHOD {
             return self.credit(&request);
+        }
+        if request.chunk.is_some() {
+            // Reassembled first: what follows sees one whole request.
+            return self.accept_chunk(conn, request);
         }
         let key = request.key();
         let mut full = false;
@@ -166,6 +174,16 @@ impl<S: Service> Dispatcher<S> {
                     debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
                     let (status, content_type) = (reply.status, reply.content_type);
                     let payload = reply.payload.clone();
+                    if self.answer_in_chunks(conn, &request, status, content_type, &payload) {
+                        let this = self.clone();
+                        let conn = conn.clone();
+                        tokio::spawn(async move {
+                            this.answer(conn, request, status, content_type, payload)
+                                .await;
+                            drop(ack); // once the answer is queued
+                        });
+                        return;
+                    }
                     let held = &self.held;
                     return send_refusal(conn, held, request, status, content_type, payload, ack);
                 }
@@ -317,7 +335,9 @@ impl<S: Service> Dispatcher<S> {
             );
             return;
         };
-        let stopped = self.calls().cancel(call_key(topic, correlation), now);
+        let key = call_key(topic, correlation);
+        let transfer = self.cancel_transfers(&key);
+        let stopped = self.calls().cancel(key, now) || transfer;
         debug!(service = S::NAME, stopped, "cancel message");
     }
 
@@ -462,15 +482,8 @@ impl<S: Service> Dispatcher<S> {
                 calls.finish(key, cached, expires);
             }
         }
-        send_reply(
-            conn,
-            &self.held,
-            request,
-            reply.status,
-            content_type,
-            payload,
-        )
-        .await;
+        self.answer(conn, request, reply.status, content_type, payload)
+            .await;
     }
 }
 
@@ -491,7 +504,11 @@ pub(super) fn known_method<S: Service>(name: &str) -> Option<&'static str> {
 /// The properties of an answer. Defaults are left out (absent status =
 /// `ok`, absent Content Type = postcard): each property costs allocations
 /// on both sides.
-fn reply_properties(request: &Request, status: Status, content_type: &str) -> PublishProperties {
+pub(super) fn reply_properties(
+    request: &Request,
+    status: Status,
+    content_type: &str,
+) -> PublishProperties {
     let mut user = Vec::new();
     if status != Status::Ok {
         user.push((STATUS_PROPERTY.to_string(), status.as_str().to_string()));
@@ -568,7 +585,7 @@ fn answer_to(
     // broker would drop the connection for it): answer `too-large` instead.
     if let Some(limit) = conn.broker_max_packet_size() {
         let fits = |properties: &PublishProperties, payload: &Bytes| {
-            crate::transport::publish_size(&response_topic, payload.len(), properties)
+            crate::connection::publish_size(&response_topic, payload.len(), properties)
                 <= limit as usize
         };
         if !fits(&properties, &payload) {

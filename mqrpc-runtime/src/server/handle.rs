@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::connection::{Connection, Sink};
 use crate::protocol::topic;
-use crate::protocol::{ANY_SERVICE, BATCH_LEVELS, BROADCAST_LEVEL, CANCEL_METHOD, INSTANCE_LEVEL};
+use crate::protocol::QoS;
 use crate::server::duplicates::{CallTable, Limits};
 use crate::server::limits::{Held, RequestLimits, ServerUsage};
-use crate::transport::{Connection, Sink};
-use crate::{Error, QoS};
+use crate::server::reassembly::Transfers;
+use crate::Error;
 
 /// A running server. Dropping it leaves the service running for as long as
 /// the connection lives; call [`ServerHandle::shutdown`] to stop gracefully.
@@ -172,8 +173,11 @@ impl ServerHandle {
 
 /// Serves `service` on `conn`: subscribes to `<prefix>/<name>/+` — as the
 /// shared subscription `$share/<group>/<prefix>/<name>/+` unless
-/// [`ServerOptions::no_share_group`] — and returns once the broker
-/// acknowledged it.
+/// [`ServerOptions::no_share_group`] — and to the service's other filters
+/// (its instance, broadcasts, discovery, batches, cancels: PROTOCOL.md,
+/// "Topics"), all in one SUBSCRIBE, and returns once the broker
+/// acknowledged it. If the broker refuses any filter, none stays
+/// subscribed and the error names the refused filter.
 pub async fn serve<S: Service>(
     conn: &Connection,
     service: S,
@@ -190,27 +194,21 @@ pub async fn serve<S: Service>(
     if let Some(group) = &options.share_group {
         topic::validate_level(group)?;
     }
-    let topics = topic::service_filter(&options.prefix, S::NAME);
-    let method_offset = topics.len() - 1; // the method level starts where `+` is
-    let filter = match &options.share_group {
-        Some(group) => format!("$share/{group}/{topics}"),
-        None => topics.clone(),
-    };
     let instance = match &options.instance {
         Some(instance) => instance.clone(),
         None => topic::as_level(conn.client_id()),
     };
     topic::validate_level(&instance)?;
     let activity = Arc::new(Activity::default());
-    let held = Arc::new(Held::new(
-        CallTable::new(Limits {
-            max_entries: options.dedup_entries,
-            max_bytes: options.dedup_bytes,
-            grace: Duration::from_secs(5),
-            window: options.dedup_window,
-        }),
-        options.max_answer_backlog,
-    ));
+    let calls = CallTable::new(Limits {
+        max_entries: options.dedup_entries,
+        max_bytes: options.dedup_bytes,
+        grace: Duration::from_secs(5),
+        window: options.dedup_window,
+    });
+    let service_base = topic::service_base(&options.prefix, S::NAME);
+    let transfers = Transfers::new(&options, &service_base, &instance);
+    let held = Arc::new(Held::new(calls, options.max_answer_backlog, transfers));
     sweep(Arc::downgrade(&held));
     let service = Arc::new(service);
     let dispatcher = Arc::new(Dispatcher {
@@ -235,54 +233,41 @@ pub async fn serve<S: Service>(
     });
     let sink: Sink =
         Arc::new(move |conn, publish, ack| dispatcher.clone().admit(conn, publish, ack));
-    let service_base = &topics[..method_offset]; // `<prefix>/<service>/`
-    let mut filters = vec![
-        (filter.clone(), options.qos),
-        // Calls addressed to this instance (`Client::to_instance`).
-        (topic::instance_filter(service_base, &instance), options.qos),
-        // Broadcasts reach every instance.
-        (format!("{service_base}{BROADCAST_LEVEL}/+"), options.qos),
-        // Discovery: built-ins asked of every server of every service.
-        (
-            format!("{}/{ANY_SERVICE}/{BROADCAST_LEVEL}/+", options.prefix),
-            options.qos,
-        ),
-    ];
-    // Batch requests (PROTOCOL.md, "Batches"), to the service and to this
-    // instance; their two levels keep them out of older servers' filters.
-    let batches = format!("{service_base}{BATCH_LEVELS}");
-    filters.push((
-        match &options.share_group {
-            Some(group) => format!("$share/{group}/{batches}"),
-            None => batches,
-        },
-        options.qos,
-    ));
-    filters.push((
-        format!("{service_base}{INSTANCE_LEVEL}/{instance}/{BATCH_LEVELS}"),
-        options.qos,
-    ));
-    if options.share_group.is_some() {
-        // In a group each request reaches one instance, and the client does
-        // not know which: every instance hears every cancel (and ignores
-        // the ones of calls it does not run).
-        filters.push((format!("{service_base}{CANCEL_METHOD}"), QoS::AtMostOnce));
-    }
+    let (requests, cancels) = topic::server_filters(
+        &options.prefix,
+        S::NAME,
+        &instance,
+        options.share_group.as_deref(),
+    );
+    let filter = requests[0].clone();
+    let mut routes: Vec<_> = requests
+        .into_iter()
+        .map(|filter| (filter, options.qos, sink.clone()))
+        .collect();
+    // In a group each request reaches one instance, and the client does not
+    // know which: every instance hears every cancel (and ignores the ones
+    // of calls it does not run).
+    routes.extend(cancels.map(|filter| (filter, QoS::AtMostOnce, sink.clone())));
     // Before the first request can come: its Will is in place (PROTOCOL.md,
     // "Server gone").
     conn.serving(&instance).await;
-    let mut route_ids = Vec::new();
-    for (filter, qos) in filters {
-        match conn.subscribe(filter, qos, sink.clone()).await {
-            Ok(id) => route_ids.push(id),
-            Err(e) => {
-                for id in &route_ids {
-                    let _ = conn.unsubscribe(*id).await;
-                }
-                drop(conn.stopped_serving(&instance));
-                return Err(e);
-            }
+    // All filters in one SUBSCRIBE, one SUBACK.
+    let outcomes = match conn.subscribe_routes(routes).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            drop(conn.stopped_serving(&instance));
+            return Err(e);
         }
+    };
+    let (granted, refused): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(Result::is_ok);
+    let route_ids: Vec<u64> = granted.into_iter().flatten().collect();
+    if let Some(Err(e)) = refused.into_iter().next() {
+        // Refused in part: nothing of the server stays subscribed.
+        for id in &route_ids {
+            let _ = conn.unsubscribe(*id).await;
+        }
+        drop(conn.stopped_serving(&instance));
+        return Err(e);
     }
     Ok(ServerHandle {
         conn: conn.clone(),

@@ -15,8 +15,8 @@ use super::backlog::Backlog;
 use super::dispatch::{send_refusal, Dispatcher, HeldAck};
 use super::duplicates::{CallKey, CallTable};
 use super::{Request, Service};
+use crate::connection::Connection;
 use crate::protocol::{Status, CANCEL_METHOD, CREDIT_METHOD, TEXT_CONTENT_TYPE};
-use crate::transport::Connection;
 
 /// The limits on one request (see `ServerOptions::max_correlation_data`
 /// and the setters after it): checked before the server keeps anything of
@@ -190,6 +190,8 @@ pub(crate) struct Held {
     pub task_bytes: AtomicUsize,
     pub refused: AtomicU64,
     pub dropped: AtomicU64,
+    /// Chunked transfers, partial requests and answers being sent.
+    pub transfers: super::reassembly::Transfers,
     /// Answers not yet written or acknowledged (`server/backlog.rs`).
     pub backlog: Arc<Backlog>,
 }
@@ -201,8 +203,13 @@ impl std::fmt::Debug for Held {
 }
 
 impl Held {
-    pub fn new(calls: CallTable, backlog_budget: usize) -> Held {
+    pub fn new(
+        calls: CallTable,
+        backlog_budget: usize,
+        transfers: super::reassembly::Transfers,
+    ) -> Held {
         Held {
+            transfers,
             calls: Mutex::new(calls),
             streams: Mutex::new(HashMap::new()),
             queued: AtomicUsize::new(0),
@@ -257,6 +264,7 @@ impl Held {
             streams: self.streams().len(),
             refused_over_limits: self.refused.load(Ordering::Relaxed),
             dropped_over_limits: self.dropped.load(Ordering::Relaxed),
+            chunked: self.transfers.usage(),
             answer_backlog_bytes: backlog.bytes,
             answer_backlog_peak: backlog.peak,
             answer_backlog_budget: backlog.budget,
@@ -324,6 +332,8 @@ pub struct ServerUsage {
     /// Requests, cancels and credits over a request limit that could not
     /// be answered (no usable Response Topic): dropped, with a warning.
     pub dropped_over_limits: u64,
+    /// Chunked transfers (PROTOCOL.md, "Chunked transfer").
+    pub chunked: crate::ChunkedUsage,
     /// Bytes of answers and refusals handed to the connection and not yet
     /// written (QoS 0) or acknowledged by the broker (QoS 1/2): its
     /// queue, write buffer and publishes waiting for a Receive Maximum

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::protocol::QoS;
 use crate::protocol::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
-use crate::QoS;
 
 /// Per-server settings.
 ///
@@ -39,6 +39,10 @@ pub struct ServerOptions {
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
     pub(super) ack_after_answer: bool,
+    /// Chunked transfers (`reassembly/`): their settings and the bytes all
+    /// partial requests may hold.
+    pub(super) chunking: crate::Chunking,
+    pub(super) max_reassembly_bytes: usize,
     pub(super) max_answer_backlog: usize,
     pub(super) layers: super::layers::Layers,
 }
@@ -49,7 +53,8 @@ impl Default for ServerOptions {
     /// 10 000 waiting in 64 MiB, requests up to 1 MiB, Correlation Data up
     /// to 256 bytes, Response Topics up to 1 024 bytes, up to 64 user
     /// properties of 16 KiB in all, duplicate detection over 10 000 calls
-    /// in 8 MiB, 8 MiB of answers waiting to leave.
+    /// in 8 MiB, 8 MiB of answers waiting to leave, chunked requests
+    /// reassembled in 64 MiB at most.
     fn default() -> Self {
         ServerOptions {
             prefix: DEFAULT_PREFIX.to_string(),
@@ -68,6 +73,8 @@ impl Default for ServerOptions {
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
             ack_after_answer: false,
+            chunking: crate::Chunking::default(),
+            max_reassembly_bytes: 64 * 1024 * 1024,
             max_answer_backlog: 8 * 1024 * 1024,
             layers: Default::default(),
         }

@@ -9,12 +9,13 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use crate::observe::TraceContext;
 use crate::protocol::batch::{CallEntry, BATCH_METHOD};
+use crate::protocol::chunk::{ChunkHeader, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
+use crate::protocol::QoS;
 use crate::protocol::{
     AGE_PROPERTY, ANY_SERVICE, ATTEMPT_PROPERTY, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY,
     CREDIT_PROPERTY, INSTANCE_LEVEL, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
-use crate::QoS;
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]
@@ -55,6 +56,11 @@ pub(crate) struct Request {
     /// Sent to `<prefix>/<service>/_to/<instance>/<method>`: to this
     /// instance alone.
     pub direct: bool,
+    /// A chunk of a chunked request: its `mqrpc-chunk`, read (PROTOCOL.md,
+    /// "Chunked transfer").
+    pub chunk: Option<Result<ChunkHeader, String>>,
+    /// On a credit message: the grant of a chunked answer.
+    pub chunk_grant: Option<u32>,
 }
 
 impl Request {
@@ -110,6 +116,8 @@ impl Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
+            chunk: user(CHUNK_PROPERTY).map(|value| ChunkHeader::parse(&value)),
+            chunk_grant: user(CHUNK_GRANT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             method,
             response_topic: properties.response_topic,
             correlation: properties.correlation_data,
@@ -157,6 +165,8 @@ impl Request {
             attempt: 1,
             age_ms: None,
             direct: false,
+            chunk: None,
+            chunk_grant: None,
         }
     }
 
@@ -205,6 +215,8 @@ impl Request {
             attempt: 1,
             age_ms: None,
             direct: false,
+            chunk: None,
+            chunk_grant: None,
         }
     }
 

@@ -15,17 +15,16 @@ use serde::Serialize;
 
 use super::dispatch::{send_reply, Dispatcher};
 use super::{Request, Service};
+use crate::connection::Connection;
 use crate::protocol::{Status, TEXT_CONTENT_TYPE};
 use crate::server::duplicates::{CallId, KeyData};
 use crate::server::limits::Credit;
-use crate::transport::Connection;
 use crate::{Codec, Error};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-/// Items the server may send beyond what the caller consumed.
-pub const WINDOW: u32 = 32;
+use crate::protocol::STREAM_WINDOW as WINDOW;
 
 /// What a streaming method returns on the server: any `futures` stream of
 /// values, boxed.
@@ -160,7 +159,7 @@ impl<S: Service> Dispatcher<S> {
             .map(|deadline| deadline.saturating_duration_since(request.arrived));
         let mut due = request.deadline.map(tokio::time::Instant::from_std);
         let next_due = || budget.map(|budget| tokio::time::Instant::now() + budget);
-        let mut credit = crate::STREAM_WINDOW;
+        let mut credit = WINDOW;
         let mut seq = 0u64;
         let end = loop {
             let waiting_for_credit = credit == 0;

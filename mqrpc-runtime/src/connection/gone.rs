@@ -1,34 +1,21 @@
-//! Notices that a server instance is gone (PROTOCOL.md, "Server gone"):
-//! the connection's Last Will, and the notices it publishes itself when
-//! its servers stop cleanly.
+//! Servers coming and going on a connection (PROTOCOL.md, "Server gone"):
+//! the connections that carry other instances' Last Wills, the notices
+//! published when servers stop cleanly, and closing (which announces every
+//! instance still served).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::LastWillProperties;
-
-use super::connection::{ack_outcome, Connection};
-use super::link::{LastWill, OutgoingPublish};
-use super::options::ConnectOptions;
-use crate::error::{Failure, Refusal};
-use crate::protocol::GONE_LEVEL;
-use crate::{Error, QoS};
 use tracing::warn;
 
-/// The servers running on a connection, by instance id: the notices owed
-/// when they stop.
-pub(super) type Served = Mutex<HashMap<String, Instance>>;
+use crate::error::{Failure, Refusal};
+use crate::protocol::GONE_LEVEL;
+use crate::Error;
 
-/// One instance id served on a connection.
-#[derive(Default)]
-pub(super) struct Instance {
-    /// How many servers use it.
-    servers: usize,
-    /// For an instance id other than the connection's own (its client id
-    /// as a topic level): the connection whose Last Will is this
-    /// instance's notice. Dropping it sends its DISCONNECT (no Will).
-    will: Option<Connection>,
-}
+use super::acks::ack_outcome;
+use super::shared::{served_instances, Connection, Instance};
+use super::will::notice;
 
 /// The last server of an instance stopped: holds the connection carrying
 /// its Will (if any) until dropped.
@@ -36,6 +23,23 @@ pub(super) struct Instance {
 pub(crate) struct LastServer(#[allow(dead_code)] Option<Connection>);
 
 impl Connection {
+    /// Disconnects from the broker. Calls in flight fail with
+    /// [`Error::Closed`]; later calls fail the same way. Before the
+    /// DISCONNECT it announces every server instance still running on
+    /// this connection as gone (PROTOCOL.md, "Server gone"), so that their
+    /// callers' calls end at once: a clean DISCONNECT discards the Will.
+    pub async fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.shared.ready.store(false, Ordering::Release);
+        self.announce_all_gone();
+        self.link_lost(&Error::Closed);
+        // Writes what is queued, then DISCONNECT; pending acks end `Closed`.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.transport.disconnect()).await;
+    }
+
     /// A server with this instance id starts on this connection. The first
     /// one of an instance id other than the connection's own opens the
     /// connection that carries its Last Will (the connection's own Will
@@ -151,50 +155,5 @@ impl Connection {
             .filter_map(|entry| entry.will.take())
             .collect();
         drop(carriers);
-    }
-}
-
-/// The instances with servers on a connection.
-pub(super) fn served_instances(served: &Served) -> Vec<String> {
-    served
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect()
-}
-
-/// The notice that `instance` is gone: an empty QoS 1 message to
-/// `<reply prefix>/_gone/<instance>`, not retained.
-pub(super) fn notice(options: &ConnectOptions, instance: &str) -> OutgoingPublish {
-    let topic = crate::protocol::topic::gone_topic(&options.reply_prefix, instance);
-    OutgoingPublish::new(topic, QoS::AtLeastOnce.into(), bytes::Bytes::new())
-}
-
-/// The Last Will of a connection: the notice that `instance` is gone (its
-/// default instance, its client id as a topic level, unless it carries the
-/// Will of another one), published by the broker when the link ends
-/// without a DISCONNECT. With a kept session it waits as long as the
-/// session does (Will Delay Interval): a server back in time with the same
-/// client id finds its requests and answers them.
-pub(super) fn last_will(options: &ConnectOptions, instance: &str) -> LastWill {
-    let notice = notice(options, instance);
-    let delay = options
-        .session_expiry
-        .map(|expiry| u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX).max(1));
-    LastWill {
-        topic: notice.topic,
-        message: notice.payload,
-        qos: notice.qos,
-        retain: false,
-        properties: delay.map(|delay| LastWillProperties {
-            delay_interval: Some(delay),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-        }),
     }
 }

@@ -15,10 +15,13 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 
-use super::packet_ids::PacketIds;
-use super::{
-    codes, AckToken, Event, EventSink, IncomingPublish, OutgoingPublish, ReasonCode, Replies,
-    Reply, ServerLimits, TransportError,
+use crate::acks::{AckQueue, Reply};
+use crate::coalesce::Replies;
+use crate::codes;
+use crate::events::EventSink;
+use crate::packet_ids::PacketIds;
+use crate::{
+    AckToken, Event, IncomingPublish, OutgoingPublish, ReasonCode, ServerLimits, TransportError,
 };
 
 /// An outgoing QoS 1/2 publish on the wire, waiting for its ack.
@@ -70,7 +73,7 @@ pub(crate) struct Session {
     /// Everything to send, written with one write.
     pub(crate) wbuf: BytesMut,
     pub(crate) limits: ServerLimits,
-    ack_queue: std::sync::Arc<super::AckQueue>,
+    ack_queue: std::sync::Arc<AckQueue>,
     /// Acks taken from `ack_queue` after a dispatch (kept for its allocation).
     inline_acks: Vec<(u64, u8)>,
     events: EventSink,
@@ -90,7 +93,7 @@ impl Session {
             qos0: Vec::new(),
             wbuf: BytesMut::with_capacity(16 * 1024),
             limits: default_limits(),
-            ack_queue: std::sync::Arc::new(super::AckQueue::new(ack_tx)),
+            ack_queue: std::sync::Arc::new(AckQueue::new(ack_tx)),
             inline_acks: Vec::new(),
             events,
         }
@@ -313,11 +316,7 @@ impl Session {
     }
 
     fn token(&self, seq: u64) -> AckToken {
-        AckToken {
-            acks: self.ack_queue.clone(),
-            seq,
-            done: false,
-        }
+        AckToken::new(self.ack_queue.clone(), seq)
     }
 
     /// A packet from the broker (CONNACK and PINGRESP are the loop's).

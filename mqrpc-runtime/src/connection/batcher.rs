@@ -15,7 +15,7 @@ use crate::protocol::{
     TRACESTATE_PROPERTY,
 };
 
-use super::link::{Coalesce, OutgoingPublish};
+use mqrpc_link::{Coalesce, OutgoingPublish};
 
 #[derive(Debug)]
 pub(crate) struct Batcher;

@@ -4,6 +4,10 @@
 //! where "nothing else was sent before" must be proven); timeouts are only
 //! hang guards.
 
+#[allow(dead_code)]
+#[path = "support/fake_broker.rs"]
+mod fake_broker;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,10 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqrpc_runtime::__private::transport::*;
-use mqrpc_tests::fake_broker::{
+use fake_broker::{
     puback, pubcomp, publish, pubrec, pubrel, suback, Connack, FakeBroker, Link, GUARD,
 };
+use mqrpc_link::*;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;

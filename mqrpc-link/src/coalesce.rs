@@ -5,7 +5,7 @@
 //! again and its parts sent one by one, each with its own answer, so merging
 //! never changes what a sender learns.
 
-use super::{AckTo, OutgoingPublish, ReasonCode, TransportError};
+use crate::{AckTo, OutgoingPublish, ReasonCode, TransportError};
 
 /// Decides which publishes may travel together and builds the publish that
 /// carries them. Only publishes with [`OutgoingPublish::coalesce`] set are
@@ -45,7 +45,7 @@ pub(crate) enum Replies {
 impl Replies {
     /// Hands out the answer. A merged publish that was refused (or is too
     /// large for the server) gives back its parts instead, to be sent alone.
-    pub(super) fn resolve(
+    pub(crate) fn resolve(
         self,
         answer: Result<ReasonCode, TransportError>,
     ) -> Option<Vec<(OutgoingPublish, AckTo)>> {
@@ -78,7 +78,7 @@ type Group = (Option<u64>, usize, Vec<(OutgoingPublish, AckTo)>);
 /// Groups `drained` (in queue order) by key and merges each group within
 /// `limits`; everything else passes through alone. A group keeps the place
 /// of its first part.
-pub(super) fn coalesce(
+pub(crate) fn coalesce(
     coalescer: &dyn Coalesce,
     limits: CoalesceLimits,
     drained: Vec<(OutgoingPublish, AckTo)>,

@@ -2,43 +2,19 @@
 //! connection, and holding those that arrive (with a persistent session)
 //! before their route is back.
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5::Publish;
 use tracing::{debug, warn};
 
-use crate::QoS;
+use mqrpc_link::AckToken;
 
-use super::link::AckToken;
-use super::Connection;
+use super::shared::{Connection, Held, Route, Sink};
 
 /// Publishes held for routes not (yet) registered, with a persistent
 /// session: at most this many, and this many payload bytes.
 pub(super) const MAX_HELD: usize = 10_000;
 pub(super) const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
-
-/// Publishes waiting for their route, with when they arrived.
-#[derive(Default)]
-pub(super) struct Held {
-    pub(super) publishes: VecDeque<(std::time::Instant, Publish)>,
-    pub(super) bytes: usize,
-}
-
-/// A handler for publishes whose topic matches a route's filter. Runs on the
-/// event-loop task: it must not block (spawn or send, never await). It may
-/// take the publish's ack token (QoS 1/2) to acknowledge it later; one it
-/// leaves is acked when it returns.
-pub(crate) type Sink = Arc<dyn Fn(&Connection, Publish, &mut Option<AckToken>) + Send + Sync>;
-
-pub(super) struct Route {
-    pub(super) id: u64,
-    pub(super) filter: String,
-    pub(super) matcher: crate::protocol::topic::Filter,
-    pub(super) qos: QoS,
-    pub(super) sink: Sink,
-}
 
 impl Connection {
     /// Adds a route, then hands it the held publishes it matches. The held
@@ -79,43 +55,6 @@ impl Connection {
             // Acked when it was held.
             sink(self, publish, &mut None);
         }
-    }
-
-    /// Adds routes and subscribes their filters in one SUBSCRIBE: for each,
-    /// its route id, or the broker's refusal (its route removed again).
-    pub(crate) async fn subscribe_routes(
-        &self,
-        routes: Vec<(String, QoS, Sink)>,
-    ) -> Result<Vec<Result<u64, crate::Error>>, crate::Error> {
-        self.ensure_open()?;
-        let mut ids = Vec::new();
-        let mut filters = Vec::new();
-        for (filter, qos, sink) in routes {
-            let id = self.shared.next_route_id.fetch_add(1, Ordering::Relaxed);
-            // Route first: a message may arrive right after the SUBACK.
-            self.add_route(Route {
-                id,
-                filter: filter.clone(),
-                matcher: crate::protocol::topic::Filter::new(&filter),
-                qos,
-                sink,
-            });
-            ids.push(id);
-            filters.push((filter, qos));
-        }
-        let outcomes = match self.subscribe_each(filters).await {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                ids.iter().for_each(|id| drop(self.remove_route(*id)));
-                return Err(e);
-            }
-        };
-        let subscribed = ids.into_iter().zip(outcomes).map(|(id, outcome)| {
-            outcome
-                .map(|()| id)
-                .inspect_err(|_| drop(self.remove_route(id)))
-        });
-        Ok(subscribed.collect())
     }
 
     pub(super) fn route(&self, publish: Publish, ack: &mut Option<AckToken>) {

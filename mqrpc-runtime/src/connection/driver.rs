@@ -9,10 +9,12 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::{Error, QoS};
+use mqrpc_link::{ConnectionState, Event, IncomingPublish};
 
-use super::connection::{Connection, Shared};
-use super::link::{ConnectionState, Event, IncomingPublish};
+use crate::protocol::QoS;
+use crate::Error;
+
+use super::shared::{Connection, Shared};
 
 /// Handles the session loop's events on the loop's own task (one task
 /// switch less per incoming publish than a task of its own). Holds only a

@@ -1,5 +1,5 @@
 //! Where the bytes go: one fresh stream per (re)connection. TCP is here; TLS
-//! (`super::tls`, feature `tls`) and WebSocket (`super::websocket`, feature
+//! (`TlsConnector`, feature `tls`) and WebSocket (`WsConnector`, feature
 //! `websocket`) implement the same trait over `tcp()`. Any
 //! `AsyncRead + AsyncWrite` stream will do.
 
@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Opens one byte stream per (re)connection of a
-/// [`Transport`](super::Transport).
+/// [`Transport`](crate::Transport).
 pub trait Connector: Send + 'static {
     /// The stream (TCP, TLS over TCP, WebSocket adapter…).
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -51,8 +51,15 @@ pub(crate) async fn tcp(addr: &str) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// `host:port`, IPv6 hosts in brackets.
-pub(crate) fn socket_addr(host: &str, port: u16) -> String {
+/// `host:port`, IPv6 hosts in brackets (with or without them in `host`).
+///
+/// ```
+/// use mqrpc_link::connector::socket_addr;
+/// assert_eq!(socket_addr("::1", 1883), "[::1]:1883");
+/// assert_eq!(socket_addr("[::1]", 1883), "[::1]:1883");
+/// assert_eq!(socket_addr("broker", 1883), "broker:1883");
+/// ```
+pub fn socket_addr(host: &str, port: u16) -> String {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.contains(':') {
         format!("[{host}]:{port}")

@@ -4,20 +4,53 @@
 //! TLS WebSocket listeners, certificates made at test time. Each link
 //! subscribes, publishes QoS 1 with Response Topic and Correlation Data, gets
 //! the PUBACK's code and its own publish back with the properties intact.
-//! Timeouts are only hang guards.
+//! Timeouts are only hang guards. (Connections made from options and
+//! URLs are tested with mqrpc's own tests: `security.rs`, `websocket.rs`.)
 
+#![cfg(all(feature = "tls", feature = "websocket"))]
+
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqrpc::{ConnectOptions, EmbeddedBroker};
-use mqrpc_runtime::__private::transport::*;
+use mqrpc::EmbeddedBroker;
+use mqrpc_link::*;
 use mqrpc_tests::security::Pki;
 use mqrpc_tests::Mosquitto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const GUARD: Duration = Duration::from_secs(30);
 
 async fn guard<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(GUARD, f).await.expect("hang guard")
+}
+
+/// A rustls configuration trusting the CA in `ca` only, with a client
+/// certificate and key when given.
+fn tls_config(ca: &Path, client: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    Arc::new(config)
 }
 
 /// No reconnect: a failed connect ends the transport with its reason.
@@ -124,8 +157,8 @@ async fn tls_to_mosquitto_with_a_given_ca() {
     };
     // By IP address and by DNS name: both are in the broker's certificate.
     for host in ["127.0.0.1", "localhost"] {
-        let options = ConnectOptions::new(host, port).tls_ca_file(pki.file("ca.pem"));
-        let connector = TlsConnector::from_options(&options).unwrap();
+        let config = tls_config(&pki.file("ca.pem"), None);
+        let connector = TlsConnector::new(host, port, config).unwrap();
         round_trip(connector, &format!("tls-{host}")).await;
     }
 }
@@ -136,20 +169,19 @@ async fn tls_to_mosquitto_with_a_client_certificate() {
     let Some((_mosquitto, port)) = mosquitto_tls(&pki, true) else {
         return;
     };
-    let url = format!(
-        "mqtts://127.0.0.1:{port}?ca={}&cert={}&key={}",
-        pki.file("ca.pem").display(),
-        pki.file("client.pem").display(),
-        pki.file("client.key").display()
-    );
-    let options = ConnectOptions::from_url(&url).unwrap();
-    round_trip(TlsConnector::from_options(&options).unwrap(), "mtls").await;
+    let (cert, key) = (pki.file("client.pem"), pki.file("client.key"));
+    let with_cert = tls_config(&pki.file("ca.pem"), Some((&cert, &key)));
+    round_trip(
+        TlsConnector::new("127.0.0.1", port, with_cert).unwrap(),
+        "mtls",
+    )
+    .await;
 
     // Without the certificate the broker ends the handshake.
-    let options = ConnectOptions::new("127.0.0.1", port).tls_ca_file(pki.file("ca.pem"));
+    let without = tls_config(&pki.file("ca.pem"), None);
     let (_t, mut incoming) = Transport::start(
         config("mtls-none"),
-        TlsConnector::from_options(&options).unwrap(),
+        TlsConnector::new("127.0.0.1", port, without).unwrap(),
     );
     let error = failed(&mut incoming).await;
     assert!(!error.is_empty());
@@ -162,10 +194,10 @@ async fn tls_with_an_untrusted_ca_fails_with_the_rustls_reason() {
         return;
     };
     let other = Pki::generate("link-tls-other");
-    let options = ConnectOptions::new("127.0.0.1", port).tls_ca_file(other.file("ca.pem"));
+    let untrusted = tls_config(&other.file("ca.pem"), None);
     let (t, mut incoming) = Transport::start(
         config("untrusted"),
-        TlsConnector::from_options(&options).unwrap(),
+        TlsConnector::new("127.0.0.1", port, untrusted).unwrap(),
     );
     let error = failed(&mut incoming).await;
     assert!(
@@ -189,10 +221,10 @@ async fn a_name_outside_the_certificate_is_refused() {
     let Some((_mosquitto, port)) = mosquitto_tls(&pki, false) else {
         return;
     };
-    let options = ConnectOptions::new("localhost", port).tls_ca_file(pki.file("ca.pem"));
+    let trusted = tls_config(&pki.file("ca.pem"), None);
     let (_t, mut incoming) = Transport::start(
         config("wrong-name"),
-        TlsConnector::from_options(&options).unwrap(),
+        TlsConnector::new("localhost", port, trusted).unwrap(),
     );
     let error = failed(&mut incoming).await;
     assert!(error.contains("invalid peer certificate"), "{error}");
@@ -204,9 +236,6 @@ async fn websocket_to_the_embedded_broker() {
     let broker = EmbeddedBroker::start_with_websocket().await.unwrap();
     let url = broker.websocket_url().expect("a WebSocket endpoint");
     round_trip(WsConnector::new(&url).unwrap(), "ws").await;
-    // The same endpoint from connection options.
-    let options = ConnectOptions::from_url(&url).unwrap();
-    round_trip(WsConnector::from_options(&options).unwrap(), "ws-options").await;
 }
 
 #[tokio::test]
@@ -228,26 +257,20 @@ async fn tls_and_secure_websocket_to_an_mqtt5_broker() {
     let pki = Pki::generate("link-wss");
     let broker = mqrpc_tests::security::TlsMqtt5::start(&pki).await;
     let (wss_port, tls_addr) = (broker.wss_port, broker.tls_addr);
-    let ca = pki.file("ca.pem");
+    let trusted = tls_config(&pki.file("ca.pem"), None);
+    let wss = format!("wss://127.0.0.1:{wss_port}/mqtt");
+    let connector = WsConnector::new_secure(&wss, trusted.clone()).unwrap();
+    round_trip(connector, "wss").await;
 
-    let wss = format!("wss://127.0.0.1:{wss_port}/mqtt?ca={}", ca.display());
-    let options = ConnectOptions::from_url(&wss).unwrap();
-    round_trip(WsConnector::from_options(&options).unwrap(), "wss").await;
-
-    let mqtts = format!("mqtts://{tls_addr}?ca={}", ca.display());
-    let options = ConnectOptions::from_url(&mqtts).unwrap();
-    round_trip(TlsConnector::from_options(&options).unwrap(), "mqtts").await;
+    let tls = TlsConnector::new("127.0.0.1", tls_addr.port(), trusted).unwrap();
+    round_trip(tls, "mqtts").await;
 
     // Another CA did not sign the broker's certificate.
     let other = Pki::generate("link-wss-other");
-    let untrusted = format!(
-        "wss://127.0.0.1:{wss_port}/mqtt?ca={}",
-        other.file("ca.pem").display()
-    );
-    let options = ConnectOptions::from_url(&untrusted).unwrap();
+    let untrusted = tls_config(&other.file("ca.pem"), None);
     let (_t, mut incoming) = Transport::start(
         self::config("wss-untrusted"),
-        WsConnector::from_options(&options).unwrap(),
+        WsConnector::new_secure(&wss, untrusted).unwrap(),
     );
     let error = failed(&mut incoming).await;
     assert!(
@@ -262,7 +285,14 @@ fn constructors_check_their_urls() {
     assert!(WsConnector::new("wss://127.0.0.1/mqtt").is_err());
     assert!(WsConnector::new("mqtt://127.0.0.1/mqtt").is_err());
     assert!(WsConnector::new("ws://127.0.0.1/mqtt").is_ok());
-    let plain = ConnectOptions::new("127.0.0.1", 1883);
-    assert!(TlsConnector::from_options(&plain).is_err());
-    assert!(WsConnector::from_options(&plain).is_err());
+    let config = tls_config(&Pki::generate("link-urls").file("ca.pem"), None);
+    assert!(WsConnector::new_secure("ws://127.0.0.1/mqtt", config.clone()).is_err());
+    assert!(WsConnector::new_secure("wss://127.0.0.1/mqtt", config.clone()).is_ok());
+    // Not a TLS server name: refused before any connection, as bad input.
+    let error = TlsConnector::new("no such host", 8883, config).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(
+        error.to_string().contains("not a valid TLS server name"),
+        "{error}"
+    );
 }

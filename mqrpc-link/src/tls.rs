@@ -1,5 +1,5 @@
-//! `mqtts://`: TCP (TCP_NODELAY), then TLS through rustls (ring provider,
-//! configured from [`TlsSettings`]) with tokio-rustls.
+//! `mqtts://`: TCP (TCP_NODELAY), then TLS through rustls (with the
+//! configuration the caller gives) with tokio-rustls.
 
 use std::io;
 use std::sync::Arc;
@@ -8,15 +8,13 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::connector::{socket_addr, tcp, Connector};
-use crate::transport::tls::TlsSettings;
-use crate::{ConnectOptions, Error};
+use crate::connector::{socket_addr, tcp, Connector};
 
 /// TLS over TCP to `host:port`, verifying the broker's certificate against
 /// `host` (a DNS name or an IP address). Handshake failures keep rustls'
 /// text in the I/O error (e.g. `invalid peer certificate: UnknownIssuer`),
 /// which the transport reports in
-/// [`ConnectionState::Disconnected`](super::ConnectionState::Disconnected).
+/// [`ConnectionState::Disconnected`](crate::ConnectionState::Disconnected).
 #[derive(Clone)]
 pub struct TlsConnector {
     addr: String,
@@ -33,31 +31,29 @@ impl std::fmt::Debug for TlsConnector {
 }
 
 impl TlsConnector {
-    /// A connector to `host:port` with this rustls configuration.
-    pub fn new(host: &str, port: u16, config: Arc<rustls::ClientConfig>) -> Result<Self, Error> {
+    /// A connector to `host:port` with this rustls configuration; an
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) error when `host` is
+    /// not a valid TLS server name.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use mqrpc_link::TlsConnector;
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_root_certificates(rustls::RootCertStore::empty())
+    ///     .with_no_client_auth();
+    /// let config = Arc::new(config);
+    /// assert!(TlsConnector::new("broker.example", 8883, config.clone()).is_ok());
+    /// assert!(TlsConnector::new("not a name", 8883, config).is_err());
+    /// ```
+    pub fn new(host: &str, port: u16, config: Arc<rustls::ClientConfig>) -> io::Result<Self> {
         let tls = Tls::new(host, config)?;
         Ok(TlsConnector {
             addr: socket_addr(host, port),
             tls,
         })
-    }
-
-    /// The connector for `mqtts://` options: their host, port and TLS
-    /// settings (roots, client certificate). Files named there are read now.
-    pub fn from_options(options: &ConnectOptions) -> Result<Self, Error> {
-        let settings = options.tls_settings().ok_or_else(|| Error::Tls {
-            reason: "these connection options do not ask for TLS".into(),
-        })?;
-        Self::from_settings(options.host(), options.port(), settings)
-    }
-
-    /// A connector to `host:port` configured from [`TlsSettings`].
-    pub(crate) fn from_settings(
-        host: &str,
-        port: u16,
-        settings: &TlsSettings,
-    ) -> Result<Self, Error> {
-        Self::new(host, port, client_config(settings)?)
     }
 }
 
@@ -70,12 +66,6 @@ impl Connector for TlsConnector {
     }
 }
 
-/// The rustls client configuration of these settings, shareable between
-/// connectors.
-pub(crate) fn client_config(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Error> {
-    settings.client_config().map(Arc::new)
-}
-
 /// A rustls configuration and the name the broker's certificate must carry.
 #[derive(Clone)]
 pub(crate) struct Tls {
@@ -84,10 +74,13 @@ pub(crate) struct Tls {
 }
 
 impl Tls {
-    pub(crate) fn new(host: &str, config: Arc<rustls::ClientConfig>) -> Result<Tls, Error> {
+    pub(crate) fn new(host: &str, config: Arc<rustls::ClientConfig>) -> io::Result<Tls> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_string()).map_err(|e| Error::Tls {
-            reason: format!("`{host}` is not a valid TLS server name: {e}"),
+        let server_name = ServerName::try_from(host.to_string()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{host}` is not a valid TLS server name: {e}"),
+            )
         })?;
         Ok(Tls {
             connector: tokio_rustls::TlsConnector::from(config),

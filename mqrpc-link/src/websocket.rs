@@ -1,7 +1,7 @@
 //! `ws://` and `wss://`: MQTT over WebSocket (subprotocol `mqtt`, binary
 //! messages) through async-tungstenite, seen as one byte stream by
 //! ws_stream_tungstenite. With the `tls` feature, `wss://` runs the
-//! WebSocket over rustls (see `super::tls`).
+//! WebSocket over rustls (see `crate::tls`).
 
 use std::io;
 use std::pin::Pin;
@@ -13,8 +13,7 @@ use async_tungstenite::tungstenite::http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::connector::{tcp, Connector};
-use crate::{ConnectOptions, Error};
+use crate::connector::{tcp, Connector};
 
 /// The stream of a [`WsConnector`]: MQTT bytes in WebSocket binary messages.
 pub type WsStream = ws_stream_tungstenite::WsStream<TokioAdapter<MaybeTlsStream>>;
@@ -27,7 +26,7 @@ pub struct WsConnector {
     addr: String,
     url: String,
     #[cfg(feature = "tls")]
-    tls: Option<super::tls::Tls>,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl std::fmt::Debug for WsConnector {
@@ -39,8 +38,16 @@ impl std::fmt::Debug for WsConnector {
 }
 
 impl WsConnector {
-    /// A connector to a `ws://` URL (port 80 by default).
-    pub fn new(url: &str) -> Result<Self, Error> {
+    /// A connector to a `ws://` URL (port 80 by default); an
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) error for another
+    /// scheme or a URL without a host.
+    ///
+    /// ```
+    /// use mqrpc_link::WsConnector;
+    /// assert!(WsConnector::new("ws://127.0.0.1:8080/mqtt").is_ok());
+    /// assert!(WsConnector::new("mqtt://127.0.0.1/mqtt").is_err());
+    /// ```
+    pub fn new(url: &str) -> io::Result<Self> {
         let (addr, _host, secure) = parse(url)?;
         if secure {
             return Err(invalid(
@@ -59,10 +66,7 @@ impl WsConnector {
     /// A connector to a `wss://` URL (port 443 by default), verifying the
     /// broker's certificate against the URL's host with this configuration.
     #[cfg(feature = "tls")]
-    pub fn new_secure(
-        url: &str,
-        config: std::sync::Arc<rustls::ClientConfig>,
-    ) -> Result<Self, Error> {
+    pub fn new_secure(url: &str, config: std::sync::Arc<rustls::ClientConfig>) -> io::Result<Self> {
         let (addr, host, secure) = parse(url)?;
         if !secure {
             return Err(invalid(url, "WsConnector::new_secure takes a wss:// URL"));
@@ -70,24 +74,8 @@ impl WsConnector {
         Ok(WsConnector {
             addr,
             url: url.to_string(),
-            tls: Some(super::tls::Tls::new(&host, config)?),
+            tls: Some(crate::tls::Tls::new(&host, config)?),
         })
-    }
-
-    /// The connector for `ws://` or `wss://` options (their endpoint, and
-    /// for `wss://` their TLS settings; files named there are read now).
-    pub fn from_options(options: &ConnectOptions) -> Result<Self, Error> {
-        let url = options.websocket_endpoint().ok_or_else(|| {
-            invalid(
-                &options.broker_address(),
-                "these connection options do not ask for WebSocket",
-            )
-        })?;
-        #[cfg(feature = "tls")]
-        if let Some(settings) = options.tls_settings() {
-            return Self::new_secure(&url, super::tls::client_config(settings)?);
-        }
-        Self::new(&url)
     }
 }
 
@@ -122,15 +110,12 @@ fn ws_error(e: async_tungstenite::tungstenite::Error) -> io::Error {
     }
 }
 
-fn invalid(url: &str, reason: &str) -> Error {
-    Error::InvalidUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    }
+fn invalid(url: &str, reason: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("`{url}`: {reason}"))
 }
 
 /// `(host:port, host, is wss)` of a `ws://` or `wss://` URL.
-fn parse(url: &str) -> Result<(String, String, bool), Error> {
+fn parse(url: &str) -> io::Result<(String, String, bool)> {
     let parsed = url::Url::parse(url).map_err(|e| invalid(url, &e.to_string()))?;
     let secure = match parsed.scheme() {
         "ws" => false,

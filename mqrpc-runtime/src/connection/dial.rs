@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::link::connector::socket_addr;
-use super::link::Connector;
+use mqrpc_link::connector::socket_addr;
+use mqrpc_link::Connector;
+
 use super::options::ConnectOptions;
 use crate::Error;
 
@@ -23,9 +24,9 @@ enum Way {
         nodelay: bool,
     },
     #[cfg(feature = "tls")]
-    Tls(super::link::TlsConnector),
+    Tls(mqrpc_link::TlsConnector),
     #[cfg(feature = "websocket")]
-    Ws(super::link::WsConnector),
+    Ws(mqrpc_link::WsConnector),
 }
 
 impl Way {
@@ -44,7 +45,7 @@ impl Way {
     }
 }
 
-/// The [`Connector`] of a [`Connection`](super::Connection).
+/// The [`Connector`] of a [`Connection`](crate::Connection).
 pub(crate) struct Dialer {
     ways: Vec<Way>,
     next: usize,
@@ -92,19 +93,27 @@ fn way(options: &ConnectOptions, host: String, port: u16) -> Result<Way, Error> 
     if let Some(path) = &options.websocket_path {
         let scheme = if options.tls.is_some() { "wss" } else { "ws" };
         let url = format!("{scheme}://{}{path}", socket_addr(&host, port));
+        let invalid = |e: io::Error| Error::InvalidUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
         #[cfg(feature = "tls")]
         if let Some(settings) = &options.tls {
-            let config = super::link::tls_client_config(settings)?;
-            return Ok(Way::Ws(super::link::WsConnector::new_secure(&url, config)?));
+            let config = std::sync::Arc::new(settings.client_config()?);
+            let ws = mqrpc_link::WsConnector::new_secure(&url, config).map_err(invalid)?;
+            return Ok(Way::Ws(ws));
         }
-        return Ok(Way::Ws(super::link::WsConnector::new(&url)?));
+        return Ok(Way::Ws(
+            mqrpc_link::WsConnector::new(&url).map_err(invalid)?,
+        ));
     }
     #[cfg(feature = "tls")]
     if let Some(settings) = &options.tls {
-        let config = super::link::tls_client_config(settings)?;
-        return Ok(Way::Tls(super::link::TlsConnector::new(
-            &host, port, config,
-        )?));
+        let config = std::sync::Arc::new(settings.client_config()?);
+        let tls = mqrpc_link::TlsConnector::new(&host, port, config).map_err(|e| Error::Tls {
+            reason: e.to_string(),
+        })?;
+        return Ok(Way::Tls(tls));
     }
     if options.tls.is_some() || options.websocket_path.is_some() {
         return Err(Error::Unsupported {

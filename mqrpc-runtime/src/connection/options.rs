@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use crate::protocol::BROKER_ENV;
-use crate::transport::tls::TlsSettings;
 use crate::Error;
+use tls_settings::{Pem, Roots, TlsSettings};
 
 mod brokers;
+pub(crate) mod tls_settings;
 
 /// Where and how to connect.
 ///
@@ -164,10 +165,10 @@ impl ConnectOptions {
         for pair in pairs {
             let (key_name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let (key_name, value) = (decode_component(key_name), decode_component(value));
-            let file = || crate::transport::tls::Pem::File(value.as_str().into());
+            let file = || Pem::File(value.as_str().into());
             match key_name.as_str() {
                 "client_id" => opts.client_id = Some(value.clone()),
-                "ca" if tls => settings.roots = crate::transport::tls::Roots::Ca(file()),
+                "ca" if tls => settings.roots = Roots::Ca(file()),
                 "cert" if tls => cert = Some(file()),
                 "key" if tls => key = Some(file()),
                 "ca" | "cert" | "key" => {
@@ -233,16 +234,14 @@ impl ConnectOptions {
     /// file (read when connecting).
     #[cfg(feature = "tls")]
     pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.tls.get_or_insert_with(TlsSettings::default).roots =
-            crate::transport::tls::Roots::Ca(crate::transport::tls::Pem::File(path.into()));
+        self.tls.get_or_insert_with(TlsSettings::default).roots = Roots::Ca(Pem::File(path.into()));
         self
     }
 
     /// Connects over TLS, trusting only the CA certificates in this PEM text.
     #[cfg(feature = "tls")]
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls.get_or_insert_with(TlsSettings::default).roots =
-            crate::transport::tls::Roots::Ca(crate::transport::tls::Pem::Bytes(pem.into()));
+        self.tls.get_or_insert_with(TlsSettings::default).roots = Roots::Ca(Pem::Bytes(pem.into()));
         self
     }
 
@@ -256,10 +255,7 @@ impl ConnectOptions {
     ) -> Self {
         self.tls
             .get_or_insert_with(TlsSettings::default)
-            .client_cert = Some((
-            crate::transport::tls::Pem::File(cert.into()),
-            crate::transport::tls::Pem::File(key.into()),
-        ));
+            .client_cert = Some((Pem::File(cert.into()), Pem::File(key.into())));
         self
     }
 
@@ -272,10 +268,7 @@ impl ConnectOptions {
     ) -> Self {
         self.tls
             .get_or_insert_with(TlsSettings::default)
-            .client_cert = Some((
-            crate::transport::tls::Pem::Bytes(cert.into()),
-            crate::transport::tls::Pem::Bytes(key.into()),
-        ));
+            .client_cert = Some((Pem::Bytes(cert.into()), Pem::Bytes(key.into())));
         self
     }
 
@@ -418,30 +411,6 @@ impl ConnectOptions {
         }
     }
 
-    /// The broker's host (IPv6 without brackets), for the TLS server name.
-    #[cfg(feature = "tls")]
-    pub(crate) fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The broker's port.
-    #[cfg(feature = "tls")]
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The TLS settings (`None`: no TLS).
-    #[cfg(feature = "tls")]
-    pub(crate) fn tls_settings(&self) -> Option<&TlsSettings> {
-        self.tls.as_ref()
-    }
-
-    /// `ws://host:port/path` or `wss://…` (`None`: not WebSocket).
-    #[cfg(feature = "websocket")]
-    pub(crate) fn websocket_endpoint(&self) -> Option<String> {
-        self.websocket_path.as_ref().map(|_| self.endpoint())
-    }
-
     /// `<scheme>://host:port[/path]`, without credentials or TLS files.
     pub(super) fn endpoint(&self) -> String {
         let path = self.websocket_path.as_deref().unwrap_or("");
@@ -550,9 +519,7 @@ mod tests {
         let opts = ConnectOptions::from_url("mqtts://host?ca=/etc/c++/ca.pem").unwrap();
         assert_eq!(
             opts.tls.as_ref().unwrap().roots,
-            crate::transport::tls::Roots::Ca(crate::transport::tls::Pem::File(
-                "/etc/c++/ca.pem".into()
-            ))
+            Roots::Ca(Pem::File("/etc/c++/ca.pem".into()))
         );
         let inline = ConnectOptions::new("host", 8883)
             .tls_client_cert_pem("CERT", "-----BEGIN PRIVATE KEY----- secret");

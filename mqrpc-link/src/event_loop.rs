@@ -16,11 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
-use super::session::Session;
-use super::{
-    coalesce, AckTo, Command, ConnectionState, Connector, Counts, Event, EventSink,
-    OutgoingPublish, Replies, TransportConfig,
-};
+use crate::coalesce::{self, Replies};
+use crate::events::EventSink;
+use crate::session::Session;
+use crate::transport::{Command, Counts};
+use crate::{AckTo, ConnectionState, Connector, Event, OutgoingPublish, TransportConfig};
 
 /// How a connection ended without an I/O error.
 enum Stop {
@@ -51,7 +51,7 @@ struct Loop {
     counts: Arc<Counts>,
 }
 
-pub(super) async fn run<C: Connector>(
+pub(crate) async fn run<C: Connector>(
     config: TransportConfig,
     mut connector: C,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
@@ -293,7 +293,7 @@ impl Loop {
                 )
             })??;
         if connack.code != ConnectReturnCode::Success {
-            self.refused = Some(super::codes::connack(&connack.code));
+            self.refused = Some(crate::codes::connack(&connack.code));
             return Err(io::Error::other(format!(
                 "CONNACK refused: {:?}",
                 connack.code
