@@ -173,7 +173,8 @@ impl Client {
             topic: [&*self.topic_base, method].concat(),
             instance: self.instance.clone(),
             id,
-            first_sent,
+            last_sent: first_sent,
+            uncertain_since: None,
             rx,
         };
         let mut attempt = 1;
@@ -221,6 +222,9 @@ impl Client {
                     || Instant::now() + backoff >= deadline
                 {
                     break Err(error);
+                }
+                if !matches!(error, Error::Overloaded { .. }) {
+                    call.uncertain_since.get_or_insert(call.last_sent);
                 }
                 tracing::debug!(correlation = id, attempt, %error, "retrying");
                 #[cfg(feature = "metrics")]
@@ -274,14 +278,20 @@ struct Attempts<'a> {
     topic: String,
     instance: Option<std::sync::Arc<str>>,
     id: u64,
-    first_sent: Instant,
+    /// When the last attempt was sent.
+    last_sent: Instant,
+    /// When the first attempt that may have run was sent (it timed out,
+    /// its link dropped, its instance went away); `None` while every
+    /// attempt is known not to have run (answered `overloaded`).
+    uncertain_since: Option<Instant>,
     rx: oneshot::Receiver<Result<Response, Failure>>,
 }
 
 impl Attempts<'_> {
     /// Publishes attempt `attempt` (never in a batch: a retry carries its
     /// own user properties) with what is left of the deadline.
-    fn send(&self, span: &tracing::Span, attempt: u32, deadline: Instant) -> Result<(), Error> {
+    fn send(&mut self, span: &tracing::Span, attempt: u32, deadline: Instant) -> Result<(), Error> {
+        self.last_sent = Instant::now();
         let client = self.client;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut properties = request_properties(
@@ -291,8 +301,10 @@ impl Attempts<'_> {
             self.schema,
             remaining.max(Duration::from_millis(1)),
         );
-        if attempt > 1 {
-            let age = self.first_sent.elapsed().as_millis();
+        // Marked as a retry only when an earlier attempt may have run:
+        // after `overloaded` alone the server knows it did not.
+        if let Some(since) = self.uncertain_since {
+            let age = since.elapsed().as_millis();
             let user = &mut properties.user_properties;
             user.push((ATTEMPT_PROPERTY.to_string(), attempt.to_string()));
             user.push((AGE_PROPERTY.to_string(), age.to_string()));
