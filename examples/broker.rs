@@ -2,18 +2,14 @@
 //! own, so the server/client pair can run with nothing installed.
 //! Set `MQRPC_BROKER_PORT` to choose the port (default 1883).
 
+#[path = "support/logs.rs"]
+mod logs;
+
 #[tokio::main]
 async fn main() {
-    // mqrpc logs through `tracing`: nothing shows without a subscriber.
-    // RUST_LOG=mqrpc_runtime=debug shows every call (sent, acknowledged,
-    // answered); the default shows warnings.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // mqrpc logs through `tracing`: RUST_LOG=mqrpc_runtime=debug shows
+    // every call (sent, acknowledged, answered).
+    logs::init();
     let port = std::env::var("MQRPC_BROKER_PORT")
         .ok()
         .and_then(|p| p.parse().ok())

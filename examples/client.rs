@@ -1,20 +1,16 @@
 //! `MQRPC_BROKER=mqtt://127.0.0.1:1883 cargo run --example client`:
 //! calls the calculator served by `--example server`.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use mqrpc_examples::CalculatorClient;
 
 #[tokio::main]
 async fn main() {
-    // mqrpc logs through `tracing`: nothing shows without a subscriber.
-    // RUST_LOG=mqrpc_runtime=debug shows every call (sent, acknowledged,
-    // answered); the default shows warnings.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // mqrpc logs through `tracing`: RUST_LOG=mqrpc_runtime=debug shows
+    // every call (sent, acknowledged, answered).
+    logs::init();
     if let Err(e) = run().await {
         eprintln!("error: {e}");
         std::process::exit(1);

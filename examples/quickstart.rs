@@ -1,22 +1,18 @@
 //! `cargo run --example quickstart`: serves the calculator and calls it,
 //! through the embedded broker (or the broker in MQRPC_BROKER, if set).
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::time::{Duration, Instant};
 
 use mqrpc_examples::{Calc, CalculatorClient, CalculatorServer};
 
 #[tokio::main]
 async fn main() -> Result<(), mqrpc::Error> {
-    // mqrpc logs through `tracing`: nothing shows without a subscriber.
-    // RUST_LOG=mqrpc_runtime=debug shows every call (sent, acknowledged,
-    // answered); the default shows warnings.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // mqrpc logs through `tracing`: RUST_LOG=mqrpc_runtime=debug shows
+    // every call (sent, acknowledged, answered).
+    logs::init();
     let conn = mqrpc::Connection::from_env_or_embedded().await?;
     println!("broker: {}", conn.broker_url());
 

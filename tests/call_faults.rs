@@ -164,13 +164,7 @@ async fn link_drop_with_100_unacked_calls_resumes_them() {
         ids.insert(p.pkid, add_args(&p).0);
     }
     link.drop_link();
-    let (mut link, seen) = broker
-        .accept_with(Connack {
-            session_present: true,
-            ..Default::default()
-        })
-        .await;
-    assert!(!seen.connect.clean_start);
+    let (mut link, _) = broker.accept_resumed().await;
     let mut resent = Vec::new();
     for _ in 0..100 {
         let p = link.recv_publish().await;
@@ -346,12 +340,7 @@ async fn qos2_request_across_a_resumed_session_runs_once() {
         }
     }
     link.drop_link();
-    let (mut link, _) = broker
-        .accept_with(Connack {
-            session_present: true,
-            ..Default::default()
-        })
-        .await;
+    let (mut link, _) = broker.accept_resumed().await;
     // As if the PUBREC had been lost: the broker sends the PUBLISH again.
     link.send(request(b"c1", 7, true)).await;
     let mut second_sent = false;
@@ -438,12 +427,7 @@ async fn qos2_call_across_a_resumed_session_is_sent_once() {
     link.send(pubrec(request.pkid, 0)).await;
     assert!(matches!(link.recv().await, Packet::PubRel(r) if r.pkid == request.pkid));
     link.drop_link();
-    let (mut link, _) = broker
-        .accept_with(Connack {
-            session_present: true,
-            ..Default::default()
-        })
-        .await;
+    let (mut link, _) = broker.accept_resumed().await;
     match link.recv().await {
         Packet::PubRel(r) => assert_eq!(r.pkid, request.pkid),
         other => panic!("expected the PUBREL again, got {other:?}"),

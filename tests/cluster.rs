@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use mqrpc::{ClientOptions, Connection, Error, ServerOptions};
 use mqrpc_tests::cluster::Cluster;
+use mqrpc_tests::tally::Tally;
 use mqrpc_tests::{eventually, Calc, CalculatorClient, CalculatorServer};
 
 /// Says which server answered.
@@ -264,19 +265,6 @@ async fn a_call_nobody_serves_ends_with_a_clear_error() {
     assert!(err.is_timeout() || err.is_no_responder(), "{err:?}");
 }
 
-/// Outcomes of one caller's calls.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    ok_after_kill: AtomicU64,
-    mismatched: AtomicU64,
-    /// Not resolved within the call's timeout + 5 s: hung.
-    hung: AtomicU64,
-    errors: Mutex<Vec<Error>>,
-    /// First success after the kill, in µs since it.
-    first_ok_after_kill_us: AtomicU64,
-}
-
 /// Callers calling `whoami` in a loop, each call with its own deadline.
 struct Load {
     tally: Arc<Tally>,
@@ -297,37 +285,12 @@ impl Load {
                     let mut n = w << 40;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let call = tokio::time::timeout(
-                            timeout + Duration::from_secs(5),
-                            client.whoami(n),
-                        );
-                        match call.await {
-                            Err(_) => {
-                                tally.hung.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(Ok((echoed, _))) if echoed == n => {
-                                tally.ok.fetch_add(1, Ordering::Relaxed);
-                                if let Some(kill) = *killed_at.lock().unwrap() {
-                                    tally.ok_after_kill.fetch_add(1, Ordering::Relaxed);
-                                    let since = kill.elapsed().as_micros() as u64;
-                                    let _ = tally.first_ok_after_kill_us.compare_exchange(
-                                        0,
-                                        since.max(1),
-                                        Ordering::Relaxed,
-                                        Ordering::Relaxed,
-                                    );
-                                }
-                            }
-                            Ok(Ok(_)) => {
-                                tally.mismatched.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(Err(e)) => {
-                                tally.errors.lock().unwrap().push(e);
-                                // Errors while disconnected come at once; back
-                                // off as a real caller would.
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        }
+                        let call = client.whoami(n);
+                        let check = |(echoed, _): &(u64, String)| *echoed == n;
+                        // Errors while disconnected come at once; back off
+                        // as a real caller would.
+                        let backoff = Duration::from_millis(20);
+                        tally.call(timeout, &killed_at, call, check, backoff).await;
                     }
                 })
             })
@@ -344,7 +307,7 @@ impl Load {
     }
 
     fn ok_after_kill(&self) -> u64 {
-        self.tally.ok_after_kill.load(Ordering::Relaxed)
+        self.tally.ok_after_mark.load(Ordering::Relaxed)
     }
 
     async fn finish(self) -> Arc<Tally> {
@@ -426,8 +389,8 @@ async fn a_node_killed_mid_load_every_call_resolves_and_its_clients_and_servers_
         println!(
             "node 3 killed, {name}: ok {} ({} after the kill, first {:.1} ms after it), timeouts {}, disconnected {}, other errors {}, mismatched {}, hung {}",
             tally.ok.load(Ordering::Relaxed),
-            tally.ok_after_kill.load(Ordering::Relaxed),
-            tally.first_ok_after_kill_us.load(Ordering::Relaxed) as f64 / 1e3,
+            tally.ok_after_mark.load(Ordering::Relaxed),
+            tally.first_ok_after_mark_us.load(Ordering::Relaxed) as f64 / 1e3,
             kind(Error::is_timeout),
             kind(Error::is_connection),
             errors.len() - kind(Error::is_timeout) - kind(Error::is_connection),
@@ -449,12 +412,12 @@ async fn a_node_killed_mid_load_every_call_resolves_and_its_clients_and_servers_
     }
     println!("node 3 killed: its server served {served_by_3_after} calls after the kill, node 2's {} in all", on_2.served());
     assert!(
-        from_1.ok_after_kill.load(Ordering::Relaxed) > 0,
+        from_1.ok_after_mark.load(Ordering::Relaxed) > 0,
         "the client on node 1 got no answer after the kill"
     );
     assert!(
         recovered,
         "what was on the killed node did not carry on through another node: client on node 3 answered {} calls after the kill, server on node 3 served {served_by_3_after} (the connection must move to the next broker address)",
-        from_3.ok_after_kill.load(Ordering::Relaxed)
+        from_3.ok_after_mark.load(Ordering::Relaxed)
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mqrpc::ServerOptions;
 use mqrpc_tests::raw::{request_properties, status_of, RawPeer};
-use mqrpc_tests::{Calc, CalculatorServer, TestBroker};
+use mqrpc_tests::{Calc, CalculatorServer, English, GreeterServer, TestBroker};
 
 mqrpc_tests::on_both_brokers!(
     every_server_answers_ping_info_and_stats,
@@ -14,19 +14,6 @@ mqrpc_tests::on_both_brokers!(
     discovery_topic_serves_only_builtins,
     info_stats_and_ping_of_one_instance_end_at_its_answer,
 );
-
-#[mqrpc::service]
-pub trait Greeter {
-    async fn hello(&self, name: String) -> String;
-}
-
-struct English;
-
-impl Greeter for English {
-    async fn hello(&self, name: String) -> String {
-        format!("Hello, {name}!")
-    }
-}
 
 async fn every_server_answers_ping_info_and_stats(broker: TestBroker) {
     let mut conns = Vec::new();

@@ -7,68 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqrpc::{ClientOptions, Connection, Error};
+use mqrpc::{ClientOptions, Connection};
+use mqrpc_tests::tally::Tally;
 use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, Mosquitto};
-
-/// Outcome counts of a load run.
-#[derive(Default, Debug)]
-struct Tally {
-    ok: AtomicU64,
-    mismatched: AtomicU64,
-    /// Calls that did not resolve within their timeout + 5 s: hangs.
-    hung: AtomicU64,
-    errors: Mutex<Vec<Error>>,
-    /// Longest time a call took to resolve, in µs.
-    worst_us: AtomicU64,
-    /// First success after `mark` was set, in µs since the mark.
-    first_ok_after_mark_us: AtomicU64,
-}
-
-impl Tally {
-    fn errors(&self) -> Vec<Error> {
-        self.errors.lock().unwrap().clone()
-    }
-}
-
-/// One checked call: `add(i, 1)` must give `i + 1`.
-async fn checked_call(
-    client: &CalculatorClient,
-    i: i64,
-    timeout: Duration,
-    tally: &Tally,
-    mark: &Mutex<Option<Instant>>,
-) {
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(timeout + Duration::from_secs(5), client.add(i, 1)).await;
-    let took = started.elapsed().as_micros() as u64;
-    tally.worst_us.fetch_max(took, Ordering::Relaxed);
-    match outcome {
-        Err(_) => {
-            tally.hung.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Ok(sum)) if sum == i + 1 => {
-            tally.ok.fetch_add(1, Ordering::Relaxed);
-            if let Some(mark) = *mark.lock().unwrap() {
-                let since = Instant::now().saturating_duration_since(mark).as_micros() as u64;
-                let _ = tally.first_ok_after_mark_us.compare_exchange(
-                    0,
-                    since.max(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-        }
-        Ok(Ok(_)) => {
-            tally.mismatched.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Err(e)) => {
-            tally.errors.lock().unwrap().push(e);
-            // Errors while the broker is away come at once; back off as a
-            // real caller would, and let other tasks run.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
 
 /// `calls` calls, `in_flight` at a time, spread over `clients` connections;
 /// with the PUBLISH counts of the client connections.
@@ -108,7 +49,13 @@ async fn load(
                     if i >= calls {
                         return;
                     }
-                    checked_call(&client, i as i64, Duration::from_secs(60), &tally, &mark).await;
+                    let i = i as i64;
+                    let call = client.add(i, 1);
+                    let backoff = Duration::from_millis(5);
+                    let timeout = Duration::from_secs(60);
+                    tally
+                        .call(timeout, &mark, call, |sum| *sum == i + 1, backoff)
+                        .await;
                 }
             })
         })
@@ -199,7 +146,11 @@ impl Callers {
                 tokio::spawn(async move {
                     let mut i = (w as i64) << 32;
                     while !stop.load(Ordering::Relaxed) {
-                        checked_call(&client, i, timeout, &tally, &mark).await;
+                        let call = client.add(i, 1);
+                        let backoff = Duration::from_millis(5);
+                        tally
+                            .call(timeout, &mark, call, |sum| *sum == i + 1, backoff)
+                            .await;
                         i += 1;
                     }
                 })

@@ -6,9 +6,10 @@
 //! answering good calls and answers each probe correctly, on both brokers.
 //!
 //! The resident memory of the test process over the flood is printed, not
-//! bounded: with Mosquitto it grew by 60-100 MiB (RELIABILITY.md, "Not
-//! promised"): refusals (`overloaded`) and answers to a flood leave as
-//! fast as the broker takes them, each waiting with its request meanwhile.
+//! bounded: it grows by 55-150 MiB (RELIABILITY.md, "Hostile peer"),
+//! though what the server holds is bounded (answers waiting to leave:
+//! `tests/backlog.rs`); the peer's and the broker's buffers and the
+//! allocator's retention are in the figure too.
 //! What this test fixed: a kept duplicate-table entry held the whole packet
 //! its request came in (`server::duplicates`,
 //! `kept_keys_do_not_hold_the_packet_they_came_in`). The cases run one

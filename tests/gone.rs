@@ -15,7 +15,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mqrpc::{ClientOptions, Error, ServerOptions};
 use mqrpc_tests::raw::RawPeer;
-use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
+use mqrpc_tests::{
+    Calc, CalculatorClient, CalculatorServer, English, GreeterClient, GreeterServer, TestBroker,
+};
 
 mqrpc_tests::on_both_brokers!(
     killed_server_ends_its_instance_calls_and_stream_with_server_gone,
@@ -63,6 +65,18 @@ async fn spawn_server_at(
         .env("MQRPC_BROKER", format!("{url}?client_id={client_id}"))
         .envs(env.iter().copied());
     mqrpc_tests::spawn_serving(command).await
+}
+
+/// Waits until a `calc-server` started with `CALC_ANNOUNCE_STARTS=1`
+/// prints that a `linger` handler has started.
+async fn wait_for_start(server: &mut tokio::process::Child) {
+    let stdout = server.stdout.as_mut().expect("spawn_serving keeps stdout");
+    let mut line = [0u8; 8];
+    tokio::time::timeout(LONG, tokio::io::AsyncReadExt::read_exact(stdout, &mut line))
+        .await
+        .expect("the linger call never reached its handler")
+        .unwrap();
+    assert_eq!(&line, b"\nstarted");
 }
 
 /// SIGKILL, by PID, and wait for the process to end.
@@ -264,20 +278,6 @@ async fn dropping_a_serving_connection_announces_its_instance(broker: TestBroker
     );
 }
 
-/// A second service, to run two servers under one instance id.
-#[mqrpc::service]
-pub trait Greeter {
-    async fn hello(&self, name: String) -> String;
-}
-
-struct English;
-
-impl Greeter for English {
-    async fn hello(&self, name: String) -> String {
-        format!("Hello, {name}!")
-    }
-}
-
 async fn shutdown_announces_the_instance_after_its_last_server_and_answers(broker: TestBroker) {
     let mut watcher = RawPeer::connect(broker.port(), &["mqrpc/_gone/+"]).await;
     let instance = unique("calc-shared");
@@ -413,15 +413,19 @@ async fn restarted_server_runs_the_requests_it_had_not_acknowledged() {
                 "CALC_ACK_AFTER_ANSWER",
                 if ack_after_answer { "1" } else { "0" },
             ),
+            ("CALC_ANNOUNCE_STARTS", "1"),
         ];
-        let server = spawn_server(&broker, &id, &env).await;
+        let mut server = spawn_server(&broker, &id, &env).await;
         let calc = broker.client(Duration::from_secs(8)).await;
         let one = calc.to_instance(&id).unwrap();
         let call = tokio::spawn({
             let one = one.clone();
             async move { one.linger(1_000).await }
         });
-        one.client().ping().await.unwrap();
+        // Killed while the handler runs: not before its request arrived
+        // (that request would wait in the kept session and run after the
+        // restart whether or not it had been acknowledged).
+        wait_for_start(&mut server).await;
         kill(server).await;
         let again = spawn_server(&broker, &id, &env).await;
         let outcome = call.await.unwrap();

@@ -21,6 +21,16 @@ use tracing_subscriber::util::SubscriberInitExt;
 use mqrpc_tests::raw::{request_properties, status_of, RawPeer};
 use mqrpc_tests::{Calc, CalculatorClient, CalculatorServer, TestBroker};
 
+// The pipeline is installed before the harness installs its own subscriber.
+mqrpc_tests::on_both_brokers!(
+    setup = exporter;
+    server_span_is_a_child_of_the_client_span,
+    a_foreign_traceparent_is_continued,
+    the_request_carries_the_call_span,
+    a_stream_joins_the_callers_trace,
+    a_call_logs_its_steps_at_debug,
+);
+
 /// One OpenTelemetry pipeline for the whole test binary.
 fn exporter() -> &'static InMemorySpanExporter {
     static PIPELINE: OnceLock<(InMemorySpanExporter, SdkTracerProvider)> = OnceLock::new();
@@ -90,11 +100,7 @@ fn has(kind: SpanKind) -> impl Fn(&[SpanData]) -> bool {
 }
 
 async fn server_span_is_a_child_of_the_client_span(broker: TestBroker) {
-    let server_conn = broker.connect().await;
-    let _server = CalculatorServer::new(Calc::default())
-        .serve(&server_conn)
-        .await
-        .unwrap();
+    let (_server_conn, _) = broker.serve_calc().await;
     let client_conn = broker.connect().await;
     let calc = CalculatorClient::new(&client_conn).await.unwrap();
 
@@ -229,70 +235,10 @@ async fn a_stream_joins_the_callers_trace(broker: TestBroker) {
     assert_eq!(server.parent_span_id, root_id);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_trace_embedded() {
-    exporter(); // before the harness installs its own subscriber
-    a_stream_joins_the_callers_trace(mqrpc_tests::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_trace_mosquitto() {
-    exporter(); // before the harness installs its own subscriber
-    if let Some(broker) = mqrpc_tests::mosquitto() {
-        a_stream_joins_the_callers_trace(broker).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parentage_embedded() {
-    exporter(); // before the harness installs its own subscriber
-    server_span_is_a_child_of_the_client_span(mqrpc_tests::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parentage_mosquitto() {
-    exporter(); // before the harness installs its own subscriber
-    if let Some(broker) = mqrpc_tests::mosquitto() {
-        server_span_is_a_child_of_the_client_span(broker).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_traceparent_embedded() {
-    exporter(); // before the harness installs its own subscriber
-    a_foreign_traceparent_is_continued(mqrpc_tests::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_traceparent_mosquitto() {
-    exporter(); // before the harness installs its own subscriber
-    if let Some(broker) = mqrpc_tests::mosquitto() {
-        a_foreign_traceparent_is_continued(broker).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wire_traceparent_embedded() {
-    exporter(); // before the harness installs its own subscriber
-    the_request_carries_the_call_span(mqrpc_tests::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wire_traceparent_mosquitto() {
-    exporter(); // before the harness installs its own subscriber
-    if let Some(broker) = mqrpc_tests::mosquitto() {
-        the_request_carries_the_call_span(broker).await;
-    }
-}
-
 /// At debug level a call tells its steps: sent, acknowledged, received,
 /// answering, answered; and a call nobody serves, how it failed.
 async fn a_call_logs_its_steps_at_debug(broker: TestBroker) {
-    let server_conn = broker.connect().await;
-    let _server = CalculatorServer::new(Calc::default())
-        .serve(&server_conn)
-        .await
-        .unwrap();
+    let (_server_conn, _) = broker.serve_calc().await;
     let client_conn = broker.connect().await;
     let calc = CalculatorClient::new(&client_conn).await.unwrap();
     // The events of this test alone: the tests of this binary share them.
@@ -331,18 +277,4 @@ async fn a_call_logs_its_steps_at_debug(broker: TestBroker) {
         "{failed:?}"
     );
     assert_eq!(failed.field("error"), err.to_string());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_events_embedded() {
-    exporter(); // before the harness installs its own subscriber
-    a_call_logs_its_steps_at_debug(mqrpc_tests::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_events_mosquitto() {
-    exporter(); // before the harness installs its own subscriber
-    if let Some(broker) = mqrpc_tests::mosquitto() {
-        a_call_logs_its_steps_at_debug(broker).await;
-    }
 }

@@ -53,12 +53,17 @@ fn wait_listening(child: &mut Child, port: u16, what: &str) -> Result<(), String
 /// Mosquitto with TCP_NODELAY on and otherwise default settings (Receive
 /// Maximum 20), as users run it.
 pub fn mosquitto() -> Result<Process, String> {
+    mosquitto_with("")
+}
+
+/// Mosquitto as [`mosquitto`], with one more line of configuration.
+pub fn mosquitto_with(extra: &str) -> Result<Process, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port();
     let config = dir.path().join("mosquitto.conf");
     std::fs::write(
         &config,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest none\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest none\n{extra}\n"),
     )
     .map_err(|e| e.to_string())?;
     let mut child = Command::new("mosquitto")

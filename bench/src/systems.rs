@@ -42,7 +42,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// broker (QoS 0 and QoS 1) need their own client ids (a second CONNECT
 /// with the same id takes over the first one's session) and their own
 /// topics (otherwise both servers answer every request).
-fn instance_tag() -> String {
+pub(crate) fn instance_tag() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
         "{:x}-{}",
@@ -199,7 +199,7 @@ impl Drop for Raw {
     }
 }
 
-fn raw_options(id: &str, port: u16) -> MqttOptions {
+pub(crate) fn raw_options(id: &str, port: u16) -> MqttOptions {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_max_packet_size(Some(1 << 20));
     let mut network = rumqttc::NetworkOptions::new();
@@ -209,7 +209,7 @@ fn raw_options(id: &str, port: u16) -> MqttOptions {
 }
 
 /// Subscribes and drives the event loop until the SUBACK arrives.
-async fn raw_subscribe(
+pub(crate) async fn raw_subscribe(
     client: &AsyncClient,
     eventloop: &mut rumqttc::v5::EventLoop,
     filter: &str,

@@ -17,9 +17,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::coalesce::{self, Replies};
+use crate::commands::{Command, Counts};
 use crate::events::EventSink;
 use crate::session::Session;
-use crate::transport::{Command, Counts};
 use crate::{AckTo, ConnectionState, Connector, Event, OutgoingPublish, TransportConfig};
 
 /// How a connection ended without an I/O error.

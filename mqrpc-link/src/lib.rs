@@ -44,6 +44,7 @@
 mod acks;
 mod coalesce;
 mod codes;
+mod commands;
 pub mod config;
 pub mod connector;
 mod event_loop;

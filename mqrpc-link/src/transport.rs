@@ -3,26 +3,15 @@
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::acks::{Answer, Reply};
+use crate::acks::Answer;
+use crate::commands::{Command, Counts};
 use crate::events::EventSink;
 use crate::{
     event_loop, AckTo, ConnectionState, Connector, Event, Filter, Incoming, OutgoingPublish,
-    PublishAck, ReasonCode, SubAck, SubscribeProperties, TransportConfig, UnsubAck,
+    PublishAck, SubAck, SubscribeProperties, TransportConfig, UnsubAck,
 };
 #[cfg(doc)]
 use crate::{AckListener, Coalesce, TransportError};
-
-/// A request from a handle to the loop.
-pub(crate) enum Command {
-    Publish(OutgoingPublish, AckTo),
-    Subscribe(
-        Vec<Filter>,
-        Option<SubscribeProperties>,
-        Reply<Vec<ReasonCode>>,
-    ),
-    Unsubscribe(Vec<String>, Reply<Vec<ReasonCode>>),
-    Disconnect(oneshot::Sender<()>),
-}
 
 /// Sends to the broker. Cheap to clone; the loop stops (with a DISCONNECT)
 /// when every clone is dropped or [`disconnect`](Self::disconnect) is called.
@@ -31,14 +20,6 @@ pub struct Transport {
     cmd: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnectionState>,
     counts: std::sync::Arc<Counts>,
-}
-
-/// What the transport has sent, counted as it goes.
-#[derive(Debug, Default)]
-pub(crate) struct Counts {
-    pub(crate) publishes: std::sync::atomic::AtomicU64,
-    pub(crate) merged: std::sync::atomic::AtomicU64,
-    pub(crate) merged_parts: std::sync::atomic::AtomicU64,
 }
 
 /// Publishes handed to the session loop so far (see [`Transport::counts`]).

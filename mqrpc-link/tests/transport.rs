@@ -157,13 +157,7 @@ async fn link_drop_with_100_unacked_then_session_resumed() {
     }
     link.drop_link();
 
-    let (mut link, seen) = broker
-        .accept_with(Connack {
-            session_present: true,
-            ..Default::default()
-        })
-        .await;
-    assert!(!seen.connect.clean_start, "a reconnect resumes the session");
+    let (mut link, _) = broker.accept_resumed().await;
     assert!(connected(&mut incoming).await);
     let mut resent = Vec::new();
     for _ in 0..100 {
@@ -288,12 +282,7 @@ async fn qos2_across_reconnect_with_session_resume() {
     }
     link.drop_link();
 
-    let (mut link, _) = broker
-        .accept_with(Connack {
-            session_present: true,
-            ..Default::default()
-        })
-        .await;
+    let (mut link, _) = broker.accept_resumed().await;
     assert!(connected(&mut incoming).await);
     // The client resends PUBREL (not the PUBLISH) for its QoS 2.
     match link.recv().await {
@@ -457,13 +446,7 @@ async fn connect_carries_will_and_credentials_keep_alive_and_disconnect() {
     // Idle link: PINGREQ; no PINGRESP: the client drops the link and reconnects.
     assert!(matches!(link.recv().await, Packet::PingReq(_)));
     assert!(link.try_recv().await.is_none(), "no PINGRESP: link closed");
-    let (mut link, seen) = broker
-        .accept_with(Connack {
-            session_present: true,
-            ..Default::default()
-        })
-        .await;
-    assert!(!seen.connect.clean_start);
+    let (mut link, _) = broker.accept_resumed().await;
     assert!(connected(&mut incoming).await);
 
     // disconnect(): what is queued goes out, then DISCONNECT; pending acks fail Closed.

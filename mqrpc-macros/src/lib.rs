@@ -6,6 +6,7 @@
 //! `render_client`, `render_server`, `render_schema` and `render_asyncapi`
 //! each produce one part of the output.
 
+mod hygiene;
 mod model;
 mod render_asyncapi;
 mod render_client;

@@ -6,9 +6,9 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
+use crate::hygiene::hidden;
 use crate::model::{Output, Service};
 use crate::render_schema;
-use crate::render_server::hidden;
 
 pub fn render(service: &Service) -> TokenStream {
     let krate = &service.krate;

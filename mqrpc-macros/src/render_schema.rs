@@ -9,8 +9,8 @@ use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 use syn::Type;
 
+use crate::hygiene::hidden;
 use crate::model::{Output, Service};
-use crate::render_server::hidden;
 
 pub fn render(service: &Service) -> TokenStream {
     let krate = &service.krate;

@@ -6,14 +6,8 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
 use syn::Ident;
 
+use crate::hygiene::hidden;
 use crate::model::{Output, Service};
-
-/// A name of the generated code that no user name can capture or shadow:
-/// reserved (`__mqrpc_` prefix) and, for locals, resolved at the macro's
-/// own site.
-pub(crate) fn hidden(name: &str) -> Ident {
-    Ident::new(&format!("__mqrpc_{name}"), Span::mixed_site())
-}
 
 pub fn render(service: &Service) -> TokenStream {
     let krate = &service.krate;

@@ -6,7 +6,10 @@
 //!   (`ConnectOptions::session_expiry`; give the client id in the URL,
 //!   `?client_id=ID`, to come back to it);
 //! - `CALC_ACK_AFTER_ANSWER=1`: `ServerOptions::ack_after_answer(true)`;
-//! - `CALC_INSTANCE`: `ServerOptions::instance`.
+//! - `CALC_INSTANCE`: `ServerOptions::instance`;
+//! - `CALC_ANNOUNCE_STARTS=1`: print `started` on stdout, a line for each
+//!   `linger` handler that has started (so a test can kill the process
+//!   while a call is running, not before its request arrived).
 
 use std::time::Duration;
 
@@ -28,7 +31,26 @@ async fn main() {
     if let Ok(instance) = std::env::var("CALC_INSTANCE") {
         server = server.instance(instance);
     }
-    let _server = CalculatorServer::new(Calc::default())
+    let calc = Calc::default();
+    if std::env::var("CALC_ANNOUNCE_STARTS").as_deref() == Ok("1") {
+        let stats = calc.stats.clone();
+        tokio::spawn(async move {
+            use std::io::Write;
+            use std::sync::atomic::Ordering;
+            let mut announced = 0;
+            loop {
+                let started = stats.started.load(Ordering::SeqCst);
+                while announced < started {
+                    announced += 1;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "started");
+                    let _ = out.flush();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    let _server = CalculatorServer::new(calc)
         .serve_with(&conn, server)
         .await
         .unwrap_or_else(|e| fail(e));

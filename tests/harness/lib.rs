@@ -21,6 +21,7 @@ pub mod netns;
 pub mod proxy;
 pub mod raw;
 pub mod security;
+pub mod tally;
 
 /// Set to `1` (CI does) to fail instead of skipping when Mosquitto is missing.
 pub const REQUIRE_MOSQUITTO_ENV: &str = "MQRPC_REQUIRE_MOSQUITTO";
@@ -175,24 +176,6 @@ impl Mosquitto {
 
     /// Starts Mosquitto on a given port (e.g. to restart it where it was).
     pub fn start_on(port: u16, extra_config: &[&str]) -> std::io::Result<Mosquitto> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("mosquitto.conf");
-        let mut text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-        );
-        for line in extra_config {
-            text.push_str(line);
-            text.push('\n');
-        }
-        std::fs::write(&config, text)?;
-        let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let mut mosquitto = Mosquitto { child, port, dir };
         // Every listener, the extra ones (e.g. TLS) included, must be open.
         let ports: Vec<u16> = std::iter::once(port)
             .chain(extra_config.iter().filter_map(|line| {
@@ -200,27 +183,15 @@ impl Mosquitto {
                 (words.next() == Some("listener")).then(|| words.next()?.parse().ok())?
             }))
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if ports
+        let up = move || {
+            Ok(ports
                 .iter()
-                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
-            {
-                return Ok(mosquitto);
-            }
-            if let Some(status) = mosquitto.child.try_wait()? {
-                return Err(std::io::Error::other(format!(
-                    "mosquitto exited with {status}: {}",
-                    mosquitto.log()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other(
-                    "mosquitto did not listen within 10 s",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()))
+        };
+        let listener = format!("{port} 127.0.0.1");
+        let (child, dir) =
+            launch_mosquitto(&listener, extra_config, Command::new("mosquitto"), up)?;
+        Ok(Mosquitto { child, port, dir })
     }
 
     /// What Mosquitto logged so far.
@@ -243,6 +214,59 @@ impl Mosquitto {
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Writes a Mosquitto config into a new directory (`listener <listener>`,
+/// the harness's settings, then `extra_config`), runs `mosquitto` on it
+/// through `command` (`mosquitto`, or a wrapper such as `ip netns exec`),
+/// and returns once `up` says it listens; an error with its log if it
+/// exits first or does not listen within 10 s. Its stderr goes to
+/// `mosquitto.log` in the directory.
+pub fn launch_mosquitto(
+    listener: &str,
+    extra_config: &[&str],
+    mut command: Command,
+    mut up: impl FnMut() -> std::io::Result<bool>,
+) -> std::io::Result<(Child, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("mosquitto.conf");
+    let mut text = format!(
+        "listener {listener}\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+    );
+    for line in extra_config {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(&config, text)?;
+    let log_path = dir.path().join("mosquitto.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = command
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = |child: &mut Child, error: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Err(std::io::Error::other(format!("{error}: {log}")))
+    };
+    loop {
+        match up() {
+            Ok(true) => return Ok((child, dir)),
+            Ok(false) => {}
+            Err(e) => return failed(&mut child, e.to_string()),
+        }
+        if let Some(status) = child.try_wait()? {
+            return failed(&mut child, format!("mosquitto exited with {status}"));
+        }
+        if Instant::now() > deadline {
+            return failed(&mut child, "mosquitto did not listen within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -300,6 +324,23 @@ pub trait Calculator {
     /// counted in [`Stats::produced`]; a stream dropped before its end
     /// counts in [`Stats::stopped`].
     async fn count_up(&self, n: u64) -> mqrpc::Stream<u64>;
+}
+
+/// A second service, for tests that need two (discovery, two servers under
+/// one instance id).
+#[mqrpc::service]
+pub trait Greeter {
+    /// `Hello, <name>!`
+    async fn hello(&self, name: String) -> String;
+}
+
+/// The [`Greeter`] every test serves.
+pub struct English;
+
+impl Greeter for English {
+    async fn hello(&self, name: String) -> String {
+        format!("Hello, {name}!")
+    }
 }
 
 /// What the `linger` handlers did.
@@ -449,13 +490,24 @@ pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
 /// Runs each listed scenario `async fn(TestBroker)` once against the
 /// embedded broker and once against Mosquitto (skipped with a notice when
 /// Mosquitto is missing, unless `MQRPC_REQUIRE_MOSQUITTO=1`).
+///
+/// `on_both_brokers!(setup = name; a, b)` calls the test file's `fn name()`
+/// first in each test, before the broker starts (e.g. to install a
+/// `tracing` subscriber before the harness installs its own).
 #[macro_export]
 macro_rules! on_both_brokers {
+    (setup = $setup:ident; $($scenario:ident),* $(,)?) => {
+        $crate::on_both_brokers!(@tests { super::$setup(); } $($scenario),*);
+    };
     ($($scenario:ident),* $(,)?) => {
+        $crate::on_both_brokers!(@tests {} $($scenario),*);
+    };
+    (@tests $setup:block $($scenario:ident),*) => {
         mod embedded {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
+                    $setup
                     super::$scenario($crate::embedded().await).await
                 }
             )*
@@ -464,6 +516,7 @@ macro_rules! on_both_brokers {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
+                    $setup
                     if let Some(broker) = $crate::mosquitto() {
                         super::$scenario(broker).await
                     }

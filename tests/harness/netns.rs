@@ -25,7 +25,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Set to `1` (CI does) to fail instead of skipping when network
 /// namespaces cannot be made.
@@ -403,45 +402,14 @@ impl NsMosquitto {
     /// Starts it in `ns` with these extra config lines and waits until it
     /// listens.
     pub fn start(ns: &Namespace, extra_config: &[&str]) -> std::io::Result<NsMosquitto> {
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("mosquitto.conf");
-        let mut text = format!(
-            "listener {BROKER_PORT} 0.0.0.0\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n"
-        );
-        for line in extra_config {
-            text.push_str(line);
-            text.push('\n');
-        }
-        std::fs::write(&config, text)?;
-        let log = std::fs::File::create(dir.path().join("mosquitto.log"))?;
-        let child = ns
-            .command("mosquitto")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let mut mosquitto = NsMosquitto { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let up =
-                ns.blocking(|| std::net::TcpStream::connect(("127.0.0.1", BROKER_PORT)).is_ok())?;
-            if up {
-                return Ok(mosquitto);
-            }
-            if let Some(status) = mosquitto.child.try_wait()? {
-                return Err(std::io::Error::other(format!(
-                    "mosquitto exited with {status}: {}",
-                    mosquitto.log()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other(
-                    "mosquitto did not listen within 10 s",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut config = vec!["max_queued_messages 100000"];
+        config.extend_from_slice(extra_config);
+        let up =
+            || ns.blocking(|| std::net::TcpStream::connect(("127.0.0.1", BROKER_PORT)).is_ok());
+        let listener = format!("{BROKER_PORT} 0.0.0.0");
+        let (child, dir) =
+            crate::launch_mosquitto(&listener, &config, ns.command("mosquitto"), up)?;
+        Ok(NsMosquitto { child, dir })
     }
 
     /// What it logged so far.

@@ -60,6 +60,19 @@ impl FakeBroker {
         link.send(connack.packet()).await;
         (link, connect)
     }
+
+    /// Accepts the client's reconnect and resumes its session: checks that
+    /// the CONNECT asks to keep it (Clean Start 0) and answers Session
+    /// Present 1.
+    pub async fn accept_resumed(&self) -> (Link, ConnectSeen) {
+        let connack = Connack {
+            session_present: true,
+            ..Default::default()
+        };
+        let (link, seen) = self.accept_with(connack).await;
+        assert!(!seen.connect.clean_start, "a reconnect resumes the session");
+        (link, seen)
+    }
 }
 
 /// What the client sent in CONNECT.

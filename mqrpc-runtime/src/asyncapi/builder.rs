@@ -10,8 +10,8 @@ use crate::protocol::{
     STATUS_PROPERTY,
 };
 
-use super::codegen::{MethodDoc, OutputDoc, Schemas, ServiceDoc};
 use super::messages::*;
+use super::model::{MethodDoc, OutputDoc, Schemas, ServiceDoc};
 use super::{AsyncApiOptions, ASYNCAPI_VERSION, MQTT_BINDING_VERSION};
 
 /// Ids of channels and operations: AsyncAPI wants `[A-Za-z0-9_.-]`, wire
@@ -51,7 +51,6 @@ pub(super) struct Builder<'a> {
 }
 
 const REPLIES: &str = "_replies";
-pub(super) const FAILURE: &str = "failure";
 
 impl<'a> Builder<'a> {
     pub(super) fn new(service: &'a ServiceDoc, options: &'a AsyncApiOptions) -> Self {

@@ -11,8 +11,7 @@ use crate::protocol::{
 };
 use crate::Codec;
 
-use super::builder::FAILURE;
-use super::codegen::{MethodDoc, OutputDoc};
+use super::model::{MethodDoc, OutputDoc};
 use super::MQTT_BINDING_VERSION;
 
 pub(super) fn codec_id(codec: Codec) -> &'static str {
@@ -149,6 +148,9 @@ pub(super) fn request_message(method: &MethodDoc, codec: Codec) -> Value {
     }
     message
 }
+
+/// The name of the failure answer (a status other than `ok`), one per document.
+pub(super) const FAILURE: &str = "failure";
 
 /// The arguments as a JSON array, in declaration order.
 pub(super) fn in_order(items: Vec<Value>) -> Value {

@@ -250,3 +250,4 @@ pub fn to_json_pretty(value: &Value) -> String {
 mod builder;
 pub(crate) mod codegen;
 mod messages;
+mod model;

@@ -68,7 +68,7 @@ fn chunk_bytes_match_the_protocol_document() {
     let mut chunk0 = first.clone();
     with_header(&mut chunk0, &header(0));
     let chunk0 = bytes_of("mqrpc/Files/put", 1, &payload[..4], chunk0);
-    let grant = crate::server::reassembly::grant_properties(
+    let grant = crate::protocol::chunk::grant_properties(
         Some(Bytes::copy_from_slice(&7u64.to_be_bytes())),
         3,
         "files-1",

@@ -347,22 +347,34 @@ impl Client {
             };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
+        // Sent before the future that waits is made (unless chunked, whose
+        // sending waits for credit): what that future would capture (topic,
+        // properties, payload: some 250 bytes) would stay in every call's
+        // state until its answer.
+        let chunked_request = if chunked {
+            Some(Box::new((topic, payload, properties)))
+        } else {
+            let batch = self.batchable();
+            // A refusal ends the call through the caller, which also takes
+            // its entry: no cancel is sent for a request no server has.
+            let ack = AckTo::Listener(self.caller.clone(), slot.id);
+            self.conn
+                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
+            slot.sent.store(true, Ordering::Relaxed);
+            tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
+            None
+        };
         let exchange = async {
-            let outcome = if chunked {
-                // Boxed: small calls' futures do not carry its state.
-                let send =
-                    chunked::send_request(self, &slot, method, topic, qos, payload, properties, rx);
-                Box::pin(send).await
-            } else {
-                let batch = self.batchable();
-                // A refusal ends the call through the caller, which also takes
-                // its entry: no cancel is sent for a request no server has.
-                let ack = AckTo::Listener(self.caller.clone(), slot.id);
-                self.conn
-                    .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
-                slot.sent.store(true, Ordering::Relaxed);
-                tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
-                answer(rx).await
+            let outcome = match chunked_request {
+                Some(request) => {
+                    let (topic, payload, properties) = *request;
+                    // Boxed: small calls' futures do not carry its state.
+                    let send = chunked::send_request(
+                        self, &slot, method, topic, qos, payload, properties, rx,
+                    );
+                    Box::pin(send).await
+                }
+                None => answer(rx).await,
             };
             match outcome {
                 // The answer comes in chunks (PROTOCOL.md, "Chunked transfer").
@@ -401,7 +413,7 @@ impl Client {
             }),
             other => other,
         };
-        let status = observe::outcome_label(&result);
+        let status = observe::outcome_label(result.as_ref().map(|response| &response.status));
         observe::record_status(&span, status);
         match &result {
             Ok(_) => tracing::debug!(parent: &span, correlation = id, status, "answered"),

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use tracing::Span;
 
-use crate::protocol::{TRACEPARENT_PROPERTY, TRACESTATE_PROPERTY};
+use crate::protocol::{Status, TRACEPARENT_PROPERTY, TRACESTATE_PROPERTY};
 use crate::Error;
-#[cfg(feature = "metrics")]
-use crate::Status;
 
 /// The W3C trace context of a request, as read off the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,9 +177,9 @@ pub(crate) fn record_status(span: &Span, status: &str) {
 
 /// A short, bounded label for how a call ended on the client: the wire
 /// status of the answer, or what went wrong before one arrived.
-pub(crate) fn outcome_label(outcome: &Result<crate::Response, Error>) -> &'static str {
+pub(crate) fn outcome_label(outcome: Result<&Status, &Error>) -> &'static str {
     match outcome {
-        Ok(response) => response.status.as_str(),
+        Ok(status) => status.as_str(),
         Err(error) => error_label(error),
     }
 }

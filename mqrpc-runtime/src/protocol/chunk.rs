@@ -283,6 +283,23 @@ pub(crate) fn cut(len: usize, size: usize) -> u32 {
     u32::try_from(len.div_ceil(size.max(1)).max(1)).unwrap_or(u32::MAX)
 }
 
+/// The properties of a grant to a client: the call's Correlation Data,
+/// the grant, and the instance where the next chunks go.
+pub(crate) fn grant_properties(
+    correlation: Option<Bytes>,
+    n: u32,
+    instance: &str,
+) -> rumqttc::v5::mqttbytes::v5::PublishProperties {
+    rumqttc::v5::mqttbytes::v5::PublishProperties {
+        correlation_data: correlation,
+        user_properties: vec![
+            (CHUNK_GRANT_PROPERTY.to_string(), n.to_string()),
+            (super::INSTANCE_PROPERTY.to_string(), instance.to_string()),
+        ],
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

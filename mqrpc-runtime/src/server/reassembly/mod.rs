@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tracing::debug;
 
 use super::dispatch::{send_refusal, Dispatcher};
@@ -20,9 +19,9 @@ use super::duplicates::{call_key, CallKey};
 use super::limits::Held;
 use super::{Request, ServerOptions, Service};
 use crate::connection::Connection;
-use crate::protocol::chunk::{Assembly, ChunkHeader, Progress, CHUNK_GRANT_PROPERTY};
+use crate::protocol::chunk::{grant_properties, Assembly, ChunkHeader, Progress};
 use crate::protocol::QoS;
-use crate::protocol::{topic, Status, CREDIT_METHOD, INSTANCE_PROPERTY, TEXT_CONTENT_TYPE};
+use crate::protocol::{topic, Status, CREDIT_METHOD, TEXT_CONTENT_TYPE};
 use crate::Chunking;
 
 pub(crate) use send::Grants;
@@ -344,23 +343,6 @@ impl<S: Service> Dispatcher<S> {
     /// A cancel also ends the call's chunked transfers.
     pub(super) fn cancel_transfers(&self, key: &CallKey) -> bool {
         self.transfers().cancel(key)
-    }
-}
-
-/// The properties of a grant to a client: the call's Correlation Data,
-/// the grant, and the instance where the next chunks go.
-pub(crate) fn grant_properties(
-    correlation: Option<Bytes>,
-    n: u32,
-    instance: &str,
-) -> PublishProperties {
-    PublishProperties {
-        correlation_data: correlation,
-        user_properties: vec![
-            (CHUNK_GRANT_PROPERTY.to_string(), n.to_string()),
-            (INSTANCE_PROPERTY.to_string(), instance.to_string()),
-        ],
-        ..PublishProperties::default()
     }
 }
 
