@@ -258,7 +258,7 @@ impl Client {
             }),
             other => other,
         };
-        let status = observe::outcome_label(&result);
+        let status = observe::outcome_label(result.as_ref().map(|response| &response.status));
         observe::record_status(&span, status);
         observe::record_attempts(&span, attempt);
         tracing::debug!(parent: &span, correlation = id, status, attempt, "call ended");
