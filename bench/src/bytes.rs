@@ -205,16 +205,26 @@ pub async fn measure(quick: bool) -> (Vec<serde_json::Value>, serde_json::Value,
         }
     };
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    // The window both sides grant (`MQRPC_BENCH_WINDOW`, default the
+    // library's 8 chunks).
+    let window = std::env::var("MQRPC_BENCH_WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(mqrpc::Chunking::default().get_window());
+    let chunking = mqrpc::Chunking::default().window(window);
+    notes.push(format!("bytes: window {window} chunks"));
     let setup = async {
         let server_conn = mqrpc::Connection::connect_url(&url).await?;
         let options = mqrpc::ServerOptions::default()
             .max_request_size(64 << 20)
-            .max_reassembly_bytes(128 << 20);
+            .max_reassembly_bytes(128 << 20)
+            .chunking(chunking);
         let server = mqrpc::serve(&server_conn, Echo, options).await?;
         let conn = mqrpc::Connection::connect_url(&url).await?;
         let options = mqrpc::ClientOptions::default()
             .timeout(Duration::from_secs(120))
-            .max_response_size(64 << 20);
+            .max_response_size(64 << 20)
+            .chunking(chunking);
         let client = mqrpc::Client::new(&conn, "BytesEcho", options).await?;
         Ok::<_, mqrpc::Error>((server_conn, server, conn, client))
     };

@@ -543,3 +543,6 @@ fn default_limits() -> ServerLimits {
         response_information: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,22 +35,22 @@ pub fn render(service: &Service) -> TokenStream {
             definition,
         } = ArgTokens::of(method, trait_ident, krate);
         let (output, call) = match &method.output {
-            Output::Unit => (quote!(()), quote!(call_qos::<_, ()>)),
-            Output::Plain(ty) => (quote!(#ty), quote!(call_qos::<_, #ty>)),
+            Output::Unit => (quote!(()), quote!(call::<_, ()>)),
+            Output::Plain(ty) => (quote!(#ty), quote!(call::<_, #ty>)),
             Output::Fallible { declared, ok, err } => {
-                (quote!(#declared), quote!(call_fallible_qos::<_, #ok, #err>))
+                (quote!(#declared), quote!(call_fallible::<_, #ok, #err>))
             }
             Output::Stream { item, .. } => (
                 quote!(#krate::Items<#item>),
-                quote!(stream_qos::<_, #item>),
+                quote!(stream::<_, #item>),
             ),
         };
         let qos = qos_tokens(krate, method.qos);
         let schema = render_schema::fingerprint(service, index);
         let send = if method.oneway {
-            quote!(self.client.notify_qos(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
+            quote!(self.client.__private().notify(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
         } else {
-            quote!(self.client.#call(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
+            quote!(self.client.__private().#call(#wire, #qos, #schema, &#args_struct { #(#fields),* }).await)
         };
         quote! {
             #(#attrs)*
@@ -101,7 +101,8 @@ pub fn render(service: &Service) -> TokenStream {
                 {
                     #definition
                     self.client
-                        .broadcast_qos(
+                        .__private()
+                        .broadcast(
                             #wire,
                             #qos,
                             #schema,
@@ -163,6 +164,19 @@ pub fn render(service: &Service) -> TokenStream {
             /// `client.with_timeout(Duration::from_millis(200)).method(..).await`.
             pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
                 Self { client: self.client.with_timeout(timeout) }
+            }
+
+            /// The same client, sending this metadata with each call, on top of
+            /// its options' (`mqrpc::Client::with_metadata`):
+            /// `client.with_metadata(md).method(..).await`.
+            pub fn with_metadata(&self, metadata: #krate::Metadata) -> Self {
+                Self { client: self.client.with_metadata(metadata) }
+            }
+
+            /// The same client, recording the metadata of its answers in `answer`
+            /// (`mqrpc::Client::with_response_metadata`).
+            pub fn with_response_metadata(&self, answer: &#krate::ResponseMetadata) -> Self {
+                Self { client: self.client.with_response_metadata(answer) }
             }
 
             /// The same client, calling one instance of the service (a

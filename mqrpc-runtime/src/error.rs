@@ -268,15 +268,54 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Call metadata that cannot be sent: a key outside the rules of
+    /// [`Metadata`](crate::Metadata), or more entries or bytes than
+    /// [`MAX_METADATA_ENTRIES`](crate::protocol::metadata::MAX_METADATA_ENTRIES)
+    /// and [`MAX_METADATA_BYTES`](crate::protocol::metadata::MAX_METADATA_BYTES)
+    /// allow. Nothing was sent.
+    #[error("invalid call metadata: {reason}")]
+    InvalidMetadata {
+        /// What is wrong, naming the limit.
+        reason: String,
+    },
     /// A combination of options mqrpc does not support.
     #[error("not supported: {what}")]
     Unsupported {
         /// What was asked for.
         what: String,
     },
-    /// The MQTT client refused a request (its event loop is gone).
+    /// Formerly both "every packet identifier in flight" and an internal
+    /// failure; mqrpc returns neither as this any more.
+    #[deprecated(
+        since = "0.1.0",
+        note = "not returned any more: see Error::PacketIdsExhausted and Error::Invariant"
+    )]
     #[error("MQTT client error: {0}")]
     Mqtt(String),
+    /// All 65 535 MQTT packet identifiers of the connection are taken by
+    /// QoS 1/2 publishes still waiting for the broker's acknowledgement: the
+    /// publish was not sent. Fewer calls in flight, or QoS 0, avoid it.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// let err = mqrpc::Error::PacketIdsExhausted;
+    /// assert!(err.to_string().contains("65 535"));
+    /// ```
+    #[error("every MQTT packet identifier (65 535) is in flight on this connection")]
+    PacketIdsExhausted,
+    /// Something mqrpc holds for itself was not as it must be: a bug of
+    /// mqrpc (please report it with the reason).
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// let err = mqrpc::Error::Invariant { reason: "example".into() };
+    /// assert_eq!(err.to_string(), "mqrpc bug: example");
+    /// ```
+    #[error("mqrpc bug: {reason}")]
+    Invariant {
+        /// What did not hold.
+        reason: String,
+    },
     /// The embedded broker could not start.
     #[error("embedded broker: {0}")]
     Broker(String),

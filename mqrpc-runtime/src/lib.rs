@@ -25,8 +25,8 @@ pub mod protocol;
 mod server;
 
 pub use client::{
-    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, RetryPolicy,
-    DEFAULT_TIMEOUT,
+    discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, ResponseMetadata,
+    RetryPolicy, DEFAULT_TIMEOUT,
 };
 #[cfg(feature = "embedded-broker")]
 pub use connection::EmbeddedBroker;
@@ -39,6 +39,7 @@ pub use error::Error;
 pub use futures_util::StreamExt;
 pub use protocol::builtins::{MethodInfo, MethodStats, ServiceInfo, ServiceStats};
 pub use protocol::codec::Codec;
+pub use protocol::metadata::Metadata;
 pub use protocol::Chunking;
 pub use protocol::{QoS, Status, STREAM_WINDOW};
 pub use server::context;
@@ -52,7 +53,8 @@ pub mod layers {
     pub use crate::server::layers::*;
 }
 pub use server::{
-    respond, serve, ChunkedUsage, Reply, ServerHandle, ServerOptions, ServerUsage, Service, Stream,
+    respond, serve, Call, ChunkedUsage, Reply, ServerHandle, ServerOptions, ServerUsage, Service,
+    Stream,
 };
 
 /// Not a public API and not covered by semver: what the code
@@ -64,6 +66,9 @@ pub mod __private {
     pub mod asyncapi {
         pub use crate::asyncapi::codegen::*;
     }
+
+    /// The hidden entry point of generated clients ([`Client::__private`](crate::Client::__private)).
+    pub use crate::client::Generated;
 
     /// The schema fingerprint helpers of generated clients and servers.
     pub mod schema {

@@ -446,12 +446,14 @@ const KNOWN_CIRCLES: &[&[&str]] = &[
     &[
         "client/batching.rs",
         "client/chunked.rs",
-        "client/items.rs",
         "client/many.rs",
         "client/pending.rs",
+        "client/request.rs",
+        "client/sequence.rs",
     ],
     &[
         "server/backlog.rs",
+        "server/call.rs",
         "server/dispatch.rs",
         "server/handle.rs",
         "server/limits.rs",
@@ -584,14 +586,70 @@ fn the_checker_resolves_paths_and_reexports() {
             .unwrap_or_else(|| panic!("{path} is read"))
     };
     // `crate::Codec` is `protocol/codec.rs`, through the root's re-export.
-    let client = find("client/mod.rs");
+    let client = find("client/options.rs");
     let codec = find("protocol/codec.rs");
     assert!(
         g.edges[client].iter().any(|(j, _, _)| *j == codec),
-        "client/mod.rs -> protocol/codec.rs (through `crate::Codec`)"
+        "client/options.rs -> protocol/codec.rs (through `crate::Codec`)"
     );
     // The connection layer's face hands out what its files define.
     let pending = find("client/pending.rs");
     let acks = find("connection/acks.rs");
     assert!(g.edges[pending].iter().any(|(j, _, _)| *j == acks));
+}
+
+/// Getters in one style: `get_<name>` only where the builder's setter is
+/// `<name>` (as `std::process::Command::get_args` beside `args`), no other
+/// prefix or suffix (`_limit`); everything else has the plain name.
+#[test]
+fn getters_are_named_in_one_style() {
+    let g = graph();
+    let mut wrong = Vec::new();
+    for file in &g.files {
+        for (n, line) in file.text.lines().enumerate() {
+            let line = code(line);
+            let Some(rest) = line.strip_prefix("pub fn ") else {
+                continue;
+            };
+            let Some((fn_name, args)) = rest.split_once('(') else {
+                continue;
+            };
+            if !args.starts_with("&self)") {
+                continue;
+            }
+            if let Some(field) = fn_name.strip_prefix("get_") {
+                let setter = format!("pub fn {field}(mut self");
+                let plain = format!("pub fn {field}(self");
+                if !file.text.contains(&setter) && !file.text.contains(&plain) {
+                    wrong.push(format!(
+                        "src/{}:{}: `{fn_name}`: no setter `{field}` beside it, so no `get_`",
+                        name(file),
+                        n + 1
+                    ));
+                }
+            } else if fn_name.ends_with("_limit") && !line.contains("deprecated") {
+                let lines: Vec<&str> = file.text.lines().collect();
+                let deprecated = lines[n.saturating_sub(4)..n]
+                    .iter()
+                    .any(|l| l.contains("#[deprecated"));
+                if !deprecated {
+                    wrong.push(format!(
+                        "src/{}:{}: `{fn_name}`: name it `get_<setter>`",
+                        name(file),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "getter names:\n{}", wrong.join("\n"));
+}
+
+/// The old public names still answer, deprecated.
+#[test]
+#[allow(deprecated)]
+fn old_getter_names_still_answer() {
+    let options = mqrpc_runtime::ConnectOptions::new("localhost", 1883).max_pending_calls(7);
+    assert_eq!(options.max_pending_calls_limit(), 7);
+    assert_eq!(options.get_max_pending_calls(), 7);
 }

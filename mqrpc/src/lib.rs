@@ -199,11 +199,11 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    asyncapi, context, discover, layers, protocol, respond, serve, Answers, ChunkedUsage, Chunking,
-    Client, ClientOptions, Codec, ConnectOptions, Connection, Error, Items, MethodInfo,
-    MethodStats, PublishCounts, QoS, RawAnswers, Reply, Response, RetryPolicy, ServerHandle,
-    ServerOptions, ServerUsage, Service, ServiceInfo, ServiceStats, Status, Stream,
-    DEFAULT_TIMEOUT, STREAM_WINDOW,
+    asyncapi, context, discover, layers, protocol, respond, serve, Answers, Call, ChunkedUsage,
+    Chunking, Client, ClientOptions, Codec, ConnectOptions, Connection, Error, Items, Metadata,
+    MethodInfo, MethodStats, PublishCounts, QoS, RawAnswers, Reply, Response, ResponseMetadata,
+    RetryPolicy, ServerHandle, ServerOptions, ServerUsage, Service, ServiceInfo, ServiceStats,
+    Status, Stream, DEFAULT_TIMEOUT, STREAM_WINDOW,
 };
 
 /// Reads the [`Items`] of a streaming call and the [`Answers`] of a

@@ -7,6 +7,7 @@
 //!   `?client_id=ID`, to come back to it);
 //! - `CALC_ACK_AFTER_ANSWER=1`: `ServerOptions::ack_after_answer(true)`;
 //! - `CALC_INSTANCE`: `ServerOptions::instance`;
+//! - `CALC_META=1`: serve the `Meta` service of `harness/meta.rs` too;
 //! - `CALC_ANNOUNCE_STARTS=1`: print `started` on stdout, a line for each
 //!   `linger` handler that has started (so a test can kill the process
 //!   while a call is running, not before its request arrived).
@@ -31,6 +32,15 @@ async fn main() {
     if let Ok(instance) = std::env::var("CALC_INSTANCE") {
         server = server.instance(instance);
     }
+    let _meta = match std::env::var("CALC_META").as_deref() {
+        Ok("1") => Some(
+            mqrpc_tests::meta::MetaServer::new(mqrpc_tests::meta::MetaImpl::default())
+                .serve_with(&conn, server.clone())
+                .await
+                .unwrap_or_else(|e| fail(e)),
+        ),
+        _ => None,
+    };
     let calc = Calc::default();
     if std::env::var("CALC_ANNOUNCE_STARTS").as_deref() == Ok("1") {
         let stats = calc.stats.clone();

@@ -17,6 +17,7 @@ pub mod corpus;
 /// shared with the fault tests here.
 #[path = "../../mqrpc-link/tests/support/fake_broker.rs"]
 pub mod fake_broker;
+pub mod meta;
 pub mod netns;
 pub mod proxy;
 pub mod raw;

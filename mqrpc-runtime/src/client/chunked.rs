@@ -318,13 +318,12 @@ pub(super) async fn send_request(
     method: &str,
     topic: String,
     qos: QoS,
-    payload: Vec<u8>,
+    payload: Bytes,
     properties: PublishProperties,
     mut rx: oneshot::Receiver<Result<Response, Failure>>,
 ) -> Result<Response, Failure> {
     let id = slot.id;
     let caller = &client.caller;
-    let payload = Bytes::from(payload);
     let grants = Arc::new(Grants::default());
     grants.granted.store(1, Ordering::Release);
     caller.chunks.insert(id, Route::Sending(grants.clone()));

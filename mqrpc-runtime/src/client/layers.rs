@@ -206,7 +206,7 @@ impl tower::Service<ClientCall> for Sender {
                 payload,
             } = call;
             client
-                .send(&method, qos, schema, payload)
+                .send(&method, Some(qos), schema, payload)
                 .await
                 .map_err(|error| Box::new(error) as BoxError)
         })

@@ -1,15 +1,16 @@
-//! Calls with many answers: broadcasts to every server of a service and
-//! streams of items from one.
+//! Calls with many answers: broadcasts to every server of a service, and
+//! the sending of every request answered more than once (broadcasts,
+//! streams).
 
-use super::{request_properties, topic_base, Caller, Client, Response, Waiter};
+use super::request::{Answer, Target};
+use super::{topic_base, Caller, Client, Response, Waiter};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::client::items::Idle;
-use crate::client::{Control, Items};
+use crate::client::Control;
 use crate::error::Failure;
 use crate::protocol::topic;
 use crate::protocol::QoS;
@@ -17,20 +18,12 @@ use crate::protocol::{
     CANCEL_METHOD, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_METHOD, CREDIT_PROPERTY, INFO_METHOD,
     PING_METHOD, STATS_METHOD,
 };
-use crate::{observe, Error};
+use crate::Error;
 
 impl Client {
-    /// Calls `method` on every server of the service at once (topic
-    /// `<prefix>/<service>/_all/<method>`): a stream of `(instance,
-    /// outcome)` that ends at this client's timeout or after `max_answers`.
-    /// `decode` turns each answer into the method's type
-    /// ([`Response::into_value`], [`Response::into_result`]).
-    ///
-    /// Entry point of generated clients (the method's declared QoS and
-    /// schema fingerprint); hidden from the docs and not covered by semver:
-    /// call the untyped form without `_qos`, or the generated client.
-    #[doc(hidden)]
-    pub async fn broadcast_qos<A, T>(
+    /// [`broadcast`](Self::broadcast) with a QoS and schema fingerprint,
+    /// decoding each answer with `decode`.
+    pub(super) async fn broadcast_encoded<A, T>(
         &self,
         method: &str,
         qos: Option<QoS>,
@@ -42,12 +35,11 @@ impl Client {
     where
         A: Serialize + ?Sized,
     {
-        let service_base = topic_base(&self.options.prefix, &self.service);
-        let topic = topic::broadcast_topic(&service_base, method);
+        let payload = self.options.codec.encode(args)?;
         let capacity = max_answers.unwrap_or(1024).clamp(1, 1024);
-        let (rx, slot) = self
-            .send_many(topic, qos, schema, args, capacity, Gather::All)
-            .await?;
+        let target = Target::Broadcast;
+        let (rx, slot) =
+            self.send_many(target, method, qos, schema, payload, capacity, Gather::All)?;
         Ok(Answers {
             rx,
             deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
@@ -55,38 +47,21 @@ impl Client {
             decode,
             method: method.to_string(),
             asked: None,
+            record: self.response_metadata.clone(),
             _slot: slot,
         })
     }
 
     /// Sends a request whose answers come as a stream (broadcast, server
-    /// streaming): the call stays pending, each answer goes to the
-    /// returned receiver, until the returned slot is dropped. A stream is
-    /// bound to one instance (this client's, or the first to answer).
-    async fn send_many<A: Serialize + ?Sized>(
+    /// streaming, a built-in asked of one instance): the call stays
+    /// pending, each answer goes to the returned receiver, until the
+    /// returned slot is dropped. A stream is bound to one instance (this
+    /// client's, or the first to answer).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_many(
         &self,
-        topic: String,
-        qos: Option<QoS>,
-        schema: Option<&'static str>,
-        args: &A,
-        capacity: usize,
-        gather: Gather,
-    ) -> Result<
-        (
-            tokio::sync::mpsc::Receiver<Result<Response, Failure>>,
-            BroadcastSlot,
-        ),
-        Error,
-    > {
-        let payload = self.options.codec.encode(args)?;
-        self.send_many_encoded(topic, qos, schema, payload, capacity, gather)
-            .await
-    }
-
-    /// [`send_many`](Self::send_many) of an encoded payload.
-    pub(super) async fn send_many_encoded(
-        &self,
-        topic: String,
+        target: Target,
+        method: &str,
         qos: Option<QoS>,
         schema: Option<&'static str>,
         payload: Vec<u8>,
@@ -100,8 +75,7 @@ impl Client {
         Error,
     > {
         self.conn.ensure_open()?;
-        let qos = qos.unwrap_or(self.options.qos);
-        let caller = self.caller.clone();
+        let caller = &self.caller;
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let id = match gather {
             Gather::Stream => caller.register(Waiter::Stream(tx), self.instance.clone())?,
@@ -119,24 +93,13 @@ impl Client {
         } else {
             self.options.timeout
         };
-        let mut properties =
-            request_properties(&caller.reply_topic, id, self.options.codec, schema, budget);
         // No call span of its own (the answers outlive this function): the
         // servers join the caller's current trace.
-        observe::inject_current(&mut properties.user_properties);
-        self.check_size(&topic, payload.len(), &properties)?;
-        let ack = self
-            .conn
-            .publish(topic, qos, Bytes::from(payload), properties, false);
-        if qos != QoS::AtMostOnce {
-            // A refusal (no server subscribed, not authorized) ends the
-            // answers at once.
-            tokio::spawn(async move {
-                if let Err(failure) = crate::connection::ack_outcome(ack.await) {
-                    caller.fail_call(id, failure);
-                }
-            });
-        }
+        let answer = Answer::Many { id, budget };
+        let request = self.build_request(target, method, qos, schema, payload, answer, None)?;
+        // A refusal (no server subscribed, not authorized) ends the
+        // answers at once, through the caller.
+        request.send(self, caller, id, false);
         Ok((rx, slot))
     }
 
@@ -179,33 +142,8 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.broadcast_qos(method, None, None, args, max_answers, Response::into_value)
+        self.broadcast_encoded(method, None, None, args, max_answers, Response::into_value)
             .await
-    }
-
-    /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
-    /// come (see [`Items`]).
-    ///
-    /// ```
-    /// # use mqrpc_runtime as mqrpc;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), mqrpc::Error> {
-    /// use mqrpc::StreamExt;
-    /// use mqrpc::{Client, ClientOptions, Connection, Error};
-    /// let conn = Connection::from_env_or_embedded().await?;
-    /// let client = Client::new(&conn, "Nobody", ClientOptions::default()).await?;
-    /// let short = client.with_timeout(std::time::Duration::from_millis(100));
-    /// let mut items = short.stream::<_, u64>("count_up", &3u64).await?;
-    /// // Nobody serves it: the stream ends with an error, no items.
-    /// assert!(matches!(items.next().await, Some(Err(Error::Timeout { .. } | Error::NoResponder { .. }))));
-    /// # Ok(()) }
-    /// ```
-    pub async fn stream<A, T>(&self, method: &str, args: &A) -> Result<Items<T>, Error>
-    where
-        A: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
-        self.stream_qos(method, None, None, args).await
     }
 
     /// `_info` (service, version, instance, methods and their schema
@@ -270,13 +208,12 @@ impl Client {
     ) -> Result<Answers<T>, Error> {
         if self.instance.is_none() {
             return self
-                .broadcast_qos(method, None, None, &(), None, Response::into_value)
+                .broadcast_encoded(method, None, None, &(), None, Response::into_value)
                 .await;
         }
-        let topic = topic::method_topic(&self.topic_base, method);
-        let (rx, slot) = self
-            .send_many(topic, None, None, &(), 1, Gather::One)
-            .await?;
+        let payload = self.options.codec.encode(&())?;
+        let (rx, slot) =
+            self.send_many(Target::Method, method, None, None, payload, 1, Gather::One)?;
         Ok(Answers {
             rx,
             deadline: Box::pin(tokio::time::sleep(self.options.timeout)),
@@ -284,6 +221,7 @@ impl Client {
             decode: Response::into_value,
             method: method.to_string(),
             asked: self.instance.clone(),
+            record: self.response_metadata.clone(),
             _slot: slot,
         })
     }
@@ -324,51 +262,6 @@ impl Client {
             self.conn
                 .publish(topic, qos, Bytes::new(), properties, false),
         );
-    }
-
-    /// Calls a method returning `mqrpc::Stream<T>`: its items, as they
-    /// come (see [`Items`]).
-    ///
-    /// Entry point of generated clients (the method's declared QoS and
-    /// schema fingerprint); hidden from the docs and not covered by semver:
-    /// call the untyped form without `_qos`, or the generated client.
-    #[doc(hidden)]
-    pub async fn stream_qos<A, T>(
-        &self,
-        method: &str,
-        qos: Option<QoS>,
-        schema: Option<&'static str>,
-        args: &A,
-    ) -> Result<Items<T>, Error>
-    where
-        A: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
-        let topic = topic::method_topic(&self.topic_base, method);
-        // Room for a whole window plus the end marker: the server never
-        // sends more, so nothing is dropped.
-        let capacity = crate::protocol::STREAM_WINDOW as usize + 2;
-        let (rx, slot) = self
-            .send_many(topic, qos, schema, args, capacity, Gather::Stream)
-            .await?;
-        let total = self
-            .options
-            .get_stream_timeout()
-            .map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
-        Ok(Items {
-            rx,
-            idle: Idle::start(self.options.get_stream_idle_timeout()),
-            total,
-            decode: Response::into_value::<T>,
-            method: method.to_string(),
-            client: self.clone(),
-            id: slot.id,
-            next_seq: 0,
-            unacknowledged: 0,
-            instance: None,
-            done: false,
-            _slot: slot,
-        })
     }
 }
 
@@ -427,6 +320,8 @@ pub struct Answers<T> {
     /// The instance asked, for answers that do not name theirs (only
     /// broadcasts' do).
     asked: Option<Arc<str>>,
+    /// Where each answer's metadata goes, if anywhere.
+    record: Option<super::ResponseMetadata>,
     _slot: BroadcastSlot,
 }
 
@@ -450,6 +345,9 @@ impl<T> futures_util::Stream for Answers<T> {
                     (Some(instance), _) => instance.to_string(),
                     (None, asked) => asked.as_deref().unwrap_or_default().to_string(),
                 };
+                if let Some(record) = &self.record {
+                    record.record(response.metadata());
+                }
                 let outcome = (self.decode)(response, &self.method);
                 Poll::Ready(Some((instance, outcome)))
             }

@@ -7,44 +7,49 @@ mod chunked;
 #[cfg(test)]
 mod chunked_doc;
 mod discovery;
+mod generated;
 mod items;
 pub(crate) mod layers;
 mod many;
+mod metadata;
 mod nagle;
 mod options;
 mod pending;
 mod raw;
+mod request;
 mod response;
 mod retry;
+mod sequence;
 
 pub(crate) use batching::BatchTargets;
 pub use discovery::discover;
-pub(crate) use items::Control;
+pub use generated::Generated;
 pub use items::Items;
 pub use many::Answers;
 pub(crate) use many::BroadcastSlot;
+pub use metadata::ResponseMetadata;
 pub use options::{ClientOptions, DEFAULT_TIMEOUT};
 use pending::answer;
 pub(crate) use pending::{Caller, PendingSlot, Waiter};
 pub use raw::RawAnswers;
+pub(crate) use request::request_properties;
+use request::{Answer, Outgoing, Target};
 pub use response::Response;
 pub use retry::RetryPolicy;
+pub(crate) use sequence::Control;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::oneshot;
 
-use crate::connection::{AckTo, Connection};
+use crate::connection::Connection;
 use crate::error::Failure;
 use crate::protocol::topic;
-use crate::protocol::QoS;
-use crate::protocol::{Status, SCHEMA_PARAMETER, TIMEOUT_PROPERTY};
-use crate::{observe, Codec, Error};
+use crate::protocol::{QoS, Status};
+use crate::{observe, Error};
 
 /// An untyped client of one service: what a generated `<Trait>Client`
 /// wraps. Use it directly to call methods by name.
@@ -81,6 +86,11 @@ pub struct Client {
     /// its calls end when it is gone.
     instance: Option<Arc<str>>,
     options: ClientOptions,
+    /// Sent with every call: the options' defaults with
+    /// [`with_metadata`](Self::with_metadata)'s on top.
+    metadata: crate::Metadata,
+    /// Where the metadata of answers goes, if anywhere.
+    response_metadata: Option<ResponseMetadata>,
 }
 
 impl std::fmt::Debug for Client {
@@ -113,7 +123,9 @@ impl Client {
             .await?
             .clone()
             .downcast::<Caller>()
-            .map_err(|_| Error::Mqtt("the connection's client state has another type".into()))?;
+            .map_err(|_| Error::Invariant {
+                reason: "the connection's client state has another type".into(),
+            })?;
         let topic_base = topic_base(&options.prefix, service);
         Ok(Client {
             conn: conn.clone(),
@@ -122,6 +134,8 @@ impl Client {
             service: Arc::from(service),
             topic_base,
             instance: None,
+            metadata: options.metadata.clone(),
+            response_metadata: None,
             options,
         })
     }
@@ -168,6 +182,7 @@ impl Client {
         client.topic_base = topic_base(&options.prefix, &self.service);
         client.batch = self.caller.batch_targets.get(&client.topic_base);
         client.instance = None;
+        client.metadata = options.metadata.clone();
         client.options = options;
         Ok(client)
     }
@@ -193,28 +208,7 @@ impl Client {
         A: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        self.call_qos(method, None, None, args).await
-    }
-
-    /// [`call`](Self::call) with the method's own QoS, if it declares one
-    /// (`#[mqrpc(qos = ..)]`); used by generated clients.
-    ///
-    /// Entry point of generated clients (the method's declared QoS and
-    /// schema fingerprint); hidden from the docs and not covered by semver:
-    /// call the untyped form without `_qos`, or the generated client.
-    #[doc(hidden)]
-    pub async fn call_qos<A, T>(
-        &self,
-        method: &str,
-        qos: Option<QoS>,
-        schema: Option<&'static str>,
-        args: &A,
-    ) -> Result<T, Error>
-    where
-        A: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
-        self.call_encoded(method, qos, schema, args)
+        self.call_encoded(method, None, None, args)
             .await?
             .into_value(method)
     }
@@ -231,28 +225,7 @@ impl Client {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.call_fallible_qos(method, None, None, args).await
-    }
-
-    /// [`call_fallible`](Self::call_fallible) with the method's own QoS.
-    ///
-    /// Entry point of generated clients (the method's declared QoS and
-    /// schema fingerprint); hidden from the docs and not covered by semver:
-    /// call the untyped form without `_qos`, or the generated client.
-    #[doc(hidden)]
-    pub async fn call_fallible_qos<A, T, E>(
-        &self,
-        method: &str,
-        qos: Option<QoS>,
-        schema: Option<&'static str>,
-        args: &A,
-    ) -> Result<Result<T, E>, Error>
-    where
-        A: Serialize + ?Sized,
-        T: DeserializeOwned,
-        E: DeserializeOwned,
-    {
-        self.call_encoded(method, qos, schema, args)
+        self.call_encoded(method, None, None, args)
             .await?
             .into_result(method)
     }
@@ -265,16 +238,20 @@ impl Client {
     /// [`Error::NotAuthorized`] or [`Error::Refused`]; nothing tells whether
     /// a server ran it.
     pub async fn notify<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> Result<(), Error> {
-        self.notify_qos(method, None, None, args).await
+        self.notify_encoded(method, None, None, args).await
     }
 
-    /// [`notify`](Self::notify) with the method's own QoS.
-    ///
-    /// Entry point of generated clients (the method's declared QoS and
-    /// schema fingerprint); hidden from the docs and not covered by semver:
-    /// call the untyped form without `_qos`, or the generated client.
+    /// The entry point of the code `#[mqrpc::service]` generates: calls
+    /// with the method's declared QoS and schema fingerprint. Not a public
+    /// API and not covered by semver: call the methods above, or the
+    /// generated client.
     #[doc(hidden)]
-    pub async fn notify_qos<A: Serialize + ?Sized>(
+    pub fn __private(&self) -> generated::Generated<'_> {
+        generated::Generated(self)
+    }
+
+    /// [`notify`](Self::notify) with a QoS and schema fingerprint.
+    pub(super) async fn notify_encoded<A: Serialize + ?Sized>(
         &self,
         method: &str,
         qos: Option<QoS>,
@@ -282,23 +259,20 @@ impl Client {
         args: &A,
     ) -> Result<(), Error> {
         self.conn.ensure_open()?;
-        let qos = qos.unwrap_or(self.options.qos);
         let payload = self.options.codec.encode(args)?;
-        let topic = topic::method_topic(&self.topic_base, method);
-        let mut properties = PublishProperties {
-            content_type: content_type(self.options.codec, schema),
-            message_expiry_interval: Some(expiry_seconds(self.options.timeout)),
-            ..PublishProperties::default()
-        };
-        observe::inject_current(&mut properties.user_properties);
-        self.check_size(&topic, payload.len(), &properties)?;
-        let ack = self
-            .conn
-            .publish(topic, qos, Bytes::from(payload), properties, false);
-        crate::connection::ack_outcome(ack.await).map_err(|failure| failure.into_error(method))
+        let request = self.build_request(
+            Target::Method,
+            method,
+            qos,
+            schema,
+            payload,
+            Answer::None,
+            None,
+        )?;
+        request.send_one_way(self, method).await
     }
 
-    async fn call_encoded<A: Serialize + ?Sized>(
+    pub(super) async fn call_encoded<A: Serialize + ?Sized>(
         &self,
         method: &str,
         qos: Option<QoS>,
@@ -306,14 +280,13 @@ impl Client {
         args: &A,
     ) -> Result<Response, Error> {
         let payload = self.options.codec.encode(args)?;
-        self.send(method, qos.unwrap_or(self.options.qos), schema, payload)
-            .await
+        self.send(method, qos, schema, payload).await
     }
 
     /// Sends an already-encoded request (in this client's codec) and returns
     /// the raw response. Ends with [`Error::Timeout`] after the timeout.
     pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Response, Error> {
-        self.send(method, self.options.qos, None, payload).await
+        self.send(method, None, None, payload).await
     }
 
     /// One request and its answer. A single `async fn` on purpose: its
@@ -321,7 +294,7 @@ impl Client {
     async fn send(
         &self,
         method: &str,
-        qos: QoS,
+        qos: Option<QoS>,
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
@@ -330,36 +303,33 @@ impl Client {
         if let Some(extras) = self.options.extras.as_ref().filter(small) {
             // Boxed: a call without layers or retries carries none of it.
             let extras = extras.clone();
+            let qos = qos.unwrap_or(self.options.qos);
             return Box::pin(self.send_extra(extras, method, qos, schema, payload)).await;
         }
         #[cfg(feature = "metrics")]
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay
         // in the future across the await, 250 bytes per call in flight.
-        let (slot, span, topic, properties, rx, chunked) =
-            match self.prepare(method, schema, payload.len()) {
-                Ok(prepared) => prepared,
-                Err(error) => {
-                    #[cfg(feature = "metrics")]
-                    meter.finish(observe::error_label(&error));
-                    return Err(error);
-                }
-            };
+        let (slot, span, request, rx) = match self.prepare(method, qos, schema, payload) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                #[cfg(feature = "metrics")]
+                meter.finish(observe::error_label(&error));
+                return Err(error);
+            }
+        };
         // In the future's state in place of the timeout, which `self` has.
         let started = std::time::Instant::now();
         // Sent before the future that waits is made (unless chunked, whose
         // sending waits for credit): what that future would capture (topic,
         // properties, payload: some 250 bytes) would stay in every call's
         // state until its answer.
-        let chunked_request = if chunked {
-            Some(Box::new((topic, payload, properties)))
+        let chunked_request = if request.chunked {
+            Some(Box::new(request))
         } else {
             let batch = self.batchable();
-            // A refusal ends the call through the caller, which also takes
-            // its entry: no cancel is sent for a request no server has.
-            let ack = AckTo::Listener(self.caller.clone(), slot.id);
-            self.conn
-                .publish_to(topic, qos, Bytes::from(payload), properties, batch, ack);
+            let qos = request.qos;
+            request.send(self, &self.caller, slot.id, batch);
             slot.sent.store(true, Ordering::Relaxed);
             tracing::debug!(correlation = slot.id, ?qos, batch, "request sent");
             None
@@ -367,7 +337,13 @@ impl Client {
         let exchange = async {
             let outcome = match chunked_request {
                 Some(request) => {
-                    let (topic, payload, properties) = *request;
+                    let Outgoing {
+                        topic,
+                        qos,
+                        properties,
+                        payload,
+                        ..
+                    } = *request;
                     // Boxed: small calls' futures do not carry its state.
                     let send = chunked::send_request(
                         self, &slot, method, topic, qos, payload, properties, rx,
@@ -398,6 +374,9 @@ impl Client {
                 })
             }
         };
+        if let (Ok(response), Some(record)) = (&result, &self.response_metadata) {
+            record.record(response.metadata());
+        }
         if result.is_ok() {
             self.caller
                 .nagle
@@ -426,72 +405,49 @@ impl Client {
         result
     }
 
-    /// Everything before a request goes out: checks, the pending slot, the
-    /// span and the properties.
+    /// Everything before a unary request goes out: the pending slot, the
+    /// span and the request.
     #[allow(clippy::type_complexity)]
     fn prepare(
         &self,
         method: &str,
+        qos: Option<QoS>,
         schema: Option<&'static str>,
-        payload_len: usize,
+        payload: Vec<u8>,
     ) -> Result<
         (
             PendingSlot<'_>,
             tracing::Span,
-            String,
-            PublishProperties,
+            Outgoing,
             oneshot::Receiver<Result<Response, Failure>>,
-            bool,
         ),
         Error,
     > {
         self.conn.ensure_open()?;
-        let caller = &*self.caller;
         let (tx, rx) = oneshot::channel();
-        let id = caller.register(Waiter::Once(tx), self.instance.clone())?;
+        let id = self
+            .caller
+            .register(Waiter::Once(tx), self.instance.clone())?;
         let slot = PendingSlot {
             client: self,
             id,
             sent: AtomicBool::new(false),
         };
         let span = observe::client_span(&self.service, method, id);
-        let mut properties = request_properties(
-            &caller.reply_topic,
+        let answer = Answer::Once {
             id,
-            self.options.codec,
-            schema,
-            self.options.timeout,
-        );
-        observe::inject(&span, &mut properties.user_properties);
-        let topic = topic::method_topic(&self.topic_base, method);
-        let chunked = chunked::needs_chunks(self, &topic, payload_len, &properties);
-        if !chunked {
-            self.check_size(&topic, payload_len, &properties)?;
-        }
-        Ok((slot, span, topic, properties, rx, chunked))
-    }
-
-    /// Refuses a request over the broker's Maximum Packet Size before it
-    /// takes a pending slot (the broker would drop the connection for it),
-    /// with an error that names the payload.
-    fn check_size(
-        &self,
-        topic: &str,
-        payload_len: usize,
-        properties: &PublishProperties,
-    ) -> Result<(), Error> {
-        let Some(limit) = self.conn.broker_max_packet_size() else {
-            return Ok(());
+            budget: self.options.timeout,
         };
-        let size = crate::connection::publish_size(topic, payload_len, properties);
-        if size > limit as usize {
-            return Err(Error::TooLarge {
-                message: format!(
-                    "a {payload_len}-byte payload makes a packet over the broker's Maximum Packet Size of {limit} bytes"
-                ),
-            });
-        }
-        Ok(())
+        let request = self.build_request(
+            Target::Method,
+            method,
+            qos,
+            schema,
+            payload,
+            answer,
+            Some(&span),
+        )?;
+        Ok((slot, span, request, rx))
     }
 
     /// Best effort, from `Drop`: QoS 0, never waits.
@@ -500,106 +456,7 @@ impl Client {
     }
 }
 
-/// The properties of a request (PROTOCOL.md, "Request"). Values that are
-/// the protocol's defaults are left out: every property costs allocations
-/// on both sides and in the broker.
-pub(super) fn request_properties(
-    reply_topic: &str,
-    id: u64,
-    codec: Codec,
-    schema: Option<&'static str>,
-    timeout: Duration,
-) -> PublishProperties {
-    let millis = timeout.as_millis();
-    let budget = if millis.is_multiple_of(1000) && millis > 0 {
-        Vec::new() // the Message Expiry Interval says it exactly
-    } else {
-        vec![(TIMEOUT_PROPERTY.to_string(), millis.to_string())]
-    };
-    PublishProperties {
-        response_topic: Some(reply_topic.to_string()),
-        correlation_data: Some(Bytes::copy_from_slice(&id.to_be_bytes())),
-        content_type: content_type(codec, schema),
-        // The broker drops the request if nobody took it in time.
-        message_expiry_interval: Some(expiry_seconds(timeout)),
-        user_properties: budget,
-        ..PublishProperties::default()
-    }
-}
-
-/// The Content Type of a request: absent for postcard without schema
-/// fingerprint, else the codec's with `; schema=<fingerprint>`.
-fn content_type(codec: Codec, schema: Option<&'static str>) -> Option<String> {
-    match schema {
-        // One exact allocation (`format!` grows its buffer as it goes).
-        Some(schema) => Some([codec.content_type(), "; ", SCHEMA_PARAMETER, "=", schema].concat()),
-        None => (codec != Codec::Postcard).then(|| codec.content_type().to_string()),
-    }
-}
-
 /// `<prefix>/<service>/`.
 fn topic_base(prefix: &str, service: &str) -> Arc<str> {
     Arc::from(topic::service_base(prefix, service))
-}
-
-/// Message Expiry Interval for a timeout: whole seconds, rounded up, ≥ 1.
-fn expiry_seconds(timeout: Duration) -> u32 {
-    let millis = timeout.as_millis().max(1);
-    u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rumqttc::v5::mqttbytes::v5::Publish;
-    use rumqttc::v5::mqttbytes::QoS as WireQoS;
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// The request of PROTOCOL.md's byte-level example, byte for byte.
-    #[test]
-    fn request_bytes_match_the_protocol_document() {
-        let properties =
-            request_properties("mqrpc/_reply/c1", 7, Codec::Postcard, None, DEFAULT_TIMEOUT);
-        let payload = Codec::Postcard.encode(&(2i64, 3i64)).unwrap();
-        let mut publish = Publish::new(
-            "mqrpc/Calculator/add",
-            WireQoS::AtLeastOnce,
-            payload,
-            Some(properties),
-        );
-        publish.pkid = 1;
-        let mut buffer = bytes::BytesMut::new();
-        publish.write(&mut buffer).unwrap();
-        let document = include_str!("../../../PROTOCOL.md");
-        let example = document
-            .split("<!-- request bytes -->")
-            .nth(1)
-            .expect("PROTOCOL.md marks the request bytes");
-        // Each line: hex pairs and "quoted" strings, then a comment.
-        let mut documented = Vec::new();
-        for line in example.lines().filter(|l| !l.starts_with("```")) {
-            for token in line.split_whitespace() {
-                if let Some(text) = token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-                    documented.extend_from_slice(text.as_bytes());
-                } else if let Ok(byte) = u8::from_str_radix(token, 16)
-                    .map_err(|_| ())
-                    .and_then(|b| if token.len() == 2 { Ok(b) } else { Err(()) })
-                {
-                    documented.push(byte);
-                } else {
-                    break;
-                }
-            }
-        }
-        assert_eq!(hex(&documented), hex(&buffer));
-        assert_eq!(expiry_seconds(Duration::from_millis(1)), 1);
-        assert_eq!(expiry_seconds(Duration::from_millis(2_001)), 3);
-    }
 }

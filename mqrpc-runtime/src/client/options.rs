@@ -35,6 +35,7 @@ pub struct ClientOptions {
     pub(super) batches: bool,
     pub(super) stream_idle_timeout: Option<Duration>,
     pub(super) stream_timeout: Option<Duration>,
+    pub(super) metadata: crate::Metadata,
     /// Chunked transfers (`chunked.rs`): their settings, and the largest
     /// answer this client reassembles.
     pub(super) chunking: crate::Chunking,
@@ -64,6 +65,7 @@ impl Default for ClientOptions {
             batches: true,
             stream_idle_timeout: None,
             stream_timeout: None,
+            metadata: crate::Metadata::new(),
             chunking: crate::Chunking::default(),
             max_response_size: 16 * 1024 * 1024,
             extras: None,
@@ -209,6 +211,24 @@ impl ClientOptions {
     /// The retry policy, if any ([`retry`](Self::retry)).
     pub fn get_retry(&self) -> Option<&super::RetryPolicy> {
         self.extras.as_ref()?.retry.as_ref()
+    }
+
+    /// Metadata sent with every call of the client (default none; PROTOCOL.md,
+    /// "Call metadata"), e.g. a token or a tenant id;
+    /// [`Client::with_metadata`](crate::Client::with_metadata) adds to it
+    /// per call.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{ClientOptions, Metadata};
+    /// let opts = ClientOptions::default()
+    ///     .metadata(Metadata::from_pairs([("authorization", "Bearer t0k3n")])?);
+    /// # let _ = opts;
+    /// # Ok::<(), mqrpc::Error>(())
+    /// ```
+    pub fn metadata(mut self, metadata: crate::Metadata) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     /// The configured timeout.

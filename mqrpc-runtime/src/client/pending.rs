@@ -82,7 +82,7 @@ impl Caller {
             reply_topic: reply_topic.clone(),
             next_id: AtomicU64::new(crate::connection::random_u64() >> 16),
             pending: Mutex::new(FxHashMap::default()),
-            max_pending: conn.options().max_pending_calls_limit(),
+            max_pending: conn.options().get_max_pending_calls(),
             batch_targets: Default::default(),
             gone: tokio::sync::broadcast::channel(64).0,
             nagle: super::nagle::NagleWatch::new(
@@ -262,9 +262,8 @@ impl Caller {
         id
     }
 
-    /// The broker refused the call's request (no subscriber, not
-    /// authorized, ...) or the link dropped before it was taken: the call
-    /// names its method in the error.
+    /// The call's request cannot go on (e.g. a chunked transfer the
+    /// server refused): the call ends with `failure`.
     pub(crate) fn fail_call(&self, id: u64, failure: Failure) {
         let entry = self.lock().remove(&id);
         if let Some(entry) = entry {

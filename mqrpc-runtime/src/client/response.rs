@@ -6,7 +6,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::de::DeserializeOwned;
 
 use crate::protocol::{Status, INSTANCE_PROPERTY, SEQ_PROPERTY, STATUS_PROPERTY};
-use crate::{Codec, Error};
+use crate::{Codec, Error, Metadata};
 
 /// A response as it came off the wire.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct Response {
     /// Position of a stream item (`mqrpc-seq`), from 0; the end marker
     /// carries the number of items.
     pub seq: Option<u64>,
+    /// The answer's metadata (`md-` user properties).
+    metadata: Metadata,
 }
 
 impl Response {
@@ -34,12 +36,15 @@ impl Response {
         let mut status = None;
         let mut instance = None;
         let mut seq = None;
+        let mut metadata = Metadata::new();
         for (key, value) in properties.user_properties {
             match key.as_str() {
                 STATUS_PROPERTY => status = Some(value),
                 INSTANCE_PROPERTY => instance = Some(value),
                 SEQ_PROPERTY => seq = value.parse().ok(),
-                _ => {}
+                _ => {
+                    metadata.take_property(&key, &value);
+                }
             }
         }
         let mut response = Response::from_parts(
@@ -49,6 +54,7 @@ impl Response {
         )?;
         response.instance = instance;
         response.seq = seq;
+        response.metadata = metadata;
         Ok(response)
     }
 
@@ -76,7 +82,14 @@ impl Response {
             payload,
             instance: None,
             seq: None,
+            metadata: Metadata::new(),
         })
+    }
+
+    /// The answer's metadata, set by the handler (PROTOCOL.md, "Call
+    /// metadata"); empty if it set none.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     /// The value of a method returning `T`, or the framework error the

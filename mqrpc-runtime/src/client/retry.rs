@@ -309,6 +309,10 @@ impl Attempts<'_> {
             user.push((ATTEMPT_PROPERTY.to_string(), attempt.to_string()));
             user.push((AGE_PROPERTY.to_string(), age.to_string()));
         }
+        if !client.metadata.is_empty() {
+            client.metadata.check_limits()?;
+            client.metadata.write_to(&mut properties.user_properties);
+        }
         observe::inject(span, &mut properties.user_properties);
         client.check_size(&self.topic, self.payload.len(), &properties)?;
         let ack = AckTo::Listener(client.caller.clone(), self.id);

@@ -41,7 +41,7 @@ pub(crate) fn ack_outcome(ack: BrokerAck) -> Result<(), Failure> {
         Err(TransportError::QosNotSupported) => Err(Failure::Error(Error::Unsupported {
             what: "a QoS above the broker's Maximum QoS".into(),
         })),
-        Err(e @ TransportError::NoPacketId) => Err(Failure::Error(Error::Mqtt(e.to_string()))),
+        Err(TransportError::NoPacketId) => Err(Failure::Error(Error::PacketIdsExhausted)),
     }
 }
 

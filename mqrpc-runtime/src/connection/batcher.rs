@@ -10,6 +10,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 
 use crate::protocol::batch::{encode_answers, encode_calls, AnswerRef, CallRef};
+use crate::protocol::metadata::METADATA_PREFIX;
 use crate::protocol::{
     BATCH_CONTENT_TYPE, BATCH_LEVELS, STATUS_PROPERTY, TIMEOUT_PROPERTY, TRACEPARENT_PROPERTY,
     TRACESTATE_PROPERTY,
@@ -34,6 +35,12 @@ impl Coalesce for Batcher {
     fn key(&self, publish: &OutgoingPublish) -> Option<u64> {
         let properties = publish.properties.as_ref()?;
         properties.correlation_data.as_ref()?;
+        // A batch entry has no field for metadata: such calls and answers
+        // travel alone, the others still merge (PROTOCOL.md, "Batches").
+        let metadata = |(name, _): &(String, String)| name.starts_with(METADATA_PREFIX);
+        if properties.user_properties.iter().any(metadata) {
+            return None;
+        }
         let mut hasher = rustc_hash::FxHasher::default();
         (publish.qos as u8).hash(&mut hasher);
         if is_request(properties) {

@@ -391,9 +391,30 @@ impl ConnectOptions {
         }
     }
 
-    /// The configured limit of calls waiting for answers.
-    pub fn max_pending_calls_limit(&self) -> usize {
+    /// The configured limit of calls waiting for answers (set with
+    /// [`max_pending_calls`](Self::max_pending_calls)).
+    ///
+    /// Getters of options are named `get_<setter>` where the builder's
+    /// setter holds the plain name, as `std::process::Command::get_args`
+    /// beside `args`; values an option does not set by that name
+    /// ([`broker_address`](Self::broker_address)) have no prefix.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// let opts = mqrpc::ConnectOptions::new("localhost", 1883).max_pending_calls(10);
+    /// assert_eq!(opts.get_max_pending_calls(), 10);
+    /// ```
+    pub fn get_max_pending_calls(&self) -> usize {
         self.max_pending_calls
+    }
+
+    /// The configured limit of calls waiting for answers.
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed: ConnectOptions::get_max_pending_calls"
+    )]
+    pub fn max_pending_calls_limit(&self) -> usize {
+        self.get_max_pending_calls()
     }
 
     /// The configured client id, if one was set.

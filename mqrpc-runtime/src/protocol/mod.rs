@@ -6,6 +6,7 @@ pub use batch::{BATCH_CONTENT_TYPE, BATCH_LEVELS};
 pub(crate) mod builtins;
 pub(crate) mod chunk;
 pub(crate) mod codec;
+pub mod metadata;
 mod qos;
 pub use chunk::{Chunking, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
 pub mod schema;

@@ -23,7 +23,6 @@ use crate::protocol::{
     STATUS_PROPERTY, TEXT_CONTENT_TYPE,
 };
 use crate::server::backlog::Answer;
-use crate::server::context::CallContext;
 use crate::server::duplicates::{call_key, Admission, CachedReply, CallId, CallTable};
 use crate::server::limits::{Held, RequestLimits};
 use crate::Codec;
@@ -97,7 +96,8 @@ impl<S: Service> Dispatcher<S> {
         ack: HeldAck,
     ) {
         let properties = publish.properties.take().unwrap_or_default();
-        let batch = Request::from_batch(&properties, publish.qos.into(), now);
+        let mut batch = Request::from_batch(&properties, publish.qos.into(), now);
+        batch.redelivered = publish.dup;
         drop(properties);
         if let Err(violation) = self.limits.check(&batch) {
             return self.over_limit(conn, batch, violation, ack);
@@ -174,6 +174,8 @@ impl<S: Service> Dispatcher<S> {
                     debug!(service = S::NAME, method = %request.method, "duplicate of an answered call: answered again");
                     let (status, content_type) = (reply.status, reply.content_type);
                     let payload = reply.payload.clone();
+                    let mut request = request;
+                    request.reply_metadata = reply.metadata.clone();
                     if self.answer_in_chunks(conn, &request, status, content_type, &payload) {
                         let this = self.clone();
                         let conn = conn.clone();
@@ -344,7 +346,7 @@ impl<S: Service> Dispatcher<S> {
     async fn run(
         self: Arc<Self>,
         conn: Connection,
-        request: Request,
+        mut request: Request,
         key: Option<CallId>,
         slot: Slot,
         _active: ActivityGuard,
@@ -418,10 +420,14 @@ impl<S: Service> Dispatcher<S> {
             request.trace.as_ref(),
         );
         debug!(parent: &span, qos = ?request.qos, "request received");
-        let work = observe::InSpan::new(
-            &span,
-            CallContext::new(request.deadline).scope(self.handle(&request)),
-        );
+        // The handler runs inside its call's context (`mqrpc::context`),
+        // made of the request's own fields; they come back afterwards.
+        // Through the layers, if the server has any.
+        let layered = (self.layered.as_ref())
+            .map(|layers| (layers, super::layers::Call::of(S::NAME, &request)));
+        let call = super::Call::of_request::<S>(&mut request, method);
+        let mut scoped = std::pin::pin!(self.handle(call, layered));
+        let work = observe::InSpan::new(&span, scoped.as_mut());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {
             reply = async {
@@ -432,6 +438,7 @@ impl<S: Service> Dispatcher<S> {
             } => Some(reply),
             Ok(()) = &mut stop_rx => None,
         };
+        super::call::give_back(&mut request, scoped.as_mut().take_value());
         let reply = match outcome {
             None => {
                 debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
@@ -477,7 +484,8 @@ impl<S: Service> Dispatcher<S> {
                     status: reply.status,
                     content_type,
                     payload: payload.clone(),
-                    held,
+                    held: held + request.reply_metadata.wire_bytes(),
+                    metadata: request.reply_metadata.clone(),
                 };
                 calls.finish(key, cached, expires);
             }
@@ -519,6 +527,7 @@ pub(super) fn reply_properties(
     if let Some(seq) = request.seq {
         user.push((SEQ_PROPERTY.to_string(), seq.to_string()));
     }
+    request.reply_metadata.write_to(&mut user);
     PublishProperties {
         correlation_data: request.correlation.clone(),
         content_type: (content_type != POSTCARD_CONTENT_TYPE).then(|| content_type.to_string()),

@@ -221,6 +221,8 @@ pub async fn serve<S: Service>(
             response_topic: options.max_response_topic,
             user_properties: options.max_user_properties,
             user_property_bytes: options.max_user_property_bytes,
+            metadata_entries: options.max_metadata_entries,
+            metadata_bytes: options.max_metadata_bytes,
         },
         counters: S::METHODS.iter().map(|_| Default::default()).collect(),
         activity: activity.clone(),

@@ -27,6 +27,9 @@ pub(crate) struct RequestLimits {
     pub response_topic: usize,
     pub user_properties: usize,
     pub user_property_bytes: usize,
+    /// Entries and bytes of the caller's metadata (`md-` properties).
+    pub metadata_entries: usize,
+    pub metadata_bytes: usize,
 }
 
 /// Which limit a request is over, for the `bad-request` message.
@@ -80,6 +83,14 @@ impl RequestLimits {
             .or_else(|| {
                 let (size, limit) = (request.user_property_bytes, self.user_property_bytes);
                 over("user property size", size, limit, " bytes")
+            })
+            .or_else(|| {
+                let (count, limit) = (request.metadata.len(), self.metadata_entries);
+                over("metadata entry count", count, limit, "")
+            })
+            .or_else(|| {
+                let (size, limit) = (request.metadata.wire_bytes(), self.metadata_bytes);
+                over("metadata size", size, limit, " bytes")
             })
             // The Response Topic a cancel or credit names.
             .or_else(|| {

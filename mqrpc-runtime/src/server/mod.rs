@@ -4,6 +4,7 @@
 //! names a Response Topic.
 
 mod backlog;
+mod call;
 pub mod context;
 mod dispatch;
 mod duplicates;
@@ -17,6 +18,7 @@ mod retries;
 mod stats;
 mod streaming;
 
+pub use call::Call;
 pub use handle::{serve, ServerHandle};
 pub use limits::ServerUsage;
 pub use options::ServerOptions;

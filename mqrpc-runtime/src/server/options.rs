@@ -35,6 +35,8 @@ pub struct ServerOptions {
     pub(super) max_response_topic: usize,
     pub(super) max_user_properties: usize,
     pub(super) max_user_property_bytes: usize,
+    pub(super) max_metadata_entries: usize,
+    pub(super) max_metadata_bytes: usize,
     pub(super) dedup_entries: usize,
     pub(super) dedup_bytes: usize,
     pub(super) dedup_window: Duration,
@@ -69,6 +71,8 @@ impl Default for ServerOptions {
             max_response_topic: 1024,
             max_user_properties: 64,
             max_user_property_bytes: 16 * 1024,
+            max_metadata_entries: crate::protocol::metadata::MAX_METADATA_ENTRIES,
+            max_metadata_bytes: crate::protocol::metadata::MAX_METADATA_BYTES,
             dedup_entries: 10_000,
             dedup_bytes: 8 * 1024 * 1024,
             dedup_window: Duration::from_secs(60),
@@ -204,6 +208,25 @@ impl ServerOptions {
     pub fn max_user_properties(mut self, count: usize, bytes: usize) -> Self {
         self.max_user_properties = count;
         self.max_user_property_bytes = bytes;
+        self
+    }
+
+    /// Most entries of a call's metadata (default 32), and most bytes of
+    /// their `md-` names and values (default 8 KiB): the limits mqrpc
+    /// clients check before sending (PROTOCOL.md, "Call metadata"). Over
+    /// either, the request is answered `bad-request` naming the limit
+    /// (`metadata entry count is 40, limit 32`); the handler does not run.
+    /// The user-property limits ([`max_user_properties`](Self::max_user_properties))
+    /// apply as well.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// let opts = mqrpc::ServerOptions::default().max_metadata(8, 1024);
+    /// # let _ = opts;
+    /// ```
+    pub fn max_metadata(mut self, entries: usize, bytes: usize) -> Self {
+        self.max_metadata_entries = entries;
+        self.max_metadata_bytes = bytes;
         self
     }
 

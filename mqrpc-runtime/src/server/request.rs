@@ -16,6 +16,7 @@ use crate::protocol::{
     CREDIT_PROPERTY, INSTANCE_LEVEL, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
+use crate::Metadata;
 
 /// One request, as the server reads it off the wire.
 #[derive(Debug, Clone)]
@@ -56,6 +57,12 @@ pub(crate) struct Request {
     /// Sent to `<prefix>/<service>/_to/<instance>/<method>`: to this
     /// instance alone.
     pub direct: bool,
+    /// The caller's metadata (`md-` user properties).
+    pub metadata: Metadata,
+    /// The metadata of the answer, set by the handler.
+    pub reply_metadata: Metadata,
+    /// The broker delivered it before (MQTT DUP flag).
+    pub redelivered: bool,
     /// A chunk of a chunked request: its `mqrpc-chunk`, read (PROTOCOL.md,
     /// "Chunked transfer").
     pub chunk: Option<Result<ChunkHeader, String>>,
@@ -88,6 +95,7 @@ impl Request {
         request.broadcast = broadcast;
         request.discovery = discovery;
         request.direct = direct;
+        request.redelivered = publish.dup;
         request
     }
 
@@ -114,6 +122,9 @@ impl Request {
         let deadline = deadline(budget, properties.message_expiry_interval, now);
         Request {
             trace: TraceContext::from_user_properties(&properties.user_properties),
+            metadata: Metadata::read_from(&properties.user_properties),
+            reply_metadata: Metadata::new(),
+            redelivered: false,
             cancel_of: user(CANCEL_RESPONSE_TOPIC_PROPERTY),
             credit: user(CREDIT_PROPERTY).and_then(|n| n.trim().parse().ok()),
             chunk: user(CHUNK_PROPERTY).map(|value| ChunkHeader::parse(&value)),
@@ -165,6 +176,9 @@ impl Request {
             attempt: 1,
             age_ms: None,
             direct: false,
+            metadata: Metadata::new(),
+            reply_metadata: Metadata::new(),
+            redelivered: false,
             chunk: None,
             chunk_grant: None,
         }
@@ -215,6 +229,10 @@ impl Request {
             attempt: 1,
             age_ms: None,
             direct: false,
+            // Calls with metadata travel alone (PROTOCOL.md, "Batches").
+            metadata: Metadata::new(),
+            reply_metadata: Metadata::new(),
+            redelivered: self.redelivered,
             chunk: None,
             chunk_grant: None,
         }
@@ -258,6 +276,7 @@ impl Request {
             + self.correlation.as_ref().map_or(0, Bytes::len)
             + self.payload.len()
             + trace
+            + self.metadata.wire_bytes()
     }
 }
 

@@ -176,6 +176,8 @@ impl<S: Service> Dispatcher<S> {
                         answer.seq = Some(seq);
                         let held = &self.held;
                         send_reply(conn.clone(), held, answer, Status::Ok, content_type, bytes).await;
+                        // The answer's metadata goes with the first item only.
+                        request.reply_metadata = crate::Metadata::new();
                         seq += 1;
                         credit -= 1;
                         due = next_due();

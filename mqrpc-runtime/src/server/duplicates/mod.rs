@@ -76,8 +76,10 @@ pub(crate) struct CachedReply {
     pub content_type: &'static str,
     pub payload: Bytes,
     /// Bytes of the payload's allocation (its capacity, which may exceed
-    /// its length).
+    /// its length), and of the metadata.
     pub held: usize,
+    /// The answer's metadata, sent again with it.
+    pub metadata: crate::Metadata,
 }
 
 struct Entry {

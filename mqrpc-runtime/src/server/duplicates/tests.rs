@@ -22,6 +22,7 @@ fn reply(bytes: usize) -> CachedReply {
         content_type: "application/postcard",
         payload: Bytes::from(vec![0; bytes]),
         held: bytes,
+        metadata: crate::Metadata::new(),
     }
 }
 

@@ -31,7 +31,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use tower::util::BoxService;
 use tower::{Layer, Service as _, ServiceExt};
 
@@ -84,7 +83,7 @@ impl Call {
         }
     }
 
-    fn of(service: &'static str, request: &Request) -> Call {
+    pub(in crate::server) fn of(service: &'static str, request: &Request) -> Call {
         Call {
             service,
             method: request.method.clone(),
@@ -256,12 +255,7 @@ pub(crate) struct Layered(tokio::sync::Mutex<CallService>);
 impl Layered {
     /// Runs `request` through the layers; boxed, so that a server without
     /// layers does not carry this future's size in every call.
-    pub(crate) fn call<'a>(
-        &'a self,
-        service: &'static str,
-        request: &Request,
-    ) -> Pin<Box<dyn Future<Output = Reply> + Send + 'a>> {
-        let call = Call::of(service, request);
+    pub(crate) fn call(&self, call: Call) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
         Box::pin(async move {
             let answer = {
                 let mut stack = self.0.lock().await;
@@ -276,26 +270,25 @@ impl Layered {
 }
 
 impl<S: Service> super::dispatch::Dispatcher<S> {
-    /// The method's reply: through the layers, if the server has any.
-    /// Not an `async fn`: without layers this is the method's own future
-    /// (the choice adds no state to every call's task).
+    /// The handler of `call` in its context: through the layers, if the
+    /// server has any (`layered`: them, and the call as they see it).
     pub(in crate::server) fn handle<'a>(
         &'a self,
-        request: &'a Request,
-    ) -> impl Future<Output = Reply> + Send + 'a {
-        match &self.layered {
-            None => {
-                let content_type = request.content_type.as_deref();
-                let method = &request.method;
-                Either::Left(respond(
-                    &*self.service,
-                    method,
-                    content_type,
-                    &request.payload,
-                ))
+        call: super::Call,
+        layered: Option<(&'a Layered, Call)>,
+    ) -> tokio::task::futures::TaskLocalFuture<
+        super::context::Context,
+        impl Future<Output = Reply> + Send + 'a,
+    > {
+        let (context, content_type, payload) = call.into_parts();
+        let method = context.method_name();
+        let service = &*self.service;
+        context.scoped(async move {
+            match layered {
+                None => respond(service, &method, content_type.as_deref(), &payload).await,
+                Some((layers, call)) => layers.call(call).await,
             }
-            Some(layered) => Either::Right(layered.call(S::NAME, request)),
-        }
+        })
     }
 }
 
