@@ -197,7 +197,49 @@ async fn client_layers_see_and_limit_calls(broker: TestBroker) {
     assert_eq!(*seen.lock().unwrap(), ["pass", "hold", "pass"]);
 }
 
+/// An auth layer on the server refuses calls without the right token in
+/// their metadata: the caller gets `Error::Unauthenticated`, the handler
+/// never runs. A client layer that injects the token gets through.
+async fn an_auth_layer_refuses_calls_without_a_token(broker: TestBroker) {
+    use mqrpc::layers::{intercept, Rejection};
+    let gate = Turnstile::new();
+    let auth = intercept(|call| match call.metadata().get("token") {
+        Some("s3cret") => Ok(()),
+        Some(_) => Err(Rejection::permission_denied("wrong token")),
+        None => Err(Rejection::unauthenticated("no token")),
+    });
+    let _server = serve(&broker, &gate, ServerOptions::default().layer(auth)).await;
+    let conn = broker.connect().await;
+    let anonymous = GateClient::new(&conn).await.unwrap();
+    let refused = anonymous.pass(1).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Unauthenticated { message } if message == "no token"),
+        "{refused}"
+    );
+    let wrong = mqrpc::Metadata::from_pairs([("token", "guess")]).unwrap();
+    let guessing = GateClient::with_options(&conn, mqrpc::ClientOptions::default().metadata(wrong))
+        .await
+        .unwrap();
+    let denied = guessing.pass(2).await.unwrap_err();
+    assert!(matches!(denied, Error::PermissionDenied { .. }), "{denied}");
+    assert_eq!(
+        gate.runs.load(Ordering::SeqCst),
+        0,
+        "refused calls never run"
+    );
+    let inject = tower::util::MapRequestLayer::new(|mut call: mqrpc::layers::ClientCall| {
+        call.metadata_mut().insert("token", "s3cret").unwrap();
+        call
+    });
+    let member = GateClient::with_options(&conn, mqrpc::ClientOptions::default().layer(inject))
+        .await
+        .unwrap();
+    assert_eq!(member.pass(3).await.unwrap(), 3);
+    assert_eq!(gate.runs.load(Ordering::SeqCst), 1);
+}
+
 on_both_brokers!(
+    an_auth_layer_refuses_calls_without_a_token,
     client_layers_see_and_limit_calls,
     a_concurrency_limit_runs_calls_one_at_a_time,
     load_shedding_refuses_what_the_limit_cannot_take,

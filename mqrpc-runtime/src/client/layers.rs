@@ -62,6 +62,12 @@ impl ClientCall {
         self.client.options.timeout
     }
 
+    /// The metadata the call carries (the client's): a layer may add to it,
+    /// e.g. a token.
+    pub fn metadata_mut(&mut self) -> &mut crate::Metadata {
+        &mut self.client.metadata
+    }
+
     /// Gives the call another timeout.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.client.options.timeout = timeout;

@@ -63,6 +63,7 @@ pub struct Call {
     content_type: Option<String>,
     payload: Bytes,
     deadline: Option<Instant>,
+    metadata: crate::Metadata,
 }
 
 impl Call {
@@ -80,6 +81,7 @@ impl Call {
             content_type: content_type.map(str::to_string),
             payload: payload.into(),
             deadline: None,
+            metadata: crate::Metadata::new(),
         }
     }
 
@@ -90,6 +92,7 @@ impl Call {
             content_type: request.content_type.clone(),
             payload: request.payload.clone(),
             deadline: request.deadline,
+            metadata: request.metadata.clone(),
         }
     }
 
@@ -111,6 +114,12 @@ impl Call {
     /// The encoded arguments.
     pub fn payload(&self) -> &[u8] {
         &self.payload
+    }
+
+    /// The caller's metadata (PROTOCOL.md, "Call metadata"): where an
+    /// auth layer finds a token.
+    pub fn metadata(&self) -> &crate::Metadata {
+        &self.metadata
     }
 
     /// When the caller stops waiting, if the request says.
