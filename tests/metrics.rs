@@ -175,6 +175,37 @@ async fn calls_move_the_counters(broker: TestBroker, snapshotter: &Snapshotter) 
         1,
         "{kind}: {metrics:#?}"
     );
+
+    // Retries are counted: a server with one handler slot and no queue,
+    // its slot held by `linger`, answers `overloaded` to every attempt.
+    let options = mqrpc::ServerOptions::default()
+        .max_concurrent(1)
+        .max_queued(0);
+    let (_busy_conn, busy) = broker.serve_calc_with(options).await;
+    let held = {
+        let calc = calc.clone();
+        tokio::spawn(async move { calc.linger(9_000).await })
+    };
+    let running = || busy.stats.started.load(std::sync::atomic::Ordering::SeqCst) > 0;
+    assert!(
+        mqrpc_tests::eventually(running).await,
+        "{kind}: `linger` runs"
+    );
+    let policy = mqrpc::RetryPolicy::new(3).backoff(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(1),
+    );
+    let retrying = CalculatorClient::with_options(&conn, ClientOptions::default().retry(policy))
+        .await
+        .unwrap();
+    let error = retrying.add(1, 2).await.unwrap_err();
+    assert!(matches!(error, Error::Overloaded { .. }), "{kind}: {error}");
+    held.abort();
+    let metrics = take(snapshotter);
+    let retries = "mqrpc_client_retries_total{method=add,reason=overloaded,service=Calculator}";
+    assert_eq!(counter(&metrics, retries), 2, "{kind}: {metrics:#?}");
+    let calls = "mqrpc_client_calls_total{method=add,service=Calculator,status=overloaded}";
+    assert_eq!(counter(&metrics, calls), 1, "{kind}: one call, 3 attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,9 @@ pub struct Method {
     pub qos: Option<u8>,
     /// `#[mqrpc(oneway)]`: fire and forget, no answer.
     pub oneway: bool,
+    /// `#[mqrpc(idempotent)]`: may run twice; a retry the server cannot
+    /// vouch for runs anyway.
+    pub idempotent: bool,
     pub args: Vec<Arg>,
     pub output: Output,
 }
@@ -223,6 +226,8 @@ struct MethodAttrs {
     qos: Option<u8>,
     /// `oneway` was given.
     oneway: Option<syn::Path>,
+    /// `idempotent` was given.
+    idempotent: Option<syn::Path>,
 }
 
 /// Reads `#[mqrpc(name = "...", qos = N, oneway)]` from a method and
@@ -232,6 +237,7 @@ fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribut
     let mut name = None;
     let mut qos = None;
     let mut oneway = None;
+    let mut idempotent = None;
     for attr in attrs {
         if !attr.path().is_ident("mqrpc") {
             kept.push(attr.clone());
@@ -244,6 +250,14 @@ fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribut
             } else if meta.path.is_ident("oneway") {
                 oneway = Some(meta.path.clone());
                 Ok(())
+            } else if meta.path.is_ident("idempotent") {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error(
+                        "`idempotent` takes no value: write `#[mqrpc(idempotent)]`",
+                    ));
+                }
+                idempotent = Some(meta.path.clone());
+                Ok(())
             } else if meta.path.is_ident("qos") {
                 let value = meta.value()?.parse::<syn::LitInt>()?;
                 match value.base10_parse::<u8>() {
@@ -255,7 +269,7 @@ fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribut
                 }
             } else {
                 Err(meta.error(
-                    "unsupported #[mqrpc] attribute; supported: `name = \"...\"`, `qos = 0|1|2`, `oneway`",
+                    "unsupported #[mqrpc] attribute; supported: `name = \"...\"`, `qos = 0|1|2`, `oneway`, `idempotent`",
                 ))
             }
         });
@@ -263,7 +277,13 @@ fn split_method_attrs(attrs: &[Attribute], errors: &mut Errors) -> (Vec<Attribut
             errors.push_error(e);
         }
     }
-    (kept, MethodAttrs { name, qos, oneway })
+    let attrs = MethodAttrs {
+        name,
+        qos,
+        oneway,
+        idempotent,
+    };
+    (kept, attrs)
 }
 
 fn check_name(name: &str, span: Span, errors: &mut Errors, is_service: bool) {
@@ -290,7 +310,18 @@ impl Method {
         let sig = &function.sig;
         let before = errors.0.is_some();
         let (attrs, method_attrs) = split_method_attrs(&function.attrs, errors);
-        let MethodAttrs { name, qos, oneway } = method_attrs;
+        let MethodAttrs {
+            name,
+            qos,
+            oneway,
+            idempotent,
+        } = method_attrs;
+        if let (Some(_), Some(path)) = (&oneway, &idempotent) {
+            errors.push(
+                path,
+                "a #[mqrpc(oneway)] method gets no answer and is never retried: remove `idempotent`",
+            );
+        }
         if let (true, ReturnType::Type(_, ty)) = (oneway.is_some(), &sig.output) {
             errors.push(
                 ty,
@@ -428,6 +459,7 @@ impl Method {
             wire_name,
             qos,
             oneway: oneway.is_some(),
+            idempotent: idempotent.is_some(),
             args,
             output,
         })

@@ -22,6 +22,11 @@ pub fn render(service: &Service) -> TokenStream {
     let server = service.server_ident();
     let wire_name = &service.wire_name;
     let method_names = service.methods.iter().map(|m| &m.wire_name);
+    let idempotent_names = service
+        .methods
+        .iter()
+        .filter(|m| m.idempotent)
+        .map(|m| &m.wire_name);
     let schemas = service.methods.iter().enumerate().map(|(index, m)| {
         let (wire, schema) = (
             &m.wire_name,
@@ -111,6 +116,7 @@ pub fn render(service: &Service) -> TokenStream {
         {
             const NAME: &'static str = #wire_name;
             const METHODS: &'static [&'static str] = &[#(#method_names),*];
+            const IDEMPOTENT: &'static [&'static str] = &[#(#idempotent_names),*];
 
             fn version() -> &'static str {
                 ::core::env!("CARGO_PKG_VERSION")

@@ -183,6 +183,40 @@ pub enum Error {
         /// Wire name of the method.
         method: String,
     },
+    /// A server layer refused the call (status `unauthenticated`): no
+    /// credentials, or none it accepts. The method did not run.
+    #[error("the server refused the call: unauthenticated: {message}")]
+    Unauthenticated {
+        /// The server's explanation.
+        message: String,
+    },
+    /// A server layer refused the call (status `permission-denied`): the
+    /// caller may not call this method. The method did not run.
+    #[error("the server refused the call: permission denied: {message}")]
+    PermissionDenied {
+        /// The server's explanation.
+        message: String,
+    },
+    /// A server layer refused the call for a quota (status
+    /// `resource-exhausted`: a rate limit, a load shedder). The method did
+    /// not run; back off and retry.
+    #[error("the server refused the call: resource exhausted: {message}")]
+    ResourceExhausted {
+        /// The server's explanation.
+        message: String,
+    },
+    /// A retry ([`ClientOptions::retry`](crate::ClientOptions::retry)) of a
+    /// method not marked `#[mqrpc(idempotent)]` reached a server that does
+    /// not remember the call (status `retry-refused`): an earlier attempt
+    /// may have run, so the server did not run it again. Whether it ran is
+    /// unknown; PROTOCOL.md, "Retries".
+    #[error("`{method}` was not retried: {message}")]
+    RetryRefused {
+        /// Wire name of the method.
+        method: String,
+        /// The server's explanation.
+        message: String,
+    },
     /// The server answered that it has no such method.
     #[error("the server has no method `{method}`")]
     UnknownMethod {
@@ -299,13 +333,17 @@ impl Error {
     }
 
     /// True when the call certainly did not run on a server and may be
-    /// retried as it is: no responder, overloaded, or too many calls pending.
+    /// retried as it is: no responder, overloaded, resource exhausted, or
+    /// too many calls pending.
     /// ([`Error::Disconnected`] is not among them: a request sent just
     /// before the link broke may have run.)
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::NoResponder { .. } | Error::Overloaded { .. } | Error::TooManyPending { .. }
+            Error::NoResponder { .. }
+                | Error::Overloaded { .. }
+                | Error::TooManyPending { .. }
+                | Error::ResourceExhausted { .. }
         )
     }
 

@@ -26,7 +26,7 @@ mod server;
 
 pub use client::{
     discover, Answers, Client, ClientOptions, Items, RawAnswers, Response, ResponseMetadata,
-    DEFAULT_TIMEOUT,
+    RetryPolicy, DEFAULT_TIMEOUT,
 };
 #[cfg(feature = "embedded-broker")]
 pub use connection::EmbeddedBroker;
@@ -43,6 +43,15 @@ pub use protocol::metadata::Metadata;
 pub use protocol::Chunking;
 pub use protocol::{QoS, Status, STREAM_WINDOW};
 pub use server::context;
+/// Middleware: [`tower::Layer`]s around a server's methods
+/// ([`ServerOptions::layer`]: a [`Call`](layers::Call) in, a [`Reply`] out,
+/// refused with a [`Rejection`](layers::Rejection)) and around a client's
+/// calls ([`ClientOptions::layer`]: a [`ClientCall`](layers::ClientCall)
+/// in, a [`Response`] out). PROTOCOL.md, "Server layers".
+pub mod layers {
+    pub use crate::client::layers::{ClientCall, ClientCallService};
+    pub use crate::server::layers::*;
+}
 pub use server::{
     respond, serve, Call, ChunkedUsage, Reply, ServerHandle, ServerOptions, ServerUsage, Service,
     Stream,

@@ -111,6 +111,7 @@ struct ReadmeDoctests;
 /// | `#[mqrpc::service(crate = "::my_mqrpc")]` | trait | `::mqrpc` | the path generated code uses to reach mqrpc: a renamed dependency (`my_mqrpc = { package = "mqrpc", .. }`) or a re-export. Nothing else needs to be in scope, not even `serde` |
 /// | `#[mqrpc(name = "sum")]` | method | the method's name | method level of the topic |
 /// | `#[mqrpc(qos = 0)]` | method | the client's QoS ([`ClientOptions::qos`], default 1) | MQTT QoS (0, 1 or 2) of this method's requests; wins over the client's |
+/// | `#[mqrpc(idempotent)]` | method | off | running the method twice does no harm: a server that cannot tell whether an earlier attempt of a retried call ran ([`ClientOptions::retry`]) runs it anyway instead of answering [`Error::RetryRefused`] (PROTOCOL.md, "Retries"). Not with `oneway` |
 /// | `#[mqrpc(oneway)]` | method | off | fire and forget: the request has no Response Topic, the server runs the method and sends nothing back; the client method returns `Result<(), mqrpc::Error>` once the broker has the request (its PUBACK at QoS 1, PUBCOMP at QoS 2, the socket write at QoS 0; [`Error::NoResponder`] when the broker reports no subscriber). The method must not declare a return type |
 ///
 /// Method and service names starting with `_` are reserved for mqrpc's own
@@ -198,11 +199,11 @@ pub use mqrpc_macros::service;
 pub use mqrpc_runtime::EmbeddedBroker;
 #[doc(inline)]
 pub use mqrpc_runtime::{
-    asyncapi, context, discover, protocol, respond, serve, Answers, Call, ChunkedUsage, Chunking,
-    Client, ClientOptions, Codec, ConnectOptions, Connection, Error, Items, Metadata, MethodInfo,
-    MethodStats, PublishCounts, QoS, RawAnswers, Reply, Response, ResponseMetadata, ServerHandle,
-    ServerOptions, ServerUsage, Service, ServiceInfo, ServiceStats, Status, Stream,
-    DEFAULT_TIMEOUT, STREAM_WINDOW,
+    asyncapi, context, discover, layers, protocol, respond, serve, Answers, Call, ChunkedUsage,
+    Chunking, Client, ClientOptions, Codec, ConnectOptions, Connection, Error, Items, Metadata,
+    MethodInfo, MethodStats, PublishCounts, QoS, RawAnswers, Reply, Response, ResponseMetadata,
+    RetryPolicy, ServerHandle, ServerOptions, ServerUsage, Service, ServiceInfo, ServiceStats,
+    Status, Stream, DEFAULT_TIMEOUT, STREAM_WINDOW,
 };
 
 /// Reads the [`Items`] of a streaming call and the [`Answers`] of a

@@ -286,6 +286,10 @@ pub(super) fn failure_message() -> Value {
         Status::Overloaded,
         Status::TooLarge,
         Status::SchemaMismatch,
+        Status::Unauthenticated,
+        Status::PermissionDenied,
+        Status::ResourceExhausted,
+        Status::RetryRefused,
     ]
     .iter()
     .map(|s| s.as_str())
@@ -293,7 +297,7 @@ pub(super) fn failure_message() -> Value {
     json!({
         "name": FAILURE,
         "title": "framework failure",
-        "summary": "The call failed in the framework, not in the method: unknown method, undecodable arguments, unsupported content type, panic, deadline, overload, size or schema mismatch.",
+        "summary": "The call failed in the framework, not in the method: unknown method, undecodable arguments, unsupported content type, panic, deadline, overload, size, schema mismatch, a refusal by a server layer (unauthenticated, permission denied, resource exhausted) or of a retry the server cannot vouch for.",
         "contentType": TEXT_CONTENT_TYPE,
         "headers": headers(
             json!({

@@ -9,6 +9,7 @@ mod chunked_doc;
 mod discovery;
 mod generated;
 mod items;
+pub(crate) mod layers;
 mod many;
 mod metadata;
 mod nagle;
@@ -17,6 +18,7 @@ mod pending;
 mod raw;
 mod request;
 mod response;
+mod retry;
 mod sequence;
 mod upstream;
 
@@ -34,6 +36,7 @@ pub use raw::RawAnswers;
 pub(crate) use request::request_properties;
 use request::{Answer, Outgoing, Target};
 pub use response::Response;
+pub use retry::RetryPolicy;
 pub(crate) use sequence::Control;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,6 +299,14 @@ impl Client {
         schema: Option<&'static str>,
         payload: Vec<u8>,
     ) -> Result<Response, Error> {
+        // Calls sent in chunks are neither layered nor retried.
+        let small = |_: &_| payload.len() <= self.options.chunking.get_size();
+        if let Some(extras) = self.options.extras.as_ref().filter(small) {
+            // Boxed: a call without layers or retries carries none of it.
+            let extras = extras.clone();
+            let qos = qos.unwrap_or(self.options.qos);
+            return Box::pin(self.send_extra(extras, method, qos, schema, payload)).await;
+        }
         #[cfg(feature = "metrics")]
         let meter = observe::CallMeter::start(&self.service, method);
         // Bound by `let`, not matched in place: a match scrutinee would stay

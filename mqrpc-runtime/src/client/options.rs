@@ -40,6 +40,16 @@ pub struct ClientOptions {
     /// answer this client reassembles.
     pub(super) chunking: crate::Chunking,
     pub(super) max_response_size: usize,
+    /// Retries and layers, when set: one pointer in every client (and
+    /// every call's future) without them.
+    pub(super) extras: Option<Arc<Extras>>,
+}
+
+/// What a client with retries or layers has on top.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Extras {
+    pub(super) retry: Option<super::RetryPolicy>,
+    pub(super) layers: super::layers::ClientLayers,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +68,7 @@ impl Default for ClientOptions {
             metadata: crate::Metadata::new(),
             chunking: crate::Chunking::default(),
             max_response_size: 16 * 1024 * 1024,
+            extras: None,
         }
     }
 }
@@ -138,6 +149,68 @@ impl ClientOptions {
     pub fn stream_timeout(mut self, total: Duration) -> Self {
         self.stream_timeout = Some(total);
         self
+    }
+
+    /// Retries of unary calls ([`RetryPolicy`](crate::RetryPolicy);
+    /// default none: each call is sent once). Every attempt keeps the
+    /// call's Correlation Data, so a server that already ran the call
+    /// answers from its duplicate table; all attempts stay within the
+    /// call's [`timeout`](Self::timeout). A server that does not remember
+    /// the call runs a retry only of a method marked
+    /// `#[mqrpc(idempotent)]`, or when it can vouch that the first attempt
+    /// did not run there, and answers
+    /// [`Error::RetryRefused`](crate::Error::RetryRefused) otherwise
+    /// (PROTOCOL.md, "Retries").
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::{ClientOptions, RetryPolicy};
+    /// assert!(ClientOptions::default().get_retry().is_none());
+    /// let options = ClientOptions::default().retry(RetryPolicy::default());
+    /// assert_eq!(options.get_retry(), Some(&RetryPolicy::new(3)));
+    /// ```
+    pub fn retry(mut self, policy: super::RetryPolicy) -> Self {
+        let extras = self.extras.get_or_insert_with(Default::default);
+        Arc::make_mut(extras).retry = Some(policy);
+        self
+    }
+
+    /// Adds a [`tower::Layer`] around this client's unary calls
+    /// ([`layers`](crate::layers)): each call is a
+    /// [`ClientCall`](crate::layers::ClientCall) in, a
+    /// [`Response`](crate::Response) out. Layers added first are outermost;
+    /// retries run under them (a layer sees one call, whatever its
+    /// attempts). A layer that fails a call with an
+    /// [`Error`](crate::Error) gives the caller that error; tower's load
+    /// shedding gives [`Error::ResourceExhausted`](crate::Error::ResourceExhausted),
+    /// its timeout [`Error::Timeout`](crate::Error::Timeout). Streams,
+    /// broadcasts, one-way calls and calls sent in chunks do not pass
+    /// through them.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::ClientOptions;
+    /// // At most 16 calls of this client (and its clones) at once.
+    /// let options = ClientOptions::default().layer(tower::limit::ConcurrencyLimitLayer::new(16));
+    /// # let _ = options;
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<super::layers::ClientCallService> + Send + Sync + 'static,
+        L::Service:
+            tower::Service<super::layers::ClientCall, Response = super::Response> + Send + 'static,
+        <L::Service as tower::Service<super::layers::ClientCall>>::Error:
+            Into<super::layers::BoxError>,
+        <L::Service as tower::Service<super::layers::ClientCall>>::Future: Send + 'static,
+    {
+        let extras = self.extras.get_or_insert_with(Default::default);
+        Arc::make_mut(extras).layers.push(layer);
+        self
+    }
+
+    /// The retry policy, if any ([`retry`](Self::retry)).
+    pub fn get_retry(&self) -> Option<&super::RetryPolicy> {
+        self.extras.as_ref()?.retry.as_ref()
     }
 
     /// Metadata sent with every call of the client (default none; PROTOCOL.md,

@@ -242,6 +242,13 @@ impl Caller {
         Ok(id)
     }
 
+    /// Call `id` waits again (a retry, whose earlier attempt's answer or
+    /// failure took its entry): outside the limit, which it already counted
+    /// in.
+    pub(super) fn reregister(&self, id: u64, waiter: Waiter, instance: Option<Arc<str>>) {
+        self.lock().insert(id, Pending { waiter, instance });
+    }
+
     /// A waiter outside the limit (the batch probe).
     pub(super) fn register_unbounded(&self, waiter: Waiter) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -141,6 +141,13 @@ impl Response {
             Status::Internal => Error::Internal { message },
             Status::Overloaded => Error::Overloaded { message },
             Status::TooLarge => Error::TooLarge { message },
+            Status::Unauthenticated => Error::Unauthenticated { message },
+            Status::PermissionDenied => Error::PermissionDenied { message },
+            Status::ResourceExhausted => Error::ResourceExhausted { message },
+            Status::RetryRefused => Error::RetryRefused {
+                method: method.to_string(),
+                message,
+            },
             Status::SchemaMismatch => {
                 // "client <fingerprint>, server <fingerprint>"
                 let mut words = message.split([' ', ',']).filter(|w| !w.is_empty());

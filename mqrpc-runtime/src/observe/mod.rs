@@ -46,7 +46,26 @@ pub(crate) fn client_span(service: &str, method: &str, correlation: u64) -> Span
         rpc.method = method,
         correlation_id = correlation,
         rpc.status = tracing::field::Empty,
+        rpc.attempts = tracing::field::Empty,
     )
+}
+
+/// Records on a call's span how many attempts it took (calls with a retry
+/// policy; the others take one).
+pub(crate) fn record_attempts(span: &Span, attempts: u32) {
+    span.record("rpc.attempts", attempts);
+}
+
+/// Counts one retry of a call, by what made it necessary.
+#[cfg(feature = "metrics")]
+pub(crate) fn client_retry(service: &str, method: &str, reason: &'static str) {
+    describe();
+    let labels = [
+        ("service", service.to_string()),
+        ("method", method.to_string()),
+        ("reason", reason.to_string()),
+    ];
+    metrics::counter!(CLIENT_RETRIES, &labels).increment(1);
 }
 
 /// The method label and span name of requests for methods the service
@@ -176,6 +195,11 @@ pub(crate) fn error_label(error: &Error) -> &'static str {
         Error::TooManyPending { .. } => "too-many-pending",
         Error::Encode { .. } => "encode",
         Error::ServerGone { .. } => "server-gone",
+        Error::Unauthenticated { .. } => "unauthenticated",
+        Error::PermissionDenied { .. } => "permission-denied",
+        Error::ResourceExhausted { .. } => "resource-exhausted",
+        Error::RetryRefused { .. } => "retry-refused",
+        Error::Overloaded { .. } => "overloaded",
         Error::Decode { .. } | Error::Protocol { .. } => "bad-response",
         _ => "failed",
     }
@@ -277,6 +301,10 @@ fn describe() {
             "Call latency seen by the caller"
         );
         describe_counter!(
+            CLIENT_RETRIES,
+            "Calls sent again (same Correlation Data), by service, method and why"
+        );
+        describe_counter!(
             SERVER_REQUESTS,
             "Requests handled, by service, method and status"
         );
@@ -289,6 +317,8 @@ fn describe() {
 pub(crate) const CLIENT_CALLS: &str = "mqrpc_client_calls_total";
 #[cfg(feature = "metrics")]
 pub(crate) const CLIENT_DURATION: &str = "mqrpc_client_call_duration_seconds";
+#[cfg(feature = "metrics")]
+pub(crate) const CLIENT_RETRIES: &str = "mqrpc_client_retries_total";
 #[cfg(feature = "metrics")]
 pub(crate) const SERVER_REQUESTS: &str = "mqrpc_server_requests_total";
 #[cfg(feature = "metrics")]

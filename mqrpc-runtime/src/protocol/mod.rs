@@ -32,6 +32,18 @@ pub const STATUS_PROPERTY: &str = "mqrpc-status";
 /// Interval the broker forwarded.
 pub const TIMEOUT_PROPERTY: &str = "mqrpc-timeout-ms";
 
+/// User property on a retried request: which attempt this is (decimal
+/// ASCII, 2 or more; absent on the first). A retry keeps the first
+/// attempt's Correlation Data, so the server's duplicate table answers a
+/// call that already ran (PROTOCOL.md, "Retries").
+pub const ATTEMPT_PROPERTY: &str = "mqrpc-attempt";
+
+/// User property on a retried request: milliseconds since the call's first
+/// attempt was sent (decimal ASCII). The server refuses the retry of a
+/// method not marked idempotent (status `retry-refused`) when it may have
+/// forgotten a call that arrived that long ago.
+pub const AGE_PROPERTY: &str = "mqrpc-age-ms";
+
 /// Method level of cancel messages: `<prefix>/<service>/_cancel`. Method
 /// names starting with `_` are reserved, so it cannot collide with one.
 pub const CANCEL_METHOD: &str = "_cancel";
@@ -160,6 +172,22 @@ pub enum Status {
     SchemaMismatch,
     /// The end of a stream: no more items follow. Empty payload.
     End,
+    /// A server layer refused the call: it carries no credentials, or
+    /// none the server accepts (e.g. an auth layer found no token). The
+    /// method did not run. UTF-8 message.
+    Unauthenticated,
+    /// A server layer refused the call: the caller is known but may not
+    /// call this method. The method did not run. UTF-8 message.
+    PermissionDenied,
+    /// A server layer refused the call for a quota (a rate limit, a load
+    /// shedder): try again later. The method did not run. UTF-8 message.
+    ResourceExhausted,
+    /// The request is a retry (`mqrpc-attempt` 2 or more) of a call this
+    /// server does not remember, of a method not marked idempotent: the
+    /// first attempt may have run (here before the server forgot it, or on
+    /// another instance), so the server did not run it again
+    /// (PROTOCOL.md, "Retries"). UTF-8 message.
+    RetryRefused,
     /// Not an answer: a grant of credit to a caller streaming items to the
     /// server (a method taking `mqrpc::Stream<T>`), its count in
     /// `mqrpc-credit`, the granting instance in `mqrpc-instance`. Empty
@@ -182,6 +210,10 @@ impl Status {
             Status::TooLarge => "too-large",
             Status::SchemaMismatch => "schema-mismatch",
             Status::End => "end",
+            Status::Unauthenticated => "unauthenticated",
+            Status::PermissionDenied => "permission-denied",
+            Status::ResourceExhausted => "resource-exhausted",
+            Status::RetryRefused => "retry-refused",
             Status::Credit => "credit",
         }
     }
@@ -200,6 +232,10 @@ impl Status {
             "too-large" => Status::TooLarge,
             "schema-mismatch" => Status::SchemaMismatch,
             "end" => Status::End,
+            "unauthenticated" => Status::Unauthenticated,
+            "permission-denied" => Status::PermissionDenied,
+            "resource-exhausted" => Status::ResourceExhausted,
+            "retry-refused" => Status::RetryRefused,
             "credit" => Status::Credit,
             _ => return None,
         })
@@ -215,5 +251,41 @@ impl Status {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    /// Every status reads back from its wire value and has its row in
+    /// PROTOCOL.md's status table, so a foreign peer can read it.
+    #[test]
+    fn every_status_is_in_the_protocol_document() {
+        let document = include_str!("../../../PROTOCOL.md");
+        let all = [
+            Status::Ok,
+            Status::Error,
+            Status::UnknownMethod,
+            Status::BadRequest,
+            Status::UnsupportedContentType,
+            Status::Internal,
+            Status::DeadlineExceeded,
+            Status::Overloaded,
+            Status::TooLarge,
+            Status::SchemaMismatch,
+            Status::End,
+            Status::Unauthenticated,
+            Status::PermissionDenied,
+            Status::ResourceExhausted,
+            Status::RetryRefused,
+        ];
+        for status in all {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+            if status != Status::End {
+                let row = format!("\n| `{status}` |");
+                assert!(document.contains(&row), "PROTOCOL.md has no row {row:?}");
+            }
+        }
     }
 }

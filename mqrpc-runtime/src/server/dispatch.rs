@@ -33,7 +33,10 @@ const TASK_HEADER: usize = 256;
 
 /// Admission and dispatch of one service's requests.
 pub(super) struct Dispatcher<S> {
-    pub(super) service: S,
+    pub(super) service: Arc<S>,
+    /// The layers around the service's methods, if any
+    /// ([`ServerOptions::layer`](super::ServerOptions::layer)).
+    pub(super) layered: Option<super::layers::Layered>,
     pub(super) instance: Arc<str>,
     /// The duplicate table, running streams, the queue's counts.
     pub(super) held: Arc<Held>,
@@ -48,6 +51,8 @@ pub(super) struct Dispatcher<S> {
     /// Keep each request's ack token until its answer is queued
     /// ([`ServerOptions::ack_after_answer`](super::ServerOptions::ack_after_answer)).
     pub(super) ack_after_answer: bool,
+    /// Subscribed in a share group: another instance may take a request.
+    pub(super) shared: bool,
 }
 
 /// A request's acknowledgement, held until its answer is queued; shared by
@@ -222,6 +227,12 @@ impl<S: Service> Dispatcher<S> {
             drop(calls);
             warn!(service = S::NAME, method = %request.method, "overloaded (duplicate table full of running calls): request refused");
             return refuse(request, Status::Overloaded, message);
+        }
+        if request.attempt > 1 {
+            if let Some(message) = self.unknown_retry(&request, now) {
+                warn!(service = S::NAME, method = %request.method, "retry of a call not remembered: refused");
+                return refuse(request, Status::RetryRefused, message);
+            }
         }
         if request.payload.len() > self.max_request_size {
             let message = format!(
@@ -414,9 +425,12 @@ impl<S: Service> Dispatcher<S> {
         debug!(parent: &span, qos = ?request.qos, "request received");
         // The handler runs inside its call's context (`mqrpc::context`),
         // made of the request's own fields; they come back afterwards.
+        // Through the layers, if the server has any.
+        let layered = (self.layered.as_ref())
+            .map(|layers| (layers, super::layers::Call::of(S::NAME, &request)));
         let upstream = self.open_upstream(&conn, &request);
         let call = super::Call::of_request::<S>(&mut request, method);
-        let mut scoped = std::pin::pin!(call.handler(&self.service, upstream));
+        let mut scoped = std::pin::pin!(self.handle(call, layered, upstream));
         let work = observe::InSpan::new(&span, scoped.as_mut());
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let outcome = tokio::select! {

@@ -210,7 +210,9 @@ pub async fn serve<S: Service>(
     let transfers = Transfers::new(&options, &service_base, &instance);
     let held = Arc::new(Held::new(calls, options.max_answer_backlog, transfers));
     sweep(Arc::downgrade(&held));
+    let service = Arc::new(service);
     let dispatcher = Arc::new(Dispatcher {
+        layered: options.layers.build(&service),
         service,
         instance: Arc::from(instance.as_str()),
         held: held.clone(),
@@ -229,6 +231,7 @@ pub async fn serve<S: Service>(
         max_queued_bytes: options.max_queued_bytes,
         max_request_size: options.max_request_size,
         ack_after_answer: options.ack_after_answer,
+        shared: options.share_group.is_some(),
     });
     let sink: Sink =
         Arc::new(move |conn, publish, ack| dispatcher.clone().admit(conn, publish, ack));

@@ -9,10 +9,12 @@ pub mod context;
 mod dispatch;
 mod duplicates;
 mod handle;
+pub(crate) mod layers;
 mod limits;
 mod options;
 pub(crate) mod reassembly;
 mod request;
+mod retries;
 mod stats;
 mod streaming;
 pub(crate) mod upstream;
@@ -66,6 +68,11 @@ pub trait Service: Send + Sync + 'static {
     const NAME: &'static str;
     /// Wire names of the methods.
     const METHODS: &'static [&'static str];
+    /// Wire names of the methods marked `#[mqrpc(idempotent)]`: running
+    /// one twice does no harm, so the server runs a retry of it even when
+    /// it cannot tell whether an earlier attempt ran (PROTOCOL.md,
+    /// "Retries"). Default: none.
+    const IDEMPOTENT: &'static [&'static str] = &[];
 
     /// Version of the crate that defines the server (generated:
     /// its `CARGO_PKG_VERSION`), reported by `_info`.

@@ -46,6 +46,7 @@ pub struct ServerOptions {
     pub(super) chunking: crate::Chunking,
     pub(super) max_reassembly_bytes: usize,
     pub(super) max_answer_backlog: usize,
+    pub(super) layers: super::layers::Layers,
 }
 
 impl Default for ServerOptions {
@@ -79,6 +80,7 @@ impl Default for ServerOptions {
             chunking: crate::Chunking::default(),
             max_reassembly_bytes: 64 * 1024 * 1024,
             max_answer_backlog: 8 * 1024 * 1024,
+            layers: Default::default(),
         }
     }
 }
@@ -279,6 +281,41 @@ impl ServerOptions {
     /// ```
     pub fn ack_after_answer(mut self, on: bool) -> Self {
         self.ack_after_answer = on;
+        self
+    }
+
+    /// Adds a [`tower::Layer`] around the service's methods (PROTOCOL.md,
+    /// "Server layers"; [`layers`](crate::layers)). Layers added first are
+    /// outermost, as in tower's `ServiceBuilder`. A layer wraps a
+    /// [`CallService`](crate::layers::CallService) (a [`Call`](crate::layers::Call)
+    /// in, a [`Reply`](crate::Reply) out); it refuses a call by failing
+    /// with a [`Rejection`](crate::layers::Rejection), whose status the
+    /// caller sees. Tower's own layers apply as they are: a concurrency
+    /// limit, a rate limit, load shedding (answered `resource-exhausted`),
+    /// a timeout (`deadline-exceeded`). Built-ins (`_ping`, `_info`,
+    /// `_stats`) pass the layers by. Without layers (the default) a call
+    /// costs nothing more.
+    ///
+    /// ```
+    /// # use mqrpc_runtime as mqrpc;
+    /// use mqrpc::layers::{intercept, Rejection};
+    /// use mqrpc::ServerOptions;
+    /// let options = ServerOptions::default()
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(8))
+    ///     .layer(intercept(|call| match call.method() {
+    ///         "shutdown" => Err(Rejection::permission_denied("not over MQTT")),
+    ///         _ => Ok(()),
+    ///     }));
+    /// # let _ = options;
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<super::layers::CallService> + Send + Sync + 'static,
+        L::Service: tower::Service<super::layers::Call, Response = super::Reply> + Send + 'static,
+        <L::Service as tower::Service<super::layers::Call>>::Error: Into<super::layers::BoxError>,
+        <L::Service as tower::Service<super::layers::Call>>::Future: Send + 'static,
+    {
+        self.layers.push(layer);
         self
     }
 

@@ -12,7 +12,8 @@ use crate::protocol::batch::{CallEntry, BATCH_METHOD};
 use crate::protocol::chunk::{ChunkHeader, CHUNK_GRANT_PROPERTY, CHUNK_PROPERTY};
 use crate::protocol::QoS;
 use crate::protocol::{
-    ANY_SERVICE, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY, CREDIT_PROPERTY, TIMEOUT_PROPERTY,
+    AGE_PROPERTY, ANY_SERVICE, ATTEMPT_PROPERTY, BROADCAST_LEVEL, CANCEL_RESPONSE_TOPIC_PROPERTY,
+    CREDIT_PROPERTY, INSTANCE_LEVEL, TIMEOUT_PROPERTY,
 };
 use crate::server::duplicates::{call_key, CallId};
 use crate::Metadata;
@@ -49,6 +50,13 @@ pub(crate) struct Request {
     /// kept).
     pub user_properties: usize,
     pub user_property_bytes: usize,
+    /// Which attempt of its call this request is (`mqrpc-attempt`; 1 when
+    /// absent) and how long ago the first was sent (`mqrpc-age-ms`).
+    pub attempt: u32,
+    pub age_ms: Option<u64>,
+    /// Sent to `<prefix>/<service>/_to/<instance>/<method>`: to this
+    /// instance alone.
+    pub direct: bool,
     /// The caller's metadata (`md-` user properties).
     pub metadata: Metadata,
     /// The metadata of the answer, set by the handler.
@@ -78,12 +86,15 @@ impl Request {
             .map(|topic| topic.rsplit('/').skip(1))
             .ok();
         let mut next = || levels.as_mut().and_then(|l| l.next());
-        let broadcast = next() == Some(BROADCAST_LEVEL);
+        let second = next();
+        let broadcast = second == Some(BROADCAST_LEVEL);
         let discovery = broadcast && next() == Some(ANY_SERVICE);
+        let direct = !broadcast && second.is_some() && next() == Some(INSTANCE_LEVEL);
         let mut request =
             Request::from_parts(method, properties, publish.qos.into(), publish.payload, now);
         request.broadcast = broadcast;
         request.discovery = discovery;
+        request.direct = direct;
         request.redelivered = publish.dup;
         request
     }
@@ -103,6 +114,10 @@ impl Request {
                 .map(|(_, value)| value.clone())
         };
         let budget = user(TIMEOUT_PROPERTY).and_then(|ms| ms.trim().parse::<u64>().ok());
+        let attempt = user(ATTEMPT_PROPERTY)
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(1);
+        let age_ms = user(AGE_PROPERTY).and_then(|ms| ms.trim().parse::<u64>().ok());
         let (user_properties, user_property_bytes) = user_property_size(&properties);
         let deadline = deadline(budget, properties.message_expiry_interval, now);
         Request {
@@ -129,6 +144,9 @@ impl Request {
             batched: false,
             user_properties,
             user_property_bytes,
+            attempt,
+            age_ms,
+            direct: false,
         }
     }
 
@@ -155,6 +173,9 @@ impl Request {
             batched: false,
             user_properties,
             user_property_bytes,
+            attempt: 1,
+            age_ms: None,
+            direct: false,
             metadata: Metadata::new(),
             reply_metadata: Metadata::new(),
             redelivered: false,
@@ -204,6 +225,10 @@ impl Request {
             batched: true,
             user_properties,
             user_property_bytes,
+            // Retries travel alone, never in a batch.
+            attempt: 1,
+            age_ms: None,
+            direct: false,
             // Calls with metadata travel alone (PROTOCOL.md, "Batches").
             metadata: Metadata::new(),
             reply_metadata: Metadata::new(),

@@ -190,6 +190,9 @@ pub(crate) struct CallTable {
     /// included.
     bytes: usize,
     limits: Limits,
+    /// Since when the table has forgotten no ended call before its time:
+    /// its creation, or the last call its bounds made it drop early.
+    remembers_since: Instant,
 }
 
 /// What a key costs while its entry lives.
@@ -204,7 +207,17 @@ impl CallTable {
             ended: VecDeque::new(),
             bytes: BASE_COST,
             limits,
+            remembers_since: Instant::now(),
         }
+    }
+
+    /// Since when every call answered here is still remembered until its
+    /// expiry: the table's creation, or the last time its bounds
+    /// (entries, bytes) made it forget an answered call early. A retry of
+    /// a call first sent before then may find the call forgotten
+    /// (`server/retries.rs`).
+    pub fn remembers_since(&self) -> Instant {
+        self.remembers_since
     }
 
     /// Calls remembered (running or ended).
@@ -393,6 +406,7 @@ impl CallTable {
             if !self.drop_oldest() {
                 break;
             }
+            self.remembers_since = Instant::now();
         }
         self.shrink();
     }
@@ -404,6 +418,7 @@ impl CallTable {
                 self.shrink();
                 return false;
             }
+            self.remembers_since = Instant::now();
         }
         self.shrink();
         true

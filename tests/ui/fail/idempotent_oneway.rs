@@ -1,0 +1,7 @@
+#[mqrpc::service]
+pub trait Ledger {
+    #[mqrpc(oneway, idempotent)]
+    async fn touch(&self);
+}
+
+fn main() {}
