@@ -446,9 +446,14 @@ const KNOWN_CIRCLES: &[&[&str]] = &[
     &[
         "client/batching.rs",
         "client/chunked.rs",
+        // Retries and client layers (issue 20): options hold the policy and
+        // the layers, which drive the request builder again per attempt.
+        "client/layers.rs",
         "client/many.rs",
+        "client/options.rs",
         "client/pending.rs",
         "client/request.rs",
+        "client/retry.rs",
         "client/sequence.rs",
     ],
     &[
@@ -456,8 +461,12 @@ const KNOWN_CIRCLES: &[&[&str]] = &[
         "server/call.rs",
         "server/dispatch.rs",
         "server/handle.rs",
+        // Server layers (issue 20): the dispatcher hands a layered call to
+        // them and they call the dispatcher's handler back.
+        "server/layers/mod.rs",
         "server/limits.rs",
         "server/mod.rs",
+        "server/options.rs",
         "server/reassembly/mod.rs",
         "server/streaming.rs",
         // Client streams: `impl Dispatcher` like streaming.rs, and the

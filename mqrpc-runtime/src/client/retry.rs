@@ -43,7 +43,7 @@ use crate::{observe, Error, QoS};
 /// let options = ClientOptions::default()
 ///     .timeout(Duration::from_secs(5))
 ///     .retry(policy);
-/// assert_eq!(options.get_retry().map(|p| p.get_attempts()), Some(4));
+/// assert_eq!(options.get_retry().map(|p| p.attempts()), Some(4));
 /// assert_eq!(policy.get_attempt_timeout(Duration::from_secs(5)), Duration::from_secs(1));
 /// // Without its own, an attempt waits for an equal share of the timeout.
 /// assert_eq!(RetryPolicy::new(4).get_attempt_timeout(Duration::from_secs(8)), Duration::from_secs(2));
@@ -93,7 +93,7 @@ impl RetryPolicy {
     }
 
     /// Attempts in all, the first included.
-    pub fn get_attempts(&self) -> u32 {
+    pub fn attempts(&self) -> u32 {
         self.attempts
     }
 
