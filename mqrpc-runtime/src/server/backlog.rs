@@ -41,7 +41,7 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::dispatch::HeldAck;
+use super::answer::HeldAck;
 use crate::connection::{AckListener, AckTo, Connection};
 use crate::protocol::QoS;
 

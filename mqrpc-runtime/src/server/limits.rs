@@ -11,8 +11,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use super::answer::{send_refusal, HeldAck};
 use super::backlog::Backlog;
-use super::dispatch::{send_refusal, Dispatcher, HeldAck};
+use super::dispatch::Dispatcher;
 use super::duplicates::{CallKey, CallTable};
 use super::{Request, Service};
 use crate::connection::Connection;

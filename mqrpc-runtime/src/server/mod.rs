@@ -3,6 +3,7 @@
 //! generated [`Service`] implementation, and always answer when the request
 //! names a Response Topic.
 
+mod answer;
 mod backlog;
 mod call;
 pub mod context;

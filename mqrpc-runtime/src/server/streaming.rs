@@ -13,7 +13,8 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::dispatch::{send_reply, Dispatcher};
+use super::answer::send_reply;
+use super::dispatch::Dispatcher;
 use super::{Request, Service};
 use crate::connection::Connection;
 use crate::protocol::{Status, TEXT_CONTENT_TYPE};

@@ -27,7 +27,8 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
-use super::dispatch::{send_refusal, Dispatcher};
+use super::answer::send_refusal;
+use super::dispatch::Dispatcher;
 use super::limits::Held;
 use super::{Request, Service};
 use crate::connection::Connection;

@@ -14,7 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::dispatch::{send_refusal, Dispatcher};
+use super::answer::send_refusal;
+use super::dispatch::Dispatcher;
 use super::duplicates::{call_key, CallKey};
 use super::limits::Held;
 use super::{Request, ServerOptions, Service};

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::debug;
 
-use super::super::dispatch::{reply_properties, send_reply, Dispatcher};
+use super::super::answer::{reply_properties, send_reply};
+use super::super::dispatch::Dispatcher;
 use super::super::duplicates::call_key;
 use super::super::{Request, Service};
 use crate::connection::Connection;
