@@ -411,20 +411,25 @@ impl<S: Service> Dispatcher<S> {
         debug!(parent: &span, qos = ?request.qos, "request received");
         // The handler runs inside its call's context (`mqrpc::context`),
         // made of the request's own fields; they come back afterwards.
-        let call = super::Call::of_request::<S>(&mut request, method);
-        let mut scoped = std::pin::pin!(call.handler(&self.service));
-        let work = observe::InSpan::new(&span, scoped.as_mut());
-        let deadline = request.deadline.map(tokio::time::Instant::from_std);
-        let outcome = tokio::select! {
-            reply = async {
-                match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
-                    None => Some(work.await),
-                }
-            } => Some(reply),
-            Ok(()) = &mut stop_rx => None,
+        // In a block: the handler's future is dead before the awaits that
+        // follow, so the task's state does not hold it and them at once.
+        let outcome = {
+            let call = super::Call::of_request::<S>(&mut request, method);
+            let mut scoped = std::pin::pin!(call.handler(&self.service));
+            let work = observe::InSpan::new(&span, scoped.as_mut());
+            let deadline = request.deadline.map(tokio::time::Instant::from_std);
+            let outcome = tokio::select! {
+                reply = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+                        None => Some(work.await),
+                    }
+                } => Some(reply),
+                Ok(()) = &mut stop_rx => None,
+            };
+            super::call::give_back(&mut request, scoped.as_mut().take_value());
+            outcome
         };
-        super::call::give_back(&mut request, scoped.as_mut().take_value());
         let reply = match outcome {
             None => {
                 debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
