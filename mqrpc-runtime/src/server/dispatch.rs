@@ -419,24 +419,29 @@ impl<S: Service> Dispatcher<S> {
         debug!(parent: &span, qos = ?request.qos, "request received");
         // The handler runs inside its call's context (`mqrpc::context`),
         // made of the request's own fields; they come back afterwards.
-        // Through the layers, if the server has any.
-        let layered = (self.layered.as_ref())
-            .map(|layers| (layers, super::layers::Call::of(S::NAME, &request)));
-        let upstream = self.open_upstream(&conn, &request);
-        let call = super::Call::of_request::<S>(&mut request, method);
-        let mut scoped = std::pin::pin!(self.handle(call, layered, upstream));
-        let work = observe::InSpan::new(&span, scoped.as_mut());
-        let deadline = request.deadline.map(tokio::time::Instant::from_std);
-        let outcome = tokio::select! {
-            reply = async {
-                match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
-                    None => Some(work.await),
-                }
-            } => Some(reply),
-            Ok(()) = &mut stop_rx => None,
+        // Through the layers, if the server has any. In a block: the
+        // handler's future is dead before the awaits that follow, so the
+        // task's state does not hold it and them at once.
+        let outcome = {
+            let layered = (self.layered.as_ref())
+                .map(|layers| (layers, super::layers::Call::of(S::NAME, &request)));
+            let upstream = self.open_upstream(&conn, &request);
+            let call = super::Call::of_request::<S>(&mut request, method);
+            let mut scoped = std::pin::pin!(self.handle(call, layered, upstream));
+            let work = observe::InSpan::new(&span, scoped.as_mut());
+            let deadline = request.deadline.map(tokio::time::Instant::from_std);
+            let outcome = tokio::select! {
+                reply = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, work).await.ok(),
+                        None => Some(work.await),
+                    }
+                } => Some(reply),
+                Ok(()) = &mut stop_rx => None,
+            };
+            super::call::give_back(&mut request, scoped.as_mut().take_value());
+            outcome
         };
-        super::call::give_back(&mut request, scoped.as_mut().take_value());
         let reply = match outcome {
             None => {
                 debug!(service = S::NAME, method = %request.method, "cancelled by the caller: handler stopped");
